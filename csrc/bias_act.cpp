@@ -1,0 +1,195 @@
+// bias_act: torch-facing glue (schemas, argument checks, dispatch registration) and the CPU kernel.
+// The math is in bias_act.h, shared with the CUDA kernel in bias_act.cu.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+
+#include "bias_act.h"
+
+#ifdef FASTGAN_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include "bias_act_cuda.h"
+#endif
+
+namespace fastgan {
+namespace {
+
+constexpr int kNumActs = static_cast<int>(Act::Silu) + 1;
+enum Kind : int { kForward = 0, kBackward = 1, kBackward2 = 2 };
+
+// A tensor laid out exactly like `like` (dense `like`), copying only when the strides differ.
+at::Tensor with_layout_of(const at::Tensor& t, const at::Tensor& like) {
+    if (t.strides() == like.strides()) return t;
+    return at::empty_like(like).copy_(t);
+}
+
+struct Prepared {
+    at::Tensor x, b, dy, g, out;
+    BiasActParams p;
+};
+
+Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, const at::Tensor* dy_in,
+                 const at::Tensor* g_in, int64_t dim, int64_t act, double alpha, double gain,
+                 std::optional<double> clamp) {
+    TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "bias_act: x must be a floating-point tensor, got ",
+                x_in.scalar_type(), "; convert it with x.float()");
+    TORCH_CHECK(act >= 0 && act < kNumActs, "bias_act: unknown activation index ", act);
+    const int64_t ndim = x_in.dim();
+    TORCH_CHECK(ndim == 0 ? false : (dim >= -ndim && dim < ndim), "bias_act: dim=", dim,
+                " is out of range for x with ", ndim, " dimensions");
+    if (dim < 0) dim += ndim;
+    TORCH_CHECK(!clamp.has_value() || *clamp >= 0, "bias_act: clamp must be >= 0, got ", clamp.value_or(0));
+
+    Prepared r;
+    // Kernels walk memory linearly, so x must be dense; channels_last and other dense layouts are kept as given.
+    r.x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+    if (b_in.has_value() && b_in->defined()) {
+        const at::Tensor& b = *b_in;
+        TORCH_CHECK(b.dim() == 1 && b.size(0) == x_in.size(dim), "bias_act: b must be 1-D of length x.shape[",
+                    dim, "] = ", x_in.size(dim), ", got shape ", b.sizes());
+        TORCH_CHECK(b.device() == x_in.device(), "bias_act: b is on ", b.device(), " but x is on ",
+                    x_in.device(), "; move b to x's device");
+        TORCH_CHECK(at::isFloatingType(b.scalar_type()), "bias_act: b must be floating-point, got ",
+                    b.scalar_type());
+        r.b = b.to(r.x.scalar_type()).contiguous();
+    }
+    if (dy_in) {
+        TORCH_CHECK(dy_in->sizes() == x_in.sizes(), "bias_act_backward: grad shape ", dy_in->sizes(),
+                    " does not match x shape ", x_in.sizes());
+        r.dy = with_layout_of(dy_in->to(r.x.scalar_type()), r.x);
+    }
+    if (g_in) {
+        TORCH_CHECK(g_in->sizes() == x_in.sizes(), "bias_act_backward2: grad shape ", g_in->sizes(),
+                    " does not match x shape ", x_in.sizes());
+        r.g = with_layout_of(g_in->to(r.x.scalar_type()), r.x);
+    }
+    r.out = at::empty_like(r.x);
+    BiasActParams& p = r.p;
+    p.x = r.x.data_ptr();
+    p.b = r.b.defined() ? r.b.data_ptr() : nullptr;
+    p.dy = r.dy.defined() ? r.dy.data_ptr() : nullptr;
+    p.g = r.g.defined() ? r.g.data_ptr() : nullptr;
+    p.out = r.out.data_ptr();
+    p.numel = r.x.numel();
+    p.bias_size = x_in.size(dim);
+    p.bias_stride = std::max<int64_t>(r.x.stride(dim), 1);
+    p.act = static_cast<int>(act);
+    p.alpha = static_cast<float>(alpha);
+    p.gain = static_cast<float>(gain);
+    p.clamp = clamp.has_value() ? static_cast<float>(*clamp) : -1.0f;
+    return r;
+}
+
+template <typename scalar_t, int K>
+void cpu_kernel(const BiasActParams& p) {
+    // float64 computes in double (gradcheck); float, half and bfloat16 in float.
+    using M = at::opmath_type<scalar_t>;
+    const scalar_t* x = static_cast<const scalar_t*>(p.x);
+    const scalar_t* b = static_cast<const scalar_t*>(p.b);
+    const scalar_t* dy = static_cast<const scalar_t*>(p.dy);
+    const scalar_t* g = static_cast<const scalar_t*>(p.g);
+    scalar_t* out = static_cast<scalar_t*>(p.out);
+    const M alpha = p.alpha, gain = p.gain, clamp = p.clamp;
+    at::parallel_for(0, p.numel, 1 << 15, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            M z = static_cast<M>(x[i]);
+            if (b) z += static_cast<M>(b[(i / p.bias_stride) % p.bias_size]);
+            M v;
+            if constexpr (K == kForward) {
+                v = bias_act_forward<M>(p.act, z, alpha, gain, clamp);
+            } else if constexpr (K == kBackward) {
+                v = bias_act_backward<M>(p.act, z, static_cast<M>(dy[i]), alpha, gain, clamp);
+            } else {
+                v = bias_act_backward2<M>(p.act, z, static_cast<M>(dy[i]), static_cast<M>(g[i]), alpha, gain, clamp);
+            }
+            out[i] = static_cast<scalar_t>(v);
+        }
+    });
+}
+
+template <int K>
+at::Tensor run_cpu(Prepared r) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.x.scalar_type(), "bias_act_cpu",
+                                    [&] { cpu_kernel<scalar_t, K>(r.p); });
+    return r.out;
+}
+
+at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t act,
+                       double alpha, double gain, std::optional<double> clamp) {
+    return run_cpu<kForward>(prepare(x, b, nullptr, nullptr, dim, act, alpha, gain, clamp));
+}
+
+at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim,
+                        int64_t act, double alpha, double gain, std::optional<double> clamp) {
+    return run_cpu<kBackward>(prepare(x, b, &dy, nullptr, dim, act, alpha, gain, clamp));
+}
+
+at::Tensor backward2_cpu(const at::Tensor& g, const at::Tensor& dy, const at::Tensor& x,
+                         const std::optional<at::Tensor>& b, int64_t dim, int64_t act, double alpha, double gain,
+                         std::optional<double> clamp) {
+    return run_cpu<kBackward2>(prepare(x, b, &dy, &g, dim, act, alpha, gain, clamp));
+}
+
+#ifdef FASTGAN_WITH_CUDA
+DType cuda_dtype(at::ScalarType t) {
+    switch (t) {
+        case at::kHalf: return DType::Float16;
+        case at::kBFloat16: return DType::BFloat16;
+        case at::kDouble: return DType::Float64;
+        default: return DType::Float32;
+    }
+}
+
+at::Tensor run_cuda(Prepared r, int kind) {
+    const c10::cuda::CUDAGuard guard(r.x.device());
+    const int err = bias_act_cuda_launch(r.p, cuda_dtype(r.x.scalar_type()), kind,
+                                         at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == 0, "bias_act: CUDA kernel launch failed with cudaError ", err);
+    return r.out;
+}
+
+at::Tensor forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t act,
+                        double alpha, double gain, std::optional<double> clamp) {
+    return run_cuda(prepare(x, b, nullptr, nullptr, dim, act, alpha, gain, clamp), kForward);
+}
+
+at::Tensor backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim,
+                         int64_t act, double alpha, double gain, std::optional<double> clamp) {
+    return run_cuda(prepare(x, b, &dy, nullptr, dim, act, alpha, gain, clamp), kBackward);
+}
+
+at::Tensor backward2_cuda(const at::Tensor& g, const at::Tensor& dy, const at::Tensor& x,
+                          const std::optional<at::Tensor>& b, int64_t dim, int64_t act, double alpha, double gain,
+                          std::optional<double> clamp) {
+    return run_cuda(prepare(x, b, &dy, &g, dim, act, alpha, gain, clamp), kBackward2);
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+    m.def("bias_act(Tensor x, Tensor? b, int dim, int act, float alpha, float gain, float? clamp) -> Tensor");
+    m.def("bias_act_backward(Tensor dy, Tensor x, Tensor? b, int dim, int act, float alpha, float gain, "
+          "float? clamp) -> Tensor");
+    m.def("bias_act_backward2(Tensor g, Tensor dy, Tensor x, Tensor? b, int dim, int act, float alpha, float gain, "
+          "float? clamp) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+    m.impl("bias_act", &forward_cpu);
+    m.impl("bias_act_backward", &backward_cpu);
+    m.impl("bias_act_backward2", &backward2_cpu);
+}
+
+#ifdef FASTGAN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+    m.impl("bias_act", &forward_cuda);
+    m.impl("bias_act_backward", &backward_cuda);
+    m.impl("bias_act_backward2", &backward2_cuda);
+}
+#endif
+
+}  // namespace fastgan

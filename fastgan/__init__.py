@@ -1,0 +1,34 @@
+"""fastgan: fast GAN training for PyTorch, as a drop-in.
+
+- ``fastgan.ops``: fused functional ops (``bias_act``, ...), each with ``impl=`` "auto" | "ref" | "triton" | "native".
+- ``fastgan.nn``: modules mirroring ``torch.nn``.
+- ``fastgan.set_impl`` / ``fastgan.use_impl`` / ``$FASTGAN_IMPL``: the process-wide default implementation;
+  ``fastgan.available_impls()`` says which implementations run here, and why not.
+
+Importing fastgan never compiles anything and never fails for a missing extension, Triton or GPU.
+"""
+
+from . import nn, ops
+from ._backend import (
+    IMPLS,
+    ImplUnavailableError,
+    available_backends,
+    available_impls,
+    get_impl,
+    set_impl,
+    use_impl,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLS",
+    "ImplUnavailableError",
+    "available_backends",
+    "available_impls",
+    "get_impl",
+    "nn",
+    "ops",
+    "set_impl",
+    "use_impl",
+]

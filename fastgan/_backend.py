@@ -1,0 +1,170 @@
+"""Implementation dispatch: which implementation of an op runs, and why another cannot.
+
+Every op takes ``impl=`` with one of ``IMPLS`` or ``"auto"``:
+
+- ``"ref"``: pure PyTorch, the specification; runs everywhere.
+- ``"triton"``: Triton kernels; on CUDA tensors, or on CPU tensors through the Triton interpreter
+  (``TRITON_INTERPRET=1`` set before fastgan's kernels are first used).
+- ``"native"``: the compiled extension ``fastgan._C``: C++ kernels for CPU tensors, CUDA kernels for CUDA tensors.
+
+The process-wide default (used when an op gets ``impl="auto"``) comes from ``set_impl``/``use_impl``, else the
+environment variable ``FASTGAN_IMPL``, else ``"auto"``. ``"auto"`` picks the fastest implementation available for
+the tensor's device and warns once, naming the reason, when a faster one is unavailable. Asking for an
+unavailable implementation by name raises ``ImplUnavailableError`` saying how to get it. Nothing here compiles
+or imports Triton at ``import fastgan`` time; availability is probed on first use and cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+
+IMPLS = ("ref", "triton", "native")
+_CHOICES = ("auto", *IMPLS)
+
+# Fastest first. The Triton interpreter is a correctness tool, not a fast path, so "auto" never picks it on CPU.
+_AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
+
+_default_impl: str | None = None
+_warned: set[tuple[str, str]] = set()
+
+
+class ImplUnavailableError(RuntimeError):
+    """An implementation was requested by name but cannot run here."""
+
+
+def _check_choice(name: str, where: str) -> str:
+    if name not in _CHOICES:
+        raise ValueError(f"{where}: unknown implementation {name!r}; expected one of {', '.join(_CHOICES)}")
+    return name
+
+
+def set_impl(name: str) -> None:
+    """Set the process-wide default implementation (``"auto"``, ``"ref"``, ``"triton"`` or ``"native"``)."""
+    global _default_impl
+    _default_impl = _check_choice(name, "fastgan.set_impl")
+
+
+def get_impl() -> str:
+    """The process-wide default: ``set_impl``/``use_impl``, else ``$FASTGAN_IMPL``, else ``"auto"``."""
+    if _default_impl is not None:
+        return _default_impl
+    return _check_choice(os.environ.get("FASTGAN_IMPL", "auto") or "auto", "FASTGAN_IMPL")
+
+
+@contextlib.contextmanager
+def use_impl(name: str) -> Iterator[None]:
+    """Context manager: ops called inside with ``impl="auto"`` use ``name``."""
+    global _default_impl
+    previous = _default_impl
+    set_impl(name)
+    try:
+        yield
+    finally:
+        _default_impl = previous
+
+
+@functools.cache
+def native_extension() -> tuple[ModuleType | None, str]:
+    """The compiled extension and '' if it loads, else None and the reason."""
+    try:
+        module = importlib.import_module("fastgan._C")
+    except ImportError as error:
+        return None, (
+            f"the compiled extension fastgan._C is not built ({error}); build it with "
+            "`pip install --no-build-isolation -e .` from the repository root"
+        )
+    return module, ""
+
+
+@functools.cache
+def _triton_version() -> tuple[str | None, str]:
+    try:
+        import triton
+    except ImportError as error:
+        return None, f"Triton is not installed ({error}); `pip install triton`"
+    return triton.__version__, ""
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton kernels run through the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _why_unavailable(impl: str, device_type: str) -> str:
+    """'' if ``impl`` can run on ``device_type`` here, else the reason and the fix."""
+    if impl == "ref":
+        return ""
+    if device_type not in ("cpu", "cuda"):
+        return f"fastgan has no {impl} kernels for {device_type} tensors; use impl='ref'"
+    if impl == "native":
+        module, reason = native_extension()
+        if module is None:
+            return reason
+        if device_type == "cuda" and not module.with_cuda():
+            return (
+                "fastgan._C was built without CUDA kernels; rebuild with nvcc on PATH and a CUDA build of PyTorch "
+                "(`pip install --no-build-isolation -e .`)"
+            )
+        return ""
+    version, reason = _triton_version()
+    if version is None:
+        return reason
+    if device_type == "cpu" and not triton_interpreting():
+        return "Triton runs on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 before starting Python"
+    if device_type == "cuda" and triton_interpreting():
+        return "TRITON_INTERPRET=1 is set, so Triton cannot launch CUDA kernels; unset it"
+    return ""
+
+
+def available_impls() -> dict[str, dict[str, tuple[bool, str]]]:
+    """For each implementation, whether it is usable on ``"cpu"`` and ``"cuda"`` here, and why not.
+
+    Returns ``{impl: {"cpu": (usable, reason), "cuda": (usable, reason)}}``; ``reason`` is ``""`` when usable.
+    """
+    table: dict[str, dict[str, tuple[bool, str]]] = {}
+    for impl in IMPLS:
+        table[impl] = {}
+        for device_type in ("cpu", "cuda"):
+            reason = _why_unavailable(impl, device_type)
+            if not reason and device_type == "cuda" and not torch.cuda.is_available():
+                reason = "no CUDA device is visible to PyTorch"
+            table[impl][device_type] = (not reason, reason)
+    return table
+
+
+# The architecture map calls the same table "backends".
+available_backends = available_impls
+
+
+def resolve_impl(impl: str, device: torch.device, op: str) -> str:
+    """The concrete implementation ``op`` runs for a tensor on ``device``.
+
+    ``impl="auto"`` consults the process-wide default, then picks the fastest available implementation,
+    warning once per (op, reason) when it has to fall back.
+    """
+    _check_choice(impl, op)
+    if impl == "auto":
+        impl = get_impl()
+    device_type = device.type
+    if impl != "auto":
+        reason = _why_unavailable(impl, device_type)
+        if reason:
+            raise ImplUnavailableError(f"{op}: impl={impl!r} is unavailable for {device_type} tensors: {reason}")
+        return impl
+    order = _AUTO_ORDER.get(device_type, ("ref",))
+    for candidate in order:
+        reason = _why_unavailable(candidate, device_type)
+        if not reason:
+            return candidate
+        if candidate == order[0] and (op, reason) not in _warned:
+            _warned.add((op, reason))
+            warnings.warn(f"{op}: falling back from impl={candidate!r} on {device_type}: {reason}", stacklevel=3)
+    return "ref"

@@ -1,0 +1,185 @@
+"""Triton kernels for ``fastgan.ops.bias_act`` and the ``fastgan::bias_act_triton*`` custom ops that launch them.
+
+One elementwise kernel serves the forward (KIND=0), the gradient dx (KIND=1) and the second-derivative term
+(KIND=2); the activation is a compile-time constant. The formulas mirror ``csrc/bias_act.h`` exactly, including
+PyTorch's conventions at the kinks. Math runs in float32 (float64 for float64 tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..._backend import triton_interpreting
+from ..._layout import dense, like
+
+# Activation indices: fastgan/ops/bias_act.py::ACTIVATIONS and csrc/bias_act.h::Act.
+LINEAR, RELU, LRELU, TANH, SIGMOID, ELU, SELU, SOFTPLUS, SILU = range(9)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _tanh(z):
+    return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+
+
+@triton.jit
+def _act(z, alpha, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(z > 0, z, 0.0)
+    elif ACT == 2:
+        return tl.where(z > 0, z, z * alpha)
+    elif ACT == 3:
+        return _tanh(z)
+    elif ACT == 4:
+        return _sigmoid(z)
+    elif ACT == 5:
+        return tl.where(z > 0, z, alpha * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+    elif ACT == 6:
+        return SELU_SCALE * tl.where(z > 0, z, SELU_ALPHA * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+    elif ACT == 7:
+        # log1p(exp(z)) without a log1p: for e < 1e-4 the series e - e^2/2 is exact to rounding.
+        e = tl.exp(tl.minimum(z, 20.0))
+        return tl.where(z > 20.0, z, tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e)))
+    elif ACT == 8:
+        return z * _sigmoid(z)
+    else:
+        return z
+
+
+@triton.jit
+def _act_grad(z, alpha, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(z > 0, 1.0, 0.0)
+    elif ACT == 2:
+        return tl.where(z > 0, 1.0, alpha)
+    elif ACT == 3:
+        t = _tanh(z)
+        return 1.0 - t * t
+    elif ACT == 4:
+        s = _sigmoid(z)
+        return s * (1.0 - s)
+    elif ACT == 5:
+        return tl.where(z > 0, 1.0, alpha * tl.exp(tl.minimum(z, 0.0)))
+    elif ACT == 6:
+        return tl.where(z > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * tl.exp(tl.minimum(z, 0.0)))
+    elif ACT == 7:
+        return tl.where(z > 20.0, 1.0, _sigmoid(z))
+    elif ACT == 8:
+        s = _sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    else:
+        return tl.full(z.shape, 1.0, z.dtype)
+
+
+@triton.jit
+def _act_grad2(z, alpha, ACT: tl.constexpr):
+    if ACT == 3:
+        t = _tanh(z)
+        return -2.0 * t * (1.0 - t * t)
+    elif ACT == 4:
+        s = _sigmoid(z)
+        return s * (1.0 - s) * (1.0 - 2.0 * s)
+    elif ACT == 5:
+        return tl.where(z > 0, 0.0, alpha * tl.exp(tl.minimum(z, 0.0)))
+    elif ACT == 6:
+        return tl.where(z > 0, 0.0, SELU_SCALE * SELU_ALPHA * tl.exp(tl.minimum(z, 0.0)))
+    elif ACT == 7:
+        s = _sigmoid(z)
+        return tl.where(z > 20.0, 0.0, s * (1.0 - s))
+    elif ACT == 8:
+        s = _sigmoid(z)
+        return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    else:
+        return tl.zeros(z.shape, z.dtype)
+
+
+@triton.jit
+def _bias_act_kernel(
+    x_ptr, b_ptr, dy_ptr, g_ptr, out_ptr,
+    numel, bias_size, bias_stride,
+    alpha, gain, clamp,
+    ACT: tl.constexpr, KIND: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
+    MATH: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if INT64:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(MATH)
+    if HAS_BIAS:
+        z += tl.load(b_ptr + (offs // bias_stride) % bias_size, mask=mask, other=0.0).to(MATH)
+    if KIND == 0:
+        v = _act(z, alpha, ACT) * gain
+        if HAS_CLAMP:
+            v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    else:
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
+        if KIND == 1:
+            v = dy * _act_grad(z, alpha, ACT) * gain
+        else:
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(MATH)
+            v = g * dy * _act_grad2(z, alpha, ACT) * gain
+        if HAS_CLAMP:
+            # Gradients pass where clamp kept the value (bounds inclusive, as torch.clamp's backward).
+            y = _act(z, alpha, ACT) * gain
+            v = tl.where((y >= -clamp) & (y <= clamp), v, 0.0)
+    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch(kind: int, x, b, dy, g, dim: int, act: int, alpha: float, gain: float, clamp) -> torch.Tensor:
+    # Same preparation as csrc/bias_act.cpp: a dense x (layout kept), b cast to x's dtype, gradients laid out as x.
+    x = dense(x)
+    out = torch.empty_like(x)
+    numel = x.numel()
+    if numel == 0:
+        return out
+    dim = dim % x.dim()
+    bias = b.to(x.dtype).contiguous() if b is not None else x
+    dy = like(dy, x) if dy is not None else x
+    g = like(g, x) if g is not None else x
+    # The interpreter pays per program, not per element: large blocks keep CPU tests fast.
+    block = 8192 if triton_interpreting() else 1024
+    grid = (triton.cdiv(numel, block),)
+    wrap_triton(_bias_act_kernel)[grid](
+        x, bias, dy, g, out,
+        numel, x.shape[dim], max(x.stride(dim), 1),
+        float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
+        ACT=act, KIND=kind, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
+        MATH=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        INT64=numel >= 2**31 - block, BLOCK=block,
+    )
+    return out
+
+
+@triton_op("fastgan::bias_act_triton", mutates_args=())
+def bias_act_triton(
+    x: torch.Tensor, b: torch.Tensor | None, dim: int, act: int, alpha: float, gain: float, clamp: float | None
+) -> torch.Tensor:
+    return _launch(0, x, b, None, None, dim, act, alpha, gain, clamp)
+
+
+@triton_op("fastgan::bias_act_backward_triton", mutates_args=())
+def bias_act_backward_triton(
+    dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: int, act: int, alpha: float, gain: float,
+    clamp: float | None,
+) -> torch.Tensor:
+    return _launch(1, x, b, dy, None, dim, act, alpha, gain, clamp)
+
+
+@triton_op("fastgan::bias_act_backward2_triton", mutates_args=())
+def bias_act_backward2_triton(
+    g: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: int, act: int, alpha: float,
+    gain: float, clamp: float | None,
+) -> torch.Tensor:
+    return _launch(2, x, b, dy, g, dim, act, alpha, gain, clamp)

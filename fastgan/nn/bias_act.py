@@ -1,0 +1,45 @@
+"""``BiasAct``: a learnable per-channel bias followed by an activation, as one fused op."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.bias_act import ACTIVATIONS, bias_act
+
+
+class BiasAct(nn.Module):
+    """``y = clamp(act(x + bias) * gain)`` with ``bias`` (shape ``[num_channels]``) a parameter broadcast on ``dim``.
+
+    Args mirror :func:`fastgan.ops.bias_act`; ``bias=False`` keeps only the activation.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        act: str = "linear",
+        alpha: float | None = None,
+        gain: float | None = None,
+        clamp: float | None = None,
+        dim: int = 1,
+        bias: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"BiasAct: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+        self.num_channels, self.act, self.alpha, self.gain, self.clamp = num_channels, act, alpha, gain, clamp
+        self.dim, self.impl = dim, impl
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, self.impl)
+
+    def extra_repr(self) -> str:
+        extras = [f"{self.num_channels}", f"act={self.act!r}"]
+        extras += [f"{k}={getattr(self, k)}" for k in ("alpha", "gain", "clamp") if getattr(self, k) is not None]
+        if self.dim != 1:
+            extras.append(f"dim={self.dim}")
+        if self.impl != "auto":
+            extras.append(f"impl={self.impl!r}")
+        return ", ".join(extras)

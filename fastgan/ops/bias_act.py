@@ -1,0 +1,217 @@
+"""bias_act: fused bias + activation + gain + clamp, with first- and second-order gradients on every implementation.
+
+The whole story of the op is here: the activation table, the reference (the specification), argument checks, and
+the autograd formulas shared by the compiled (``fastgan::bias_act*``, csrc/bias_act.cpp + .cu) and Triton
+(``fastgan::bias_act*_triton``, fastgan/kernels/triton/bias_act.py) custom ops.
+
+Why a custom op: inside a gradient penalty PyTorch differentiates ``leaky_relu`` twice and materialises a
+second derivative that is identically zero, then runs the convolution backward on it. Here the backward is itself
+a registered op whose own backward returns no gradient w.r.t. ``x`` for piecewise-linear activations, so that
+work never runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import native_extension, resolve_impl
+from .._layout import dense
+
+__all__ = ["ACTIVATIONS", "bias_act", "bias_act_ref"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    index: int  # csrc/bias_act.h::Act and the Triton kernel's ACT
+    fn: Callable[[torch.Tensor, float], torch.Tensor]  # reference, in PyTorch
+    default_alpha: float | None  # None: the activation takes no alpha
+    has_grad2: bool  # False: f'' == 0 (piecewise linear), so double backward skips x
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "linear": Activation(0, lambda z, a: z, None, False),
+    "relu": Activation(1, lambda z, a: F.relu(z), None, False),
+    "lrelu": Activation(2, lambda z, a: F.leaky_relu(z, a), 0.01, False),
+    "tanh": Activation(3, lambda z, a: torch.tanh(z), None, True),
+    "sigmoid": Activation(4, lambda z, a: torch.sigmoid(z), None, True),
+    "elu": Activation(5, lambda z, a: F.elu(z, a), 1.0, True),
+    "selu": Activation(6, lambda z, a: F.selu(z), None, True),
+    "softplus": Activation(7, lambda z, a: F.softplus(z), None, True),
+    "silu": Activation(8, lambda z, a: F.silu(z), None, True),
+}
+
+
+def _check(
+    x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float | None, clamp: float | None
+) -> tuple[Activation, int, float]:
+    """Validate arguments the same way for every implementation; return (activation, dim >= 0, alpha)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"bias_act: x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
+    spec = ACTIVATIONS.get(act)
+    if spec is None:
+        raise ValueError(f"bias_act: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if alpha is not None and spec.default_alpha is None:
+        raise ValueError(f"bias_act: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+    if x.dim() == 0 or not -x.dim() <= dim < x.dim():
+        raise IndexError(f"bias_act: dim={dim} is out of range for x of shape {tuple(x.shape)}")
+    dim %= x.dim()
+    if b is not None:
+        if not isinstance(b, torch.Tensor) or b.dim() != 1 or b.shape[0] != x.shape[dim]:
+            shape = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ValueError(f"bias_act: b must be 1-D of length x.shape[{dim}] = {x.shape[dim]}, got {shape}")
+        if b.device != x.device:
+            raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}; move b to x's device")
+        if not b.is_floating_point():
+            raise TypeError(f"bias_act: b must be a floating-point tensor, got {b.dtype}")
+    if clamp is not None and not clamp >= 0:
+        raise ValueError(f"bias_act: clamp must be >= 0 (or None), got {clamp}")
+    return spec, dim, float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
+
+
+def bias_act_ref(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """The specification of ``bias_act`` in plain PyTorch, computed in ``x``'s dtype (``b`` is cast to it)."""
+    spec, dim, alpha_ = _check(x, b, dim, act, alpha, clamp)
+    if b is not None:
+        x = x + b.to(x.dtype).reshape([-1 if d == dim else 1 for d in range(x.dim())])
+    y = spec.fn(x, alpha_)
+    if gain is not None and gain != 1:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Fused bias + activation: ``y = clamp(act(x + b, alpha) * gain, -clamp, clamp)``.
+
+    Args:
+        x: input of any shape, float16, bfloat16, float32 (or float64 with ``impl`` ``"ref"``, ``"native"`` or
+            ``"triton"``); contiguous, channels_last (kept as given) or non-contiguous (computed contiguous).
+        b: optional 1-D bias of length ``x.shape[dim]``, broadcast along ``dim``; cast to ``x.dtype``.
+        dim: the dimension ``b`` runs along (1 for NCHW activations, -1 for ``Linear`` outputs).
+        act: ``linear``, ``relu``, ``lrelu``, ``tanh``, ``sigmoid``, ``elu``, ``selu``, ``softplus`` or ``silu``.
+        alpha: negative slope of ``lrelu`` (default 0.01) or ``alpha`` of ``elu`` (default 1); others take none.
+        gain: scale applied after the activation (default 1).
+        clamp: if given, the output is clamped to ``[-clamp, clamp]``.
+        impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` (see ``fastgan.available_impls()``).
+
+    Returns:
+        A tensor shaped and typed like ``x``. Differentiable twice w.r.t. ``x`` and ``b`` on every implementation
+        (any order for linear/relu/lrelu, whose second derivative is zero and never computed; a third order of the
+        smooth activations raises on the compiled and Triton paths).
+    """
+    spec, dim_, alpha_ = _check(x, b, dim, act, alpha, clamp)
+    impl = resolve_impl(impl, x.device, "bias_act")
+    if impl == "ref":
+        return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+    forward = _custom_ops(impl)[0]
+    return forward(x, b, dim_, spec.index, alpha_, 1.0 if gain is None else float(gain), clamp)
+
+
+# --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
+
+_GRAD2 = {spec.index: spec.has_grad2 for spec in ACTIVATIONS.values()}
+_NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
+_registered: dict[str, tuple] = {}
+
+
+def _reduce_to_bias(grad: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum ``grad`` over every dimension but ``dim`` (accumulating in at least float32), in ``b``'s dtype."""
+    dims = [d for d in range(grad.dim()) if d != dim]
+    acc = torch.promote_types(grad.dtype, torch.float32)
+    return grad.sum(dims, dtype=acc).to(b.dtype) if dims else grad.to(b.dtype)
+
+
+def _register(forward, backward, backward2) -> None:
+    """Fake implementations and autograd formulas for one implementation's three ops."""
+
+    def fake_forward(x, b, dim, act, alpha, gain, clamp):
+        return torch.empty_like(dense(x))
+
+    def fake_backward(dy, x, b, dim, act, alpha, gain, clamp):
+        return torch.empty_like(dense(x))
+
+    def fake_backward2(g, dy, x, b, dim, act, alpha, gain, clamp):
+        return torch.empty_like(dense(x))
+
+    def setup_forward(ctx, inputs, output):
+        x, b, *ctx.args = inputs
+        ctx.save_for_backward(x, b)
+
+    def grad_forward(ctx, dy):
+        x, b = ctx.saved_tensors
+        dx = backward(dy, x, b, *ctx.args)
+        db = _reduce_to_bias(dx, b, ctx.args[0]) if b is not None and ctx.needs_input_grad[1] else None
+        return dx, db, None, None, None, None, None
+
+    def setup_backward(ctx, inputs, output):
+        dy, x, b, *ctx.args = inputs
+        ctx.save_for_backward(dy, x, b)
+
+    def grad_backward(ctx, g):
+        # dx = dy * f'(x + b) * gain is linear in dy (so its dy-gradient is this op again); its x- and b-gradients
+        # carry f'', which is identically zero for piecewise-linear activations: return None, run nothing.
+        dy, x, b = ctx.saved_tensors
+        dim, act = ctx.args[0], ctx.args[1]
+        ddy = backward(g, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
+        dx = db = None
+        if _GRAD2[act] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            d2 = backward2(g, dy, x, b, *ctx.args)
+            dx = d2 if ctx.needs_input_grad[1] else None
+            db = _reduce_to_bias(d2, b, dim) if b is not None and ctx.needs_input_grad[2] else None
+        return ddy, dx, db, None, None, None, None, None
+
+    def setup_backward2(ctx, inputs, output):
+        ctx.act = inputs[5]
+
+    def grad_backward2(ctx, grad):
+        raise RuntimeError(
+            f"bias_act: third-order gradients of act={_NAMES[ctx.act]!r} are not supported by the compiled and "
+            "Triton implementations (linear, relu and lrelu support any order); use impl='ref' for higher orders"
+        )
+
+    for op, fake in ((forward, fake_forward), (backward, fake_backward), (backward2, fake_backward2)):
+        torch.library.register_fake(op, fake)
+    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+    torch.library.register_autograd(backward2, grad_backward2, setup_context=setup_backward2)
+
+
+def _custom_ops(impl: str) -> tuple:
+    """(forward, backward, backward2) custom ops of ``impl``, registering fakes and autograd on first use."""
+    if impl not in _registered:
+        if impl == "native":
+            native_extension()  # importing fastgan._C defines the fastgan::bias_act* operators
+            ops = torch.ops.fastgan
+            found = (ops.bias_act.default, ops.bias_act_backward.default, ops.bias_act_backward2.default)
+        else:
+            from ..kernels.triton import bias_act as kernels
+
+            found = (kernels.bias_act_triton, kernels.bias_act_backward_triton, kernels.bias_act_backward2_triton)
+        _register(*found)
+        _registered[impl] = found
+    return _registered[impl]
+
