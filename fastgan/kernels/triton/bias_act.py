@@ -89,12 +89,12 @@ def _act_grad2(z, alpha, ACT: tl.constexpr):
         s = _sigmoid(z)
         return s * (1.0 - s) * (1.0 - 2.0 * s)
     elif ACT == 5:
-        return tl.where(z > 0, 0.0, alpha * tl.exp(tl.minimum(z, 0.0)))
+        return tl.where(z < 0, alpha * tl.exp(tl.minimum(z, 0.0)), 0.0)
     elif ACT == 6:
-        return tl.where(z > 0, 0.0, SELU_SCALE * SELU_ALPHA * tl.exp(tl.minimum(z, 0.0)))
+        return tl.where(z < 0, SELU_SCALE * SELU_ALPHA * tl.exp(tl.minimum(z, 0.0)), 0.0)
     elif ACT == 7:
         s = _sigmoid(z)
-        return tl.where(z > 20.0, 0.0, s * (1.0 - s))
+        return tl.where(z < 20.0, s * (1.0 - s), 0.0)
     elif ACT == 8:
         s = _sigmoid(z)
         return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))

@@ -1,0 +1,95 @@
+"""The ``fastgan`` command line. ``fastgan info`` reports versions, devices and the implementation table."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+# Subcommand name -> (help, function adding its arguments, function running it). Later commands join here.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Register ``fn(args) -> exit code`` as ``fastgan NAME``."""
+
+    def register(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, add_arguments, fn)
+        return fn
+
+    return register
+
+
+def _versions() -> list[tuple[str, str]]:
+    import fastgan
+    from fastgan._backend import _triton_version, native_extension
+
+    triton_version, triton_reason = _triton_version()
+    module, reason = native_extension()
+    rows = [
+        ("fastgan", fastgan.__version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", triton_version or f"unavailable: {triton_reason}"),
+        ("CUDA (torch)", torch.version.cuda or "none (CPU build of PyTorch)"),
+        ("compiled extension", ("built, with CUDA kernels" if module.with_cuda() else "built, C++ kernels only")
+         if module is not None else f"unavailable: {reason}"),
+        ("C++ compiler", _tool_version(["c++", "--version"], "")),
+        ("nvcc", _tool_version(["nvcc", "--version"], "release")),
+    ]
+    return rows
+
+
+def _tool_version(cmd: list[str], marker: str) -> str:
+    """The first line of ``cmd``'s output containing ``marker``, or why there is none."""
+    import shutil
+    import subprocess
+
+    if shutil.which(cmd[0]) is None:
+        return "not found on PATH"
+    try:
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"unavailable: {error}"
+    return next((line.strip() for line in out.splitlines() if marker in line), "unknown")
+
+
+@command("info", "print versions, devices and which implementations are usable here")
+def info(args: argparse.Namespace) -> int:
+    import fastgan
+
+    print("fastgan info")
+    for name, value in _versions():
+        print(f"  {name:<24}{value}")
+    print("devices")
+    print(f"  {'cpu':<24}{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"  {f'cuda:{i}':<24}{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    else:
+        print(f"  {'cuda':<24}none visible")
+    print(f"implementations (default: {fastgan.get_impl()!r})")
+    for impl, devices in fastgan.available_impls().items():
+        for device, (usable, reason) in devices.items():
+            print(f"  {impl:<8}{device:<6}{'yes' if usable else 'no: ' + reason}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastgan", description="Fast GAN training for PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return COMMANDS[args.command][2](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per op; each defines ``CASES: list[tests.registry.OpCase]``."""
