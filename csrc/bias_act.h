@@ -2,8 +2,8 @@
 //
 // The activation table lives here once, as host-and-device functions, so the CPU kernels tested on every
 // commit run exactly the formulas the CUDA kernels run. Each activation has f (forward), f' and f''; the
-// derivatives follow PyTorch's conventions at the kinks (relu'(0) = 0, lrelu'(0) = alpha, elu'(0) = alpha,
-// softplus is linear above its threshold of 20) so that results match torch.nn.functional bit for bit in float64.
+// derivatives follow PyTorch's conventions at the kinks (relu'(0) = 0, lrelu'(0) = alpha, elu'(0) = alpha but
+// elu''(0) = 0, softplus is linear above its threshold of 20 and its f'' vanishes from 20 on) so that results match torch.nn.functional bit for bit in float64.
 #pragma once
 
 #include <stdint.h>
@@ -75,9 +75,9 @@ FASTGAN_HD T act_grad2(int act, T z, T alpha) {  // f''(z); zero for the piecewi
     switch (static_cast<Act>(act)) {
         case Act::Tanh: { T t = tanh(z); return T(-2) * t * (T(1) - t * t); }
         case Act::Sigmoid: { T s = sigmoid_of(z); return s * (T(1) - s) * (T(1) - T(2) * s); }
-        case Act::Elu: return z > T(0) ? T(0) : alpha * exp(z);
-        case Act::Selu: return z > T(0) ? T(0) : T(kSeluScale * kSeluAlpha) * exp(z);
-        case Act::Softplus: { if (z > T(kSoftplusThreshold)) return T(0); T s = sigmoid_of(z); return s * (T(1) - s); }
+        case Act::Elu: return z < T(0) ? alpha * exp(z) : T(0);
+        case Act::Selu: return z < T(0) ? T(kSeluScale * kSeluAlpha) * exp(z) : T(0);
+        case Act::Softplus: { if (!(z < T(kSoftplusThreshold))) return T(0); T s = sigmoid_of(z); return s * (T(1) - s); }
         case Act::Silu: { T s = sigmoid_of(z); return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
         default: return T(0);
     }
