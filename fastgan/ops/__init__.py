@@ -1,5 +1,14 @@
 """Functional fused ops. Each op takes ``impl=`` ("auto", "ref", "triton", "native"); ``*_ref`` is its specification."""
 
 from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
+from .norm_act import batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
 
-__all__ = ["ACTIVATIONS", "bias_act", "bias_act_ref"]
+__all__ = [
+    "ACTIVATIONS",
+    "batch_norm_act",
+    "batch_norm_act_ref",
+    "bias_act",
+    "bias_act_ref",
+    "instance_norm_act",
+    "instance_norm_act_ref",
+]

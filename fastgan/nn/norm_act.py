@@ -1,0 +1,193 @@
+"""``BatchNormAct2d`` and ``InstanceNormAct2d``: ``nn.BatchNorm2d`` / ``nn.InstanceNorm2d`` + an activation, fused.
+
+Both keep torch.nn's parameter and buffer names (``weight``, ``bias``, ``running_mean``, ``running_var``,
+``num_batches_tracked``) and its state_dict loading rules (they derive from torch.nn's ``_NormBase`` /
+``_InstanceNorm``), so a checkpoint of ``nn.BatchNorm2d`` (+ ``nn.ReLU``, which has no state) loads into
+``BatchNormAct2d`` and back. ``BatchNormAct2d`` deliberately is not an ``nn.BatchNorm2d`` (nor a ``_BatchNorm``):
+code that rewrites batch norms by type, such as ``nn.SyncBatchNorm.convert_sync_batchnorm``, would drop the
+activation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ..ops.norm_act import _activation, batch_norm_act, instance_norm_act
+
+__all__ = ["BatchNormAct2d", "InstanceNormAct2d", "activation_of"]
+
+
+def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
+    """``(act, alpha)`` of ``fastgan.ops.ACTIVATIONS`` computing the same function as a torch.nn activation module.
+
+    Maps None/Identity, ReLU, LeakyReLU(negative_slope), Tanh, Sigmoid, SiLU, ELU(alpha), SELU and Softplus (beta=1,
+    threshold=20); raises ValueError for anything else.
+    """
+    if module is None or isinstance(module, nn.Identity):
+        return "linear", None
+    if isinstance(module, nn.LeakyReLU):
+        return "lrelu", float(module.negative_slope)
+    if isinstance(module, nn.ELU):
+        return "elu", float(module.alpha)
+    if isinstance(module, nn.Softplus) and module.beta == 1 and module.threshold == 20:
+        return "softplus", None
+    simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.SELU: "selu"}
+    for kind, name in simple.items():
+        if type(module) is kind:
+            return name, None
+    raise ValueError(f"no fastgan activation computes {module!r}; supported: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, "
+                     "ELU, SELU, Softplus(beta=1, threshold=20), Identity")
+
+
+def _factory(norm: nn.Module) -> dict:
+    tensor = next(iter(norm.state_dict().values()), None)
+    return {} if tensor is None else {"device": tensor.device, "dtype": (norm.weight if norm.affine else tensor).dtype}
+
+
+class BatchNormAct2d(_NormBase):
+    """``act(nn.BatchNorm2d(x))`` as one fused op (:func:`fastgan.ops.batch_norm_act`); train and eval as torch.nn.
+
+    Args mirror ``nn.BatchNorm2d`` plus ``act``/``alpha`` (an activation of ``fastgan.ops.ACTIVATIONS``) and
+    ``impl``. Input ``[N, C, H, W]``, float16/bfloat16/float32, contiguous or channels_last (kept).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        act: str = "relu",
+        alpha: float | None = None,
+        impl: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        _activation(type(self).__name__, act, alpha)
+        self.act, self.alpha, self.impl = act, alpha, impl
+
+    @classmethod
+    def from_modules(cls, norm: nn.Module, act_module: nn.Module | None = None, impl: str = "auto") -> BatchNormAct2d:
+        """A ``BatchNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
+        activation (``None``: linear)."""
+        if not isinstance(norm, nn.BatchNorm2d):
+            raise TypeError(f"BatchNormAct2d.from_modules: norm must be an nn.BatchNorm2d, got {type(norm).__name__}")
+        if norm.affine and norm.bias is None:
+            raise ValueError("BatchNormAct2d.from_modules: affine batch norms without a bias are not supported")
+        act, alpha = activation_of(act_module)
+        fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, act, alpha,
+                    impl, **_factory(norm))
+        fused.load_state_dict(norm.state_dict())
+        return fused.train(norm.training)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: expected a 4-D input [N, C, H, W], got {input.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        # Exactly nn.BatchNorm2d's choices: batch statistics in training (or without buffers), buffers updated only
+        # when tracked and training; num_batches_tracked counts the steps (momentum=None averages over them).
+        tracking = self.training and self.track_running_stats
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        return batch_norm_act(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean if use_buffers else None,
+            self.running_var if use_buffers else None,
+            use_batch_stats,
+            self.momentum,
+            self.eps,
+            self.act,
+            self.alpha,
+            self.impl,
+            num_batches_tracked=self.num_batches_tracked if tracking else None,
+        )
+
+    def extra_repr(self) -> str:
+        extras = [super().extra_repr(), f"act={self.act!r}"]
+        if self.alpha is not None:
+            extras.append(f"alpha={self.alpha}")
+        if self.impl != "auto":
+            extras.append(f"impl={self.impl!r}")
+        return ", ".join(extras)
+
+
+class InstanceNormAct2d(_InstanceNorm):
+    """``act(nn.InstanceNorm2d(x))`` as one fused op (:func:`fastgan.ops.instance_norm_act`).
+
+    Args mirror ``nn.InstanceNorm2d`` (affine and running statistics off by default) plus ``act``/``alpha`` and
+    ``impl``. Input ``[N, C, H, W]`` or unbatched ``[C, H, W]``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        act: str = "relu",
+        alpha: float | None = None,
+        impl: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        _activation(type(self).__name__, act, alpha)
+        self.act, self.alpha, self.impl = act, alpha, impl
+
+    @classmethod
+    def from_modules(
+        cls, norm: nn.Module, act_module: nn.Module | None = None, impl: str = "auto"
+    ) -> InstanceNormAct2d:
+        """An ``InstanceNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
+        activation (``None``: linear)."""
+        if not isinstance(norm, nn.InstanceNorm2d):
+            raise TypeError(
+                f"InstanceNormAct2d.from_modules: norm must be an nn.InstanceNorm2d, got {type(norm).__name__}"
+            )
+        if norm.affine and norm.bias is None:
+            raise ValueError("InstanceNormAct2d.from_modules: affine instance norms without a bias are not supported")
+        act, alpha = activation_of(act_module)
+        fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, act, alpha,
+                    impl, **_factory(norm))
+        fused.load_state_dict(norm.state_dict())
+        return fused.train(norm.training)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (3, 4):
+            raise ValueError(f"{type(self).__name__}: expected a 3-D or 4-D input, got {input.dim()}-D")
+
+    def _get_no_batch_dim(self) -> int:
+        return 3
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return instance_norm_act(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+            self.act,
+            self.alpha,
+            self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        extras = [super().extra_repr(), f"act={self.act!r}"]
+        if self.alpha is not None:
+            extras.append(f"alpha={self.alpha}")
+        if self.impl != "auto":
+            extras.append(f"impl={self.impl!r}")
+        return ", ".join(extras)

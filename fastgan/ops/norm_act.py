@@ -1,0 +1,378 @@
+"""batch_norm_act / instance_norm_act: normalization followed by an activation, fused, with running statistics.
+
+The whole story of both ops is here: the references (the specification: ``F.batch_norm`` / ``F.instance_norm``
+then an activation of ``fastgan.ops.bias_act.ACTIVATIONS``), argument checks, running-statistics updates, and the
+autograd formulas shared by the compiled (``fastgan::norm_act*``, csrc/norm_act.cpp + .cu) and Triton
+(``fastgan::norm_act*_triton``, fastgan/kernels/triton/norm_act.py) custom ops.
+
+One pair of custom ops serves both norms. A *statistic group* is a channel (batch norm) or a (sample, channel) pair
+(instance norm); ``use_input_stats`` says whether the groups' statistics come from ``x`` (training) or are the
+running statistics (evaluation, where both norms are the same per-channel affine map).
+
+- forward ``norm_act(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha)
+  -> (y, mean, var)``: pass 1 reduces per-group mean and biased variance in float32 (shifted sums per fixed-size
+  chunk, chunks merged with Chan's formula in a fixed order, so the result is deterministic and does not cancel
+  catastrophically for data far from zero); pass 2 writes ``y = act((x - mean) * rsqrt(var + eps) * w + b)``.
+  ``mean``/``var`` come back so Python can update the running statistics exactly as PyTorch does.
+- backward ``norm_act_backward(dy, x, w, b, mean, var, ...) -> (dx, dw, db)`` (``dw``/``db`` float32 per
+  channel): pass 1 recomputes ``z`` and reduces ``sum(dz)`` and ``sum(dz * xhat)`` per group, pass 2 writes ``dx``.
+- The backward's own backward (second order, for gradient penalties) is composed from the reference in PyTorch
+  ops (``torch.func.vjp`` of the reference's vjp, in float32 or float64): correct and differentiable to any order,
+  not fast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import native_extension, resolve_impl
+from .bias_act import ACTIVATIONS, Activation
+
+__all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
+
+_BN = "batch_norm_act"
+_IN = "instance_norm_act"
+
+
+# --- argument checks -------------------------------------------------------------------------------------------
+
+
+def _activation(op: str, act: str, alpha: float | None) -> tuple[Activation, float]:
+    spec = ACTIVATIONS.get(act) if isinstance(act, str) else None
+    if spec is None:
+        raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if alpha is not None and spec.default_alpha is None:
+        raise ValueError(f"{op}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+    return spec, float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
+
+
+def _check_vector(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[1]:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{op}: {name} must be 1-D of length x.shape[1] = {x.shape[1]} (channels), got {shape}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; move it to x's device")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check(
+    op: str,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    use_input_stats: bool,
+    eps: float,
+    act: str,
+    alpha: float | None,
+) -> tuple[Activation, float]:
+    """Validate arguments the same way for every implementation; return (activation, alpha)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
+    min_dim = 3 if op == _IN else 2
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{op}: x must have shape [N, C{', *spatial' if op == _IN else ', ...'}] "
+            f"(at least {min_dim} dims), got {tuple(x.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        _check_vector(op, name, t, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
+    if not use_input_stats and running_mean is None:
+        what = "training=False" if op == _BN else "use_input_stats=False"
+        raise ValueError(f"{op}: {what} normalizes with the running statistics, so running_mean/var must be given")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+    if use_input_stats:
+        per_group = x.shape[2:].numel() * (1 if op == _IN else x.shape[0])
+        if per_group == 1 and x.numel():
+            what = "spatial element" if op == _IN else "value per channel"
+            raise ValueError(
+                f"{op}: expected more than 1 {what} when normalizing with batch statistics, got input of shape "
+                f"{tuple(x.shape)}; use a larger input or evaluation mode"
+            )
+    return _activation(op, act, alpha)
+
+
+def _momentum_factor(
+    op: str, training: bool, running_mean: torch.Tensor | None, momentum: float | None, nbt: torch.Tensor | None
+) -> float:
+    """The running-average factor of this step, counting the step in ``num_batches_tracked`` (as nn.BatchNorm)."""
+    if training and running_mean is not None and nbt is not None:
+        nbt.add_(1)
+        if momentum is None:
+            return 1.0 / float(nbt)
+    if momentum is None:
+        if training and running_mean is not None:
+            raise ValueError(
+                f"{op}: momentum=None (cumulative moving average) needs num_batches_tracked= (the step counter)"
+            )
+        return 0.0
+    return float(momentum)
+
+
+# --- references: the specification ------------------------------------------------------------------------------
+
+
+def batch_norm_act_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    num_batches_tracked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch."""
+    spec, alpha_ = _check(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
+    return spec.fn(F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps), alpha_)
+
+
+def instance_norm_act_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch."""
+    spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    y = F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)  # F.instance_norm returns NCHW; keep the layout given
+    return spec.fn(y, alpha_)
+
+
+# --- public ops -------------------------------------------------------------------------------------------------
+
+
+def batch_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+    num_batches_tracked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Batch normalization then an activation: ``act(F.batch_norm(x, ...), alpha)``, fused.
+
+    Args:
+        x: ``[N, C, *]`` float16, bfloat16, float32 (float64 too, for gradcheck); contiguous or channels_last (kept as
+            given), anything else is computed contiguous.
+        weight, bias: optional ``[C]`` affine parameters (any floating dtype; math in float32).
+        running_mean, running_var: optional ``[C]`` buffers. With ``training=True`` they are updated in place exactly
+            as ``F.batch_norm`` does (unbiased variance); with ``training=False`` they normalize ``x``.
+        training: normalize with the batch's statistics (per channel over N and the spatial dims).
+        momentum: running-average factor; ``None`` means a cumulative average, which needs ``num_batches_tracked``.
+        eps: added to the variance.
+        act, alpha: an activation of ``fastgan.ops.ACTIVATIONS`` and its parameter (lrelu slope, elu alpha).
+        impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` (see ``fastgan.available_impls()``).
+        num_batches_tracked: optional step counter (a 0-dim long tensor, as nn.BatchNorm2d's buffer), incremented
+            in place when ``training`` and running statistics are given.
+
+    Returns:
+        ``y`` shaped, typed and laid out like ``x``. Differentiable w.r.t. ``x``, ``weight`` and ``bias`` to second
+        order on every implementation (any order on ``ref``; the compiled and Triton second order runs the reference
+        in PyTorch ops). Batch statistics are float32, reduced deterministically (fixed chunking and merge order).
+    """
+    spec, alpha_ = _check(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    impl = resolve_impl(impl, x.device, _BN)
+    if impl == "ref":
+        return batch_norm_act_ref(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
+        )
+    factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
+    stats = (None, None) if training else (running_mean, running_var)
+    y, mean, var = _custom_ops(impl)[0](x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
+    if training and running_mean is not None and x.numel():
+        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1)
+    return y
+
+
+def instance_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Instance normalization then an activation: ``act(F.instance_norm(x, ...), alpha)``, fused.
+
+    Args:
+        x: ``[N, C, *spatial]`` float16, bfloat16, float32 (float64 too); contiguous or channels_last (kept).
+        weight, bias: optional ``[C]`` affine parameters.
+        running_mean, running_var: optional ``[C]`` buffers; with ``use_input_stats=True`` they are updated in place
+            with the batch average of the per-sample statistics (unbiased variance), as ``F.instance_norm`` does.
+        use_input_stats: normalize each (sample, channel) over its spatial dims; ``False``: with the running stats.
+        momentum, eps, act, alpha, impl: as for :func:`batch_norm_act`.
+
+    Returns:
+        ``y`` shaped, typed and laid out like ``x``; gradients as for :func:`batch_norm_act`.
+    """
+    spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    impl = resolve_impl(impl, x.device, _IN)
+    if impl == "ref":
+        return instance_norm_act_ref(
+            x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, act, alpha
+        )
+    stats = (None, None) if use_input_stats else (running_mean, running_var)
+    y, mean, var = _custom_ops(impl)[0](x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
+    if use_input_stats and running_mean is not None and x.numel():
+        count = x.numel() // (x.shape[0] * x.shape[1])
+        _update_running_stats(running_mean, running_var, mean, var, float(momentum), count, x.shape[0])
+    return y
+
+
+@torch.no_grad()
+def _update_running_stats(running_mean, running_var, mean, var, factor: float, count: int, batch: int) -> None:
+    """``running = (1 - factor) * running + factor * stat``, with the unbiased variance, averaged over samples."""
+    unbiased = var * (count / (count - 1))
+    if batch > 1:  # instance norm: the batch average of the per-sample statistics (as F.instance_norm)
+        mean, unbiased = mean.view(batch, -1).mean(0), unbiased.view(batch, -1).mean(0)
+    running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
+    running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+
+
+# --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
+
+_NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
+_registered: dict[str, tuple] = {}
+
+
+def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float):
+    """The reference forward in x's dtype: batch statistics from ``x``, else ``mean``/``var`` as constants."""
+    if use_input_stats:
+        norm = F.instance_norm if instance else F.batch_norm
+        z = norm(x, None, None, w, b, True, 0.0, eps)
+    else:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        z = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps) * w.view(shape) + b.view(shape)
+    return ACTIVATIONS[_NAMES[act]].fn(z, alpha)
+
+
+def _second_order(dy, x, w, b, mean, var, args, gdx, gdw, gdb):
+    """The vjp of the backward op (dy, x, w, b) -> (dx, dw, db), from the reference in float32 (float64 for float64).
+
+    In training mode the statistics are recomputed from ``x`` inside the reference, so the x-gradient is the total
+    derivative; built from PyTorch ops, so it is itself differentiable (any order).
+    """
+    math = torch.float64 if x.dtype == torch.float64 else torch.float32
+    channels = x.shape[1]
+    w_ = w.to(math) if w is not None else torch.ones(channels, dtype=math, device=x.device)
+    b_ = b.to(math) if b is not None else torch.zeros(channels, dtype=math, device=x.device)
+    mean_, var_ = mean.to(math), var.to(math)
+
+    def first_order(dy_, x_, w__, b__):
+        _, vjp = torch.func.vjp(lambda *p: _normalized_ref(*p, mean_, var_, *args), x_, w__, b__)
+        return vjp(dy_)
+
+    def cotangent(g, like):
+        return torch.zeros_like(like) if g is None else g.to(like.dtype)
+
+    primals = (dy.to(math), x.to(math), w_, b_)
+    outs, vjp2 = torch.func.vjp(first_order, *primals)
+    return vjp2(tuple(cotangent(g, o) for g, o in zip((gdx, gdw, gdb), outs)))
+
+
+def _register(forward, backward) -> None:
+    """Fake implementations and autograd formulas for one implementation's two ops."""
+
+    def fake_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha):
+        groups = x.shape[0] * x.shape[1] if use_input_stats and instance else x.shape[1]
+        y = torch.empty_like(_norm_layout(x))
+        stat = x.new_empty(groups, dtype=torch.float32)
+        return y, stat, torch.empty_like(stat)
+
+    def fake_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha):
+        dw = x.new_empty(x.shape[1], dtype=torch.float32)
+        return torch.empty_like(_norm_layout(x)), dw, torch.empty_like(dw)
+
+    def setup_forward(ctx, inputs, output):
+        x, w, b, _, _, *ctx.args = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(x, w, b, mean, var)
+
+    def grad_forward(ctx, dy, _dmean, _dvar):
+        x, w, b, mean, var = ctx.saved_tensors
+        dx, dw, db = backward(dy, x, w, b, mean, var, *ctx.args)
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            dw.to(w.dtype) if w is not None and ctx.needs_input_grad[1] else None,
+            db.to(b.dtype) if b is not None and ctx.needs_input_grad[2] else None,
+            None, None, None, None, None, None, None,
+        )
+
+    def setup_backward(ctx, inputs, output):
+        dy, x, w, b, mean, var, *ctx.args = inputs
+        ctx.save_for_backward(dy, x, w, b, mean, var)
+
+    def grad_backward(ctx, gdx, gdw, gdb):
+        dy, x, w, b, mean, var = ctx.saved_tensors
+        ddy, dx, dw, db = _second_order(dy, x, w, b, mean, var, ctx.args, gdx, gdw, gdb)
+        needs = ctx.needs_input_grad
+        return (
+            ddy.to(dy.dtype) if needs[0] else None,
+            dx.to(x.dtype) if needs[1] else None,
+            dw.to(w.dtype) if w is not None and needs[2] else None,
+            db.to(b.dtype) if b is not None and needs[3] else None,
+            None, None, None, None, None, None, None,
+        )
+
+    torch.library.register_fake(forward, fake_forward)
+    torch.library.register_fake(backward, fake_backward)
+    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+
+
+def _norm_layout(x: torch.Tensor) -> torch.Tensor:
+    """The layout the kernels compute in (and return): contiguous or 4-D channels_last as given, else contiguous."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
+def _custom_ops(impl: str) -> tuple:
+    """(forward, backward) custom ops of ``impl``, registering fakes and autograd on first use."""
+    if impl not in _registered:
+        if impl == "native":
+            native_extension()  # importing fastgan._C defines the fastgan::norm_act* operators
+            ops = torch.ops.fastgan
+            found = (ops.norm_act.default, ops.norm_act_backward.default)
+        else:
+            from ..kernels.triton import norm_act as kernels
+
+            found = (kernels.norm_act_triton, kernels.norm_act_backward_triton)
+        _register(*found)
+        _registered[impl] = found
+    return _registered[impl]
