@@ -83,7 +83,15 @@ Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, 
     return r;
 }
 
-template <typename scalar_t, int K>
+template <int K, int A, typename M>
+inline M cpu_element(M z, M dy, M g, M alpha, M gain, M clamp) {
+    // A is a compile-time constant here, so the activation switch in bias_act.h folds away and loops vectorise.
+    if constexpr (K == kForward) return bias_act_forward<M>(A, z, alpha, gain, clamp);
+    else if constexpr (K == kBackward) return bias_act_backward<M>(A, z, dy, alpha, gain, clamp);
+    else return bias_act_backward2<M>(A, z, dy, g, alpha, gain, clamp);
+}
+
+template <typename scalar_t, int K, int A>
 void cpu_kernel(const BiasActParams& p) {
     // float64 computes in double (gradcheck); float, half and bfloat16 in float.
     using M = at::opmath_type<scalar_t>;
@@ -93,27 +101,48 @@ void cpu_kernel(const BiasActParams& p) {
     const scalar_t* g = static_cast<const scalar_t*>(p.g);
     scalar_t* out = static_cast<scalar_t*>(p.out);
     const M alpha = p.alpha, gain = p.gain, clamp = p.clamp;
-    at::parallel_for(0, p.numel, 1 << 15, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            M z = static_cast<M>(x[i]);
-            if (b) z += static_cast<M>(b[(i / p.bias_stride) % p.bias_size]);
-            M v;
-            if constexpr (K == kForward) {
-                v = bias_act_forward<M>(p.act, z, alpha, gain, clamp);
-            } else if constexpr (K == kBackward) {
-                v = bias_act_backward<M>(p.act, z, static_cast<M>(dy[i]), alpha, gain, clamp);
+    auto element = [&](int64_t i, M bias) {
+        const M z = static_cast<M>(x[i]) + bias;
+        const M d = K != kForward ? static_cast<M>(dy[i]) : M(0);
+        const M gg = K == kBackward2 ? static_cast<M>(g[i]) : M(0);
+        out[i] = static_cast<scalar_t>(cpu_element<K, A, M>(z, d, gg, alpha, gain, clamp));
+    };
+    // Memory splits into runs that share one bias value (bias_stride > 1: e.g. an NCHW plane) or into rows that
+    // walk the whole bias (bias_stride == 1: channels_last or a Linear output). Either way the inner loop is
+    // contiguous and free of index division.
+    // A size-1 bias dimension may carry any stride: its bias is one constant over all of memory.
+    const bool constant = b == nullptr || p.bias_size == 1;
+    const bool rows = !constant && p.bias_stride == 1;
+    const int64_t run = constant ? p.numel : (rows ? p.bias_size : p.bias_stride);
+    const int64_t runs = run == 0 ? 0 : p.numel / run;
+    at::parallel_for(0, runs, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(run, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t base = r * run;
+            if (rows) {
+                for (int64_t j = 0; j < run; ++j) element(base + j, static_cast<M>(b[j]));
             } else {
-                v = bias_act_backward2<M>(p.act, z, static_cast<M>(dy[i]), static_cast<M>(g[i]), alpha, gain, clamp);
+                const M bias = b ? static_cast<M>(b[r % p.bias_size]) : M(0);
+                for (int64_t j = 0; j < run; ++j) element(base + j, bias);
             }
-            out[i] = static_cast<scalar_t>(v);
         }
     });
 }
 
 template <int K>
 at::Tensor run_cpu(Prepared r) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.x.scalar_type(), "bias_act_cpu",
-                                    [&] { cpu_kernel<scalar_t, K>(r.p); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.x.scalar_type(), "bias_act_cpu", [&] {
+        switch (static_cast<Act>(r.p.act)) {
+            case Act::Relu: cpu_kernel<scalar_t, K, int(Act::Relu)>(r.p); break;
+            case Act::Lrelu: cpu_kernel<scalar_t, K, int(Act::Lrelu)>(r.p); break;
+            case Act::Tanh: cpu_kernel<scalar_t, K, int(Act::Tanh)>(r.p); break;
+            case Act::Sigmoid: cpu_kernel<scalar_t, K, int(Act::Sigmoid)>(r.p); break;
+            case Act::Elu: cpu_kernel<scalar_t, K, int(Act::Elu)>(r.p); break;
+            case Act::Selu: cpu_kernel<scalar_t, K, int(Act::Selu)>(r.p); break;
+            case Act::Softplus: cpu_kernel<scalar_t, K, int(Act::Softplus)>(r.p); break;
+            case Act::Silu: cpu_kernel<scalar_t, K, int(Act::Silu)>(r.p); break;
+            default: cpu_kernel<scalar_t, K, int(Act::Linear)>(r.p); break;
+        }
+    });
     return r.out;
 }
 

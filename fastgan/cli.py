@@ -79,6 +79,10 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands defined beside their code register themselves with @command when imported.
+from .train import cli as _train_cli  # noqa: E402, F401
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgan", description="Fast GAN training for PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

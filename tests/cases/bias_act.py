@@ -37,3 +37,5 @@ CASES += [
     _case("lrelu", -1, [(6, 33), (2, 3, 17)], alpha=0.2),
     _case("elu", 0, [(5, 9), (3, 2, 4, 4)], alpha=0.7),
 ]
+# A size-1 channel dimension (its stride is arbitrary) and a Linear-shaped input with the bias on the last dim.
+CASES += [_case("lrelu", 1, [(3, 1, 4, 5)]), _case("silu", 1, [(7, 5)])]

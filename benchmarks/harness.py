@@ -1,0 +1,111 @@
+"""Shared pytest-benchmark harness: providers, modes, device-aware shapes and effective-bandwidth bookkeeping.
+
+A benchmark file parametrizes over ``PROVIDERS`` x ``MODES`` x shapes and calls :func:`measure`. Providers:
+
+- ``eager``: the same computation written in plain PyTorch (what a user has today);
+- ``compile``: that PyTorch code under ``torch.compile``;
+- ``triton`` / ``native``: fastgan with ``impl=`` set.
+
+Modes follow a GAN step: ``fwd``; ``fwd_bwd`` (loss.backward()); ``double_bwd`` (a gradient penalty: the input
+gradient with ``create_graph=True``, then the backward of a function of it).
+
+On CPU everything runs with small shapes so the harness is exercised in CI; the real shapes (DCGAN-64 layers at
+batch 64 and 128, a 64M-element tensor) run on a GPU (``benchmarks/gpu_suite.py``). Timings are medians recorded by
+pytest-benchmark; each call synchronises the device so asynchronous kernels are timed whole.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+import fastgan
+
+PROVIDERS = ("eager", "compile", "triton", "native")
+MODES = ("fwd", "fwd_bwd", "double_bwd")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+DTYPES = (torch.bfloat16, torch.float32) if ON_GPU else (torch.float32,)
+
+# DCGAN-64 activations (generator then discriminator), per batch size.
+DCGAN64_G = [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32)]
+DCGAN64_D = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+
+
+def activation_shapes() -> list[tuple[int, ...]]:
+    """Real layer shapes on a GPU; a representative handful, shrunk, on CPU."""
+    if ON_GPU:
+        shapes = [(batch, *chw) for batch in (64, 128) for chw in DCGAN64_G + DCGAN64_D]
+        return list(dict.fromkeys(shapes)) + [(64, 256, 64, 64)]  # the last: 64M elements
+    return [(2, 64, 32, 32), (2, 512, 4, 4), (4, 64, 64, 64)]
+
+
+def shape_id(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def require_provider(provider: str) -> None:
+    """Skip (with the reason) providers that cannot run on this device."""
+    if provider in fastgan.IMPLS:
+        usable, reason = fastgan.available_impls()[provider][DEVICE]
+        if not usable:
+            pytest.skip(f"{provider} unavailable on {DEVICE}: {reason}")
+        if provider == "triton" and not ON_GPU:
+            pytest.skip("the Triton interpreter is a correctness tool; timing it means nothing")
+
+
+@functools.cache
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, cached so every benchmark of one function shares a compilation."""
+    return torch.compile(fn, dynamic=False)
+
+
+def step(mode: str, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """A closure running one ``mode`` step of ``fn`` on ``inputs`` (float tensors; all get gradients)."""
+    leaves = [t.detach().requires_grad_(mode != "fwd") for t in inputs]
+    grad_out = torch.randn_like(fn(*leaves)) if mode != "fwd" else None
+
+    def fwd():
+        with torch.no_grad():
+            fn(*leaves)
+
+    def fwd_bwd():
+        fn(*leaves).backward(grad_out)
+
+    def double_bwd():
+        out = fn(*leaves)
+        (grad,) = torch.autograd.grad(out, leaves[0], grad_out, create_graph=True)
+        grad.square().sum().backward()
+
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd, "double_bwd": double_bwd}[mode]
+
+
+def measure(benchmark, run: Callable[[], None], *, bytes_moved: int = 0, flops: int = 0, **info) -> None:
+    """Time ``run`` with pytest-benchmark (synchronising the device) and record metadata and GB/s / TFLOP/s."""
+    sync = torch.cuda.synchronize if ON_GPU else (lambda: None)
+
+    def timed():
+        run()
+        sync()
+
+    try:
+        timed()  # the first call compiles, autotunes, fills the allocator
+    except RuntimeError as error:
+        if "create_graph" not in str(error):
+            raise
+        # torch.compile's AOT autograd refuses double backward: recorded as a skip, not a failure.
+        pytest.skip(f"unsupported: {str(error).splitlines()[0][:200]}")
+    for _ in range(2):
+        timed()
+    benchmark.extra_info.update(device=DEVICE, bytes=bytes_moved, flops=flops, **info)
+    if ON_GPU:
+        benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+    benchmark.pedantic(timed, rounds=20 if ON_GPU else 5, iterations=1, warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    if bytes_moved:
+        benchmark.extra_info["GB/s"] = round(bytes_moved / median / 1e9, 2)
+    if flops:
+        benchmark.extra_info["TFLOP/s"] = round(flops / median / 1e12, 3)
