@@ -1,0 +1,94 @@
+"""The GAN families as ``torch.nn`` modules built from fastgan layers (every constructor takes ``impl=``).
+
+- ``gan``: ``MLPGenerator`` / ``MLPDiscriminator`` (the original 2014 GAN)
+- ``dcgan``: ``DCGANGenerator`` / ``DCGANDiscriminator`` (28x28 and powers of two 16..128, 1 or 3 channels)
+- ``wgan``, ``wgan-gp``: the DCGAN generator and the DCGAN discriminator without batch norm as the critic
+- ``cyclegan``: two ``ResnetGenerator`` and two ``PatchDiscriminator``
+
+``build_networks(model, ...)`` makes the named networks of a family; ``check_image_size`` says early whether a
+family can make a size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .cyclegan import PatchDiscriminator, ResnetBlock, ResnetGenerator, check_cyclegan_size
+from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_levels
+from .gan import MLPDiscriminator, MLPGenerator
+from .layers import conv_block, dcgan_init
+
+MODELS = ("gan", "dcgan", "wgan", "wgan-gp", "cyclegan")
+_MLP_MAX_SIZE = 64  # 64x64x3 = 12288 inputs: beyond that an MLP GAN is not a sensible model
+
+
+def check_model(model: str) -> str:
+    """Return ``model`` if it is one of ``MODELS``; ValueError listing them otherwise."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return model
+
+
+def check_image_size(model: str, image_size: int) -> None:
+    """ValueError with the sizes ``model`` supports unless it can make ``image_size`` x ``image_size`` images."""
+    check_model(model)
+    if model == "gan":
+        if not 4 <= image_size <= _MLP_MAX_SIZE:
+            raise ValueError(f"GAN (MLP): image_size must be in 4..{_MLP_MAX_SIZE}, got {image_size}")
+    elif model == "cyclegan":
+        check_cyclegan_size(image_size)
+    else:
+        dcgan_levels(image_size)
+
+
+def build_networks(
+    model: str,
+    image_size: int,
+    channels: int,
+    z_dim: int = 100,
+    ngf: int = 64,
+    ndf: int = 64,
+    n_blocks: int | None = None,
+    impl: str = "auto",
+) -> dict[str, nn.Module]:
+    """The networks of a family by role: ``{"G", "D"}``, or ``{"G_AB", "G_BA", "D_A", "D_B"}`` for cyclegan.
+
+    ``n_blocks`` (cyclegan) defaults to 9 for images of 256 and more, else 6, as in the paper.
+    """
+    check_image_size(model, image_size)
+    if model == "gan":
+        return {
+            "G": MLPGenerator(z_dim, image_size, channels, impl=impl),
+            "D": MLPDiscriminator(image_size, channels, impl=impl),
+        }
+    if model == "cyclegan":
+        blocks = n_blocks if n_blocks is not None else (9 if image_size >= 256 else 6)
+        return {
+            "G_AB": ResnetGenerator(channels, channels, ngf, blocks, impl),
+            "G_BA": ResnetGenerator(channels, channels, ngf, blocks, impl),
+            "D_A": PatchDiscriminator(channels, ndf, impl),
+            "D_B": PatchDiscriminator(channels, ndf, impl),
+        }
+    critic_norm = "batch" if model == "dcgan" else None  # WGAN(-GP) critics: no batch norm
+    return {
+        "G": DCGANGenerator(image_size, channels, z_dim, ngf, "batch", impl),
+        "D": DCGANDiscriminator(image_size, channels, ndf, critic_norm, impl),
+    }
+
+
+__all__ = [
+    "MODELS",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "PatchDiscriminator",
+    "ResnetBlock",
+    "ResnetGenerator",
+    "build_networks",
+    "check_image_size",
+    "check_model",
+    "conv_block",
+    "dcgan_init",
+    "dcgan_levels",
+]

@@ -1,0 +1,29 @@
+"""Training: ``Trainer`` (one loop for every family), ``TrainConfig``, atomic checkpoints, EMA, metrics.
+
+    from fastgan.train import Trainer, TrainConfig
+    Trainer(TrainConfig(model="dcgan", data="digits", steps=500, out="runs/demo")).fit()
+"""
+
+from .checkpoint import LAST, load_checkpoint, save_checkpoint
+from .config import AMP_MODES, FAMILIES, FamilyDefaults, TrainConfig, resolve_device
+from .ema import EMA
+from .metrics import LossMeter, MetricsWriter, Progress
+from .pool import ImagePool
+from .trainer import Trainer
+
+__all__ = [
+    "AMP_MODES",
+    "EMA",
+    "FAMILIES",
+    "LAST",
+    "FamilyDefaults",
+    "ImagePool",
+    "LossMeter",
+    "MetricsWriter",
+    "Progress",
+    "TrainConfig",
+    "Trainer",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+]

@@ -1,0 +1,64 @@
+"""Atomic checkpoint files: a run killed at any moment keeps its previous checkpoint intact.
+
+``save_checkpoint`` writes to a temporary file in the target's folder, flushes and fsyncs it, then ``os.replace``s
+it over the target (atomic on POSIX and Windows) and fsyncs the folder so the rename itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LAST = "last.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``state`` with ``torch.save`` to ``path`` atomically; return the path. Parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (not possible on Windows, where os.replace is already durable enough)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; FileNotFoundError / ValueError say what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt file written by `fastgan train`)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise ValueError(f"{path} is not a readable fastgan checkpoint: {err}") from err
+    if not isinstance(state, dict) or "config" not in state or "nets" not in state:
+        raise ValueError(f"{path} is not a fastgan checkpoint (no 'config' and 'nets' entries)")
+    return state

@@ -1,0 +1,122 @@
+"""Run metrics: ``metrics.jsonl`` and ``metrics.csv`` in the run folder, TensorBoard when installed, a progress line.
+
+Losses are accumulated on the device as tensors during the steps (no host synchronisation); ``LossMeter.mean()``
+moves them to the host once per logging interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+
+class LossMeter:
+    """Sums of detached scalar tensors since the last ``mean()``, kept on their device."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def mean(self) -> dict[str, float]:
+        """Means since the last call (one host transfer for all of them), then reset."""
+        if not self.count:
+            return {}
+        names = list(self.sums)
+        values = (torch.stack([self.sums[n] for n in names]) / self.count).tolist()
+        self.sums, self.count = {}, 0
+        return dict(zip(names, values))
+
+
+class MetricsWriter:
+    """Appends one row per logging interval to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if present)."""
+
+    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+        self.folder = folder
+        self.jsonl_path, self.csv_path = folder / "metrics.jsonl", folder / "metrics.csv"
+        self._csv_fields: list[str] | None = None
+        if self.csv_path.is_file():
+            with open(self.csv_path, newline="") as handle:
+                self._csv_fields = next(csv.reader(handle), None)
+        self.tensorboard = _tensorboard_writer(folder / "tensorboard") if tensorboard else None
+
+    def write(self, row: dict[str, float]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.jsonl_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        new = self._csv_fields is None
+        if new:
+            self._csv_fields = list(row)
+        with open(self.csv_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self._csv_fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.tensorboard is not None:
+            step = int(row["step"])
+            for name, value in row.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, step)
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _tensorboard_writer(folder: Path):
+    """A SummaryWriter, or None when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+class Progress:
+    """One status line: step, rate, losses, time left; redrawn in place on a terminal, one line per update otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+
+    def update(self, step: int, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        rate = row.get("steps_per_s", 0.0)
+        left = (self.total - step) / rate if rate > 0 else float("nan")
+        losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty")))
+        line = (
+            f"step {step}/{self.total} | {rate:.2f} it/s {row.get('images_per_s', 0.0):.0f} img/s | {losses} | "
+            f"eta {_duration(left)}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

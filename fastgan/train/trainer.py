@@ -1,0 +1,348 @@
+"""``Trainer``: one training loop for every GAN family, with exact resume.
+
+A step is one generator update. The GAN families (gan, dcgan, wgan, wgan-gp) first make ``n_critic``
+discriminator updates on fresh real batches (weight clipping after each for WGAN, the gradient penalty inside
+each for WGAN-GP), then the generator update reuses the last critic step's fakes. CycleGAN updates both
+generators (adversarial least squares + cycle L1 + identity L1), then both discriminators on fakes drawn through
+the 50-image history pools. Everything else is shared: AMP with one GradScaler per network, channels_last, the
+generator EMA, linear learning-rate decay, fixed-noise sample grids, metrics, atomic checkpoints.
+
+Exact resume: every source of randomness after construction is a generator whose state is checkpointed (noise,
+penalty mixing, data order, image pools, the global torch RNG), so ``fit(n)`` then resume then ``fit(m)`` gives
+bit-identical parameters to ``fit(m)`` on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import make_dataset, save_image_grid
+from ..models import build_networks
+from . import objectives
+from .batches import BatchStream
+from .checkpoint import LAST, load_checkpoint, save_checkpoint
+from .config import FAMILIES, TrainConfig, resolve_device
+from .ema import EMA
+from .metrics import LossMeter, MetricsWriter, Progress
+from .pool import ImagePool
+
+CHECKPOINT_FORMAT = 1
+_NUM_TRANSLATIONS = 8  # CycleGAN sample grids: this many A images and their translations
+
+
+class Trainer:
+    """Trains ``config.model`` on ``config.data``; usable from Python and by ``fastgan train``.
+
+    Args:
+        config: the run's settings (defaults filled in by ``TrainConfig.resolved()``).
+        dataset: use this dataset instead of building ``config.data`` (items ``(image, label)`` or ``(a, b)``).
+        verbose: print the progress line to stderr.
+
+    Attributes: ``nets`` (role -> module), ``ema`` (generator EMA or None), ``step``, ``out`` (run folder).
+    """
+
+    def __init__(self, config: TrainConfig, dataset: torch.utils.data.Dataset | None = None, verbose: bool = True):
+        self.config = config = config.resolved()
+        self.family = FAMILIES[config.model]
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        self.verbose = verbose
+        self.cyclegan = config.model == "cyclegan"
+        torch.manual_seed(config.seed)
+
+        self.dataset = dataset if dataset is not None else make_dataset(
+            config.data, config.data_root, config.image_size, config.channels, "train", config.download, config.seed
+        )
+        self.batches = BatchStream(self.dataset, config.batch_size, config.seed, self.device, config.channels_last)
+
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.nets = {
+            role: net.to(self.device, memory_format=memory_format)
+            for role, net in build_networks(
+                config.model, config.image_size, config.channels, config.z_dim, config.ngf, config.ndf,
+                config.n_blocks, config.impl,
+            ).items()
+        }
+        self.generators = [n for r, n in self.nets.items() if r.startswith("G")]
+        self.discriminators = [n for r, n in self.nets.items() if r.startswith("D")]
+        self.optimizers = {
+            "G": self._optimizer([p for net in self.generators for p in net.parameters()], config.lr_g),
+            "D": self._optimizer([p for net in self.discriminators for p in net.parameters()], config.lr_d),
+        }
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) for name, opt in self.optimizers.items()
+        }
+        fp16 = config.amp == "fp16"
+        self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in self.optimizers}
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+
+        sampled = self.nets["G_AB" if self.cyclegan else "G"]
+        self.ema = EMA(sampled, config.ema_decay) if config.ema_decay > 0 else None
+        self.noise = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.pools = [ImagePool(config.pool_size, config.seed + 2 + i) for i in range(2)] if self.cyclegan else []
+        if self.cyclegan:
+            count = min(_NUM_TRANSLATIONS, len(self.dataset))
+            self.fixed_input = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
+        else:
+            self.fixed_input = torch.randn(config.num_samples, config.z_dim, generator=self.noise, device=self.device)
+        self.step = 0
+        self.images_seen = 0
+
+    # -- construction helpers ------------------------------------------------------------------------------------
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        if self.family.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, betas=self.config.betas)
+
+    def _lr_factor(self, step: int) -> float:
+        """1 until ``decay_start * steps``, then linearly down to 0 at ``steps`` (CycleGAN's schedule)."""
+        start = self.config.decay_start * self.config.steps
+        if step < start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / max(self.config.steps - start, 1.0))
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.z_dim, generator=self.noise, device=self.device)
+
+    # -- one step ------------------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One generator update (and its discriminator updates); returns the losses as detached device tensors."""
+        losses = self._cyclegan_step() if self.cyclegan else self._gan_step()
+        with warnings.catch_warnings():
+            # A float16 GradScaler skips the optimiser step on overflow; the schedule still follows the step count.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.nets["G_AB" if self.cyclegan else "G"], self.step)
+        return losses
+
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        """Backward and optimiser step for network group ``name`` through its GradScaler."""
+        optimizer, scaler = self.optimizers[name], self.scalers[name]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _gan_step(self) -> dict[str, torch.Tensor]:
+        config, family = self.config, self.family
+        G, D = self.nets["G"], self.nets["D"]
+        D.requires_grad_(True)
+        for k in range(config.n_critic):
+            real = next(self.batches)
+            last = k == config.n_critic - 1
+            # The last critic step's fakes keep their graph: the generator step reuses them (one G forward fewer).
+            with torch.set_grad_enabled(last), self._autocast():
+                fake = G(self._z(real.shape[0]))
+            self.optimizers["D"].zero_grad(set_to_none=True)
+            with self._autocast():
+                loss_d = objectives.d_loss(D(real), D(fake.detach()), family.loss, config.impl)
+            losses = {"loss_d": loss_d}
+            if config.gp_weight > 0:
+                eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
+                scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
+                with self._autocast():
+                    penalty = objectives.gradient_penalty(
+                        D, real, fake.detach(), config.gp_weight, eps, config.impl, scaler
+                    )
+                losses["penalty"] = penalty
+                loss_d = loss_d + penalty
+            self._update("D", loss_d)
+            if config.clip is not None:
+                with torch.no_grad():
+                    torch._foreach_clamp_min_(list(D.parameters()), -config.clip)
+                    torch._foreach_clamp_max_(list(D.parameters()), config.clip)
+            self.images_seen += real.shape[0]
+        D.requires_grad_(False)  # the generator step needs gradients through D, not for D's weights
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        with self._autocast():
+            loss_g = objectives.g_loss(D(fake), family.loss, config.impl)
+        self._update("G", loss_g)
+        D.requires_grad_(True)
+        losses["loss_g"] = loss_g
+        return losses
+
+    def _cyclegan_step(self) -> dict[str, torch.Tensor]:
+        config, kind, impl = self.config, self.family.loss, self.config.impl
+        G_AB, G_BA, D_A, D_B = (self.nets[r] for r in ("G_AB", "G_BA", "D_A", "D_B"))
+        real_a, real_b = next(self.batches)
+        for D in self.discriminators:
+            D.requires_grad_(False)
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        with self._autocast():
+            fake_b, fake_a = G_AB(real_a), G_BA(real_b)
+            loss_adv = objectives.g_loss(D_B(fake_b), kind, impl) + objectives.g_loss(D_A(fake_a), kind, impl)
+            loss_cycle = config.lambda_cycle * (
+                F.l1_loss(G_BA(fake_b).float(), real_a.float()) + F.l1_loss(G_AB(fake_a).float(), real_b.float())
+            )
+            loss_g = loss_adv + loss_cycle
+            losses = {"loss_g": loss_adv, "loss_cycle": loss_cycle}
+            if config.lambda_identity > 0:
+                loss_idt = config.lambda_cycle * config.lambda_identity * (
+                    F.l1_loss(G_AB(real_b).float(), real_b.float()) + F.l1_loss(G_BA(real_a).float(), real_a.float())
+                )
+                loss_g = loss_g + loss_idt
+                losses["loss_identity"] = loss_idt
+        self._update("G", loss_g)
+        for D in self.discriminators:
+            D.requires_grad_(True)
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        pooled_a, pooled_b = self.pools[0].query(fake_a.detach()), self.pools[1].query(fake_b.detach())
+        with self._autocast():
+            # Halved, as in the paper's code: slows the discriminators relative to the generators.
+            loss_d = 0.5 * (
+                objectives.d_loss(D_A(real_a), D_A(pooled_a), kind, impl)
+                + objectives.d_loss(D_B(real_b), D_B(pooled_b), kind, impl)
+            )
+        self._update("D", loss_d)
+        self.images_seen += real_a.shape[0]
+        losses["loss_d"] = loss_d
+        return losses
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def fit(self, steps: int | None = None) -> dict[str, float]:
+        """Train until ``steps`` (default ``config.steps``) generator steps in total; return the last metrics row.
+
+        Logs every ``log_every`` steps, writes a sample grid every ``sample_every`` and ``last.pt`` every
+        ``checkpoint_every`` steps and at the end.
+        """
+        config = self.config
+        total = config.steps if steps is None else steps
+        writer = MetricsWriter(self.out)
+        progress = Progress(total, enabled=self.verbose)
+        meter = LossMeter()
+        row: dict[str, float] = {}
+        tick, tick_step, tick_images = time.perf_counter(), self.step, self.images_seen
+        try:
+            for net in self.nets.values():
+                net.train()
+            while self.step < total:
+                meter.add(self.train_step())
+                if self.step % config.log_every == 0 or self.step == total:
+                    now = time.perf_counter()
+                    elapsed = max(now - tick, 1e-9)
+                    row = {"step": self.step, **meter.mean(), "lr_g": self.schedulers["G"].get_last_lr()[0],
+                           "steps_per_s": (self.step - tick_step) / elapsed,
+                           "images_per_s": (self.images_seen - tick_images) / elapsed}
+                    writer.write(row)
+                    progress.update(self.step, row)
+                    tick, tick_step, tick_images = now, self.step, self.images_seen
+                if self.step % config.sample_every == 0 or self.step == total:
+                    self.save_samples()
+                if self.step % config.checkpoint_every == 0 or self.step == total:
+                    self.save()
+        finally:
+            progress.close()
+            writer.close()
+        return row
+
+    # -- samples -------------------------------------------------------------------------------------------------
+
+    def sampling_generator(self) -> nn.Module:
+        """The network samples come from: the EMA generator when kept, else the generator (G_AB for cyclegan)."""
+        return self.ema.module if self.ema is not None else self.nets["G_AB" if self.cyclegan else "G"]
+
+    @torch.no_grad()
+    def save_samples(self) -> Path:
+        """Write ``samples/step_XXXXXXX.png`` (fixed noise, or A images beside their translations)."""
+        G = self.sampling_generator()
+        was_training = G.training
+        G.eval()
+        images = G(self.fixed_input).float()
+        G.train(was_training)
+        if self.cyclegan:
+            images = torch.stack([self.fixed_input.float(), images], 1).flatten(0, 1)
+            nrow = 2
+        else:
+            nrow = None
+        return save_image_grid(images, self.out / "samples" / f"step_{self.step:07d}.png", nrow=nrow)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: networks, EMA, optimisers, scalers, schedulers, RNGs, counters."""
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "nets": {role: net.state_dict() for role, net in self.nets.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "scalers": {name: scaler.state_dict() for name, scaler in self.scalers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "rng": rng,
+            "data": self.batches.state_dict(),
+            "pools": [pool.state_dict() for pool in self.pools],
+            "fixed_input": self.fixed_input.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r} (expected {CHECKPOINT_FORMAT})")
+        for role, net in self.nets.items():
+            net.load_state_dict(state["nets"][role])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        for name in self.optimizers:
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            self.scalers[name].load_state_dict(state["scalers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.noise.set_state(state["rng"]["noise"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.batches.load_state_dict(state["data"])
+        for pool, pool_state in zip(self.pools, state["pools"]):
+            pool.load_state_dict(pool_state, self.device)
+        self.fixed_input = state["fixed_input"].to(self.device)
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+
+    def save(self) -> Path:
+        """Write ``last.pt`` atomically (and ``step_XXXXXXX.pt`` every ``keep_every`` steps); return its path."""
+        state = self.state_dict()
+        path = save_checkpoint(state, self.out / LAST)
+        if self.config.keep_every and self.step % self.config.keep_every == 0:
+            save_checkpoint(state, self.out / f"step_{self.step:07d}.pt")
+        return path
+
+    @classmethod
+    def resume(
+        cls, path: str | Path, verbose: bool = True, dataset: torch.utils.data.Dataset | None = None, **overrides
+    ) -> Trainer:
+        """Rebuild the run saved at ``path`` (a .pt file or a run folder) and restore its state.
+
+        ``overrides`` may change settings that do not alter what is trained (steps, out, device, impl, intervals);
+        ``dataset`` replaces the configured data as in ``__init__``.
+        """
+        state = load_checkpoint(path)
+        config = TrainConfig.from_dict(state["config"])
+        allowed = {"steps", "out", "device", "impl", "log_every", "sample_every", "checkpoint_every", "keep_every",
+                   "data_root", "download"}
+        changed = sorted(set(overrides) - allowed)
+        if changed:
+            raise ValueError(f"cannot change {', '.join(changed)} when resuming (the checkpoint fixes them)")
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        trainer = cls(config, dataset=dataset, verbose=verbose)
+        trainer.load_state_dict(state)
+        return trainer

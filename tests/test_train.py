@@ -1,0 +1,235 @@
+"""The trainer: every family trains a few steps on CPU, resume is exact, checkpoints are atomic, AMP, EMA, pools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan.data import save_images
+from fastgan.train import EMA, ImagePool, LossMeter, TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from fastgan.train.batches import BatchStream
+
+# Tiny settings per family: a few seconds of CPU each.
+TINY = {
+    "gan": dict(model="gan", image_size=16, z_dim=16),
+    "dcgan": dict(model="dcgan", image_size=16, ngf=8, ndf=8, z_dim=16),
+    "wgan": dict(model="wgan", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2),
+    "wgan-gp": dict(model="wgan-gp", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2),
+    "cyclegan": dict(model="cyclegan", data="unpaired", image_size=32, ngf=4, ndf=4, n_blocks=1, pool_size=3),
+}
+
+
+@pytest.fixture(scope="module")
+def unpaired_root(tmp_path_factory) -> Path:
+    """A CycleGAN folder: 6 noisy dark images in trainA, 5 bright ones in trainB."""
+    root = tmp_path_factory.mktemp("unpaired")
+    g = torch.Generator().manual_seed(0)
+    save_images(torch.rand(6, 3, 32, 32, generator=g) - 1.0, root / "trainA")
+    save_images(torch.rand(5, 3, 32, 32, generator=g), root / "trainB")
+    return root
+
+
+def config_for(family: str, out: Path, unpaired_root: Path, **changes) -> TrainConfig:
+    settings = dict(data="digits", batch_size=4, steps=4, impl="ref", num_samples=4, log_every=2, sample_every=2,
+                    checkpoint_every=2, seed=3, ema_decay=0.9)
+    settings.update(TINY[family])
+    if family == "cyclegan":
+        settings["data_root"] = str(unpaired_root)
+        settings["batch_size"] = 2
+    settings.update(changes)
+    return TrainConfig(out=str(out), **settings)
+
+
+def _state_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every parameter, buffer, EMA weight and optimiser state tensor of a trainer, by name."""
+    out = {}
+    for role, net in trainer.nets.items():
+        out.update({f"{role}.{k}": v for k, v in net.state_dict().items()})
+    if trainer.ema is not None:
+        out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
+    for name, opt in trainer.optimizers.items():
+        for index, state in opt.state_dict()["state"].items():
+            out.update({f"opt{name}.{index}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_every_family_trains_and_writes_its_outputs(family, tmp_path, unpaired_root):
+    trainer = Trainer(config_for(family, tmp_path, unpaired_root), verbose=False)
+    before = {k: v.clone() for k, v in _state_tensors(trainer).items()}
+    row = trainer.fit()
+    assert trainer.step == 4
+    after = _state_tensors(trainer)
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert any(k.startswith(("G", "G_AB")) for k in changed) and any(k.startswith("D") for k in changed)
+    assert all(np.isfinite(v) for k, v in row.items())
+    expected = {"loss_d", "loss_g"} | ({"penalty"} if family == "wgan-gp" else set())
+    expected |= {"loss_cycle", "loss_identity"} if family == "cyclegan" else set()
+    assert expected <= set(row)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("step,")
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 4 and state["config"]["model"] == family
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_resume_reproduces_an_uninterrupted_run_exactly(family, tmp_path, unpaired_root):
+    # steps=5 with checkpoints every 2: the straight run also crosses an epoch of the 11-image cyclegan data.
+    straight = Trainer(config_for(family, tmp_path / "straight", unpaired_root, steps=5), verbose=False)
+    straight.fit()
+    first = Trainer(config_for(family, tmp_path / "split", unpaired_root, steps=5), verbose=False)
+    first.fit(3)
+    first.save()
+    del first
+    resumed = Trainer.resume(tmp_path / "split" / "last.pt", verbose=False)
+    assert resumed.step == 3
+    resumed.fit()
+    expected, got = _state_tensors(straight), _state_tensors(resumed)
+    assert expected.keys() == got.keys() and len(expected) > 0
+    mismatched = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not mismatched, f"resumed run differs in {mismatched[:5]}"
+    assert resumed.batches.state_dict() == straight.batches.state_dict()
+    assert torch.equal(straight.noise.get_state(), resumed.noise.get_state())
+
+
+def test_a_different_seed_gives_a_different_run(tmp_path, unpaired_root):
+    runs = [Trainer(config_for("dcgan", tmp_path / str(s), unpaired_root, seed=s, steps=2), verbose=False) for s in
+            (1, 2)]
+    for run in runs:
+        run.fit()
+    a, b = (_state_tensors(run) for run in runs)
+    assert not torch.equal(a["G.net.0.conv.weight"] if "G.net.0.conv.weight" in a else next(iter(a.values())),
+                           b["G.net.0.conv.weight"] if "G.net.0.conv.weight" in b else next(iter(b.values())))
+
+
+def test_wgan_clips_every_critic_weight(tmp_path, unpaired_root):
+    trainer = Trainer(config_for("wgan", tmp_path, unpaired_root, steps=2, clip=0.005), verbose=False)
+    trainer.fit()
+    assert max(p.abs().max().item() for p in trainer.nets["D"].parameters()) <= 0.005
+    assert isinstance(trainer.optimizers["D"], torch.optim.RMSprop)
+    assert trainer.optimizers["D"].param_groups[0]["lr"] == 5e-5
+
+
+def test_family_defaults(tmp_path, unpaired_root):
+    gp = Trainer(config_for("wgan-gp", tmp_path, unpaired_root, n_critic=None), verbose=False)
+    assert gp.config.n_critic == 5 and gp.config.gp_weight == 10.0
+    group = gp.optimizers["D"].param_groups[0]
+    assert isinstance(gp.optimizers["D"], torch.optim.Adam) and group["lr"] == 1e-4 and group["betas"] == (0.0, 0.9)
+    gp.fit(1)
+    assert gp.images_seen == 5 * 4  # five critic steps of batch 4 per generator step
+
+
+def test_cyclegan_learning_rate_decays_linearly_over_the_second_half(tmp_path, unpaired_root):
+    trainer = Trainer(config_for("cyclegan", tmp_path, unpaired_root, steps=8), verbose=False)
+    lrs = []
+    for _ in range(8):
+        lrs.append(trainer.optimizers["G"].param_groups[0]["lr"])
+        trainer.train_step()
+    assert lrs[:4] == [2e-4] * 4
+    assert lrs[4:] == pytest.approx([2e-4 * (1 - k / 4) for k in range(4)])
+    assert trainer.optimizers["G"].param_groups[0]["lr"] == 0.0
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("family", ["dcgan", "wgan-gp"])
+def test_amp_trains_with_finite_losses(amp, family, tmp_path, unpaired_root):
+    trainer = Trainer(config_for(family, tmp_path, unpaired_root, amp=amp, steps=2, channels_last=True),
+                      verbose=False)
+    row = trainer.fit()
+    assert all(np.isfinite(v) for v in row.values())
+    assert trainer.scalers["D"].is_enabled() == (amp == "fp16")
+    assert all(p.dtype == torch.float32 for net in trainer.nets.values() for p in net.parameters())
+    conv = next(p for p in trainer.nets["G"].parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_checkpoints_are_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint({"config": {"a": 1}, "nets": {}}, tmp_path / "last.pt")
+    original = path.read_bytes()
+
+    def crash(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"config": {"a": 2}, "nets": {}}, path)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["config"] == {"a": 1}
+
+
+def test_loading_a_corrupt_or_missing_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable fastgan checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_keep_every_keeps_periodic_checkpoints(tmp_path, unpaired_root):
+    Trainer(config_for("dcgan", tmp_path, unpaired_root, keep_every=2), verbose=False).fit()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["last.pt", "step_0000002.pt", "step_0000004.pt"]
+
+
+def test_resume_refuses_to_change_what_is_trained(tmp_path, unpaired_root):
+    trainer = Trainer(config_for("dcgan", tmp_path, unpaired_root, steps=1), verbose=False)
+    trainer.fit()
+    with pytest.raises(ValueError, match="cannot change model"):
+        Trainer.resume(tmp_path, model="wgan")
+
+
+def test_ema_follows_the_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=100)  # decay = min(0.5, 101 / 110) = 0.5
+    torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5 * model.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_image_pool_fills_then_swaps_and_resumes():
+    pool = ImagePool(size=3, seed=0)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: returned as given
+    state = pool.state_dict()
+    new = torch.full((50, 1, 1, 1), 9.0)
+    out = pool.query(new)
+    swapped = (out != 9.0).sum().item()
+    assert 0 < swapped < 50  # about half come from the history
+    again = ImagePool(size=3, seed=123)
+    again.load_state_dict(state, torch.device("cpu"))
+    assert torch.equal(again.query(new), out)
+    assert torch.equal(ImagePool(size=0).query(new), new)
+
+
+def test_batch_stream_is_a_resumable_permutation():
+    dataset = [(torch.full((1, 2, 2), float(i)), i) for i in range(10)]
+    stream = BatchStream(dataset, 3, seed=0, device=torch.device("cpu"))
+    epoch0 = torch.cat([next(stream)[:, 0, 0, 0] for _ in range(3)])
+    assert sorted(epoch0.tolist()) != list(range(9)) or True
+    assert len(set(epoch0.tolist())) == 9  # three full batches, no repeats, the tenth image dropped
+    state = stream.state_dict()
+    following = [next(stream) for _ in range(4)]
+    other = BatchStream(dataset, 3, seed=0, device=torch.device("cpu"))
+    other.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(following, [next(other) for _ in range(4)]))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        BatchStream(dataset, 11, seed=0, device=torch.device("cpu"))
+
+
+def test_loss_meter_means():
+    meter = LossMeter()
+    meter.add({"a": torch.tensor(1.0)})
+    meter.add({"a": torch.tensor(3.0)})
+    assert meter.mean() == {"a": 2.0}
+    assert meter.mean() == {}
