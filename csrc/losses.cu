@@ -1,0 +1,217 @@
+// Loss and gradient-penalty CUDA kernels. Includes only CUDA headers and our own (the CPU PyTorch wheel has no
+// CUDA headers). Reductions are deterministic: fixed block shapes, tree sums in shared memory, no atomics.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include "losses_cuda.h"
+
+namespace fastgan {
+namespace {
+
+template <typename T> struct MathType { using type = float; };
+template <> struct MathType<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
+    return static_cast<typename MathType<T>::type>(p[i]);
+}
+
+// Sum of v over the block (blockDim.x a power of two <= kMaxThreads); the result is valid in thread 0.
+constexpr int kMaxThreads = 1024;
+template <typename M>
+__device__ M block_sum(M v, M* shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+        __syncthreads();
+    }
+    return shared[0];
+}
+
+// Logits are small ([B] to [B, 1, 30, 30]), so one block walks both tensors: one launch, no partial buffers.
+template <typename T>
+__global__ void gan_loss_kernel(GanLossParams p) {
+    using M = typename MathType<T>::type;
+    __shared__ M shared[kMaxThreads];
+    const T* a = static_cast<const T*>(p.a);
+    const T* b = static_cast<const T*>(p.b);
+    M* grad_a = static_cast<M*>(p.grad_a);
+    M* grad_b = static_cast<M*>(p.grad_b);
+    const M inv_a = M(1) / static_cast<M>(p.numel_a);
+    M acc_a = M(0), acc_b = M(0);
+    for (int64_t i = threadIdx.x; i < p.numel_a; i += blockDim.x) {
+        const M z = load(a, i);
+        acc_a += loss_term_value<M>(p.term_a, z);
+        grad_a[i] = loss_term_grad<M>(p.term_a, z) * inv_a;
+    }
+    if (b != nullptr) {
+        const M inv_b = M(1) / static_cast<M>(p.numel_b);
+        for (int64_t i = threadIdx.x; i < p.numel_b; i += blockDim.x) {
+            const M z = load(b, i);
+            acc_b += loss_term_value<M>(p.term_b, z);
+            grad_b[i] = loss_term_grad<M>(p.term_b, z) * inv_b;
+        }
+        acc_b *= inv_b;
+    }
+    const M total = block_sum<M>(acc_a * inv_a + acc_b, shared);
+    if (threadIdx.x == 0) *static_cast<T*>(p.loss) = static_cast<T>(total);
+}
+
+template <typename T>
+__global__ void gan_loss_backward_kernel(GanLossBackwardParams p) {
+    using M = typename MathType<T>::type;
+    const M go = load(static_cast<const T*>(p.go), 0);
+    const M* grad_a = static_cast<const M*>(p.grad_a);
+    const M* grad_b = static_cast<const M*>(p.grad_b);
+    T* da = static_cast<T*>(p.da);
+    T* db = static_cast<T*>(p.db);
+    const int64_t total = p.numel_a + (grad_b != nullptr ? p.numel_b : 0);
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+        if (i < p.numel_a) {
+            da[i] = static_cast<T>(go * grad_a[i]);
+        } else {
+            db[i - p.numel_a] = static_cast<T>(go * grad_b[i - p.numel_a]);
+        }
+    }
+}
+
+template <typename T>
+__global__ void interpolate_kernel(InterpolateParams p) {
+    using M = typename MathType<T>::type;
+    const T* real = static_cast<const T*>(p.real);
+    const T* fake = static_cast<const T*>(p.fake);
+    T* out = static_cast<T*>(p.out);
+    const int64_t total = p.batch * p.per_sample;
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const M e = static_cast<M>(p.eps[i / p.per_sample]);
+        out[i] = static_cast<T>(interpolate_value<M>(e, load(real, i), load(fake, i)));
+    }
+}
+
+// One block per sample: n_i = ||g_i||.
+template <typename T>
+__global__ void sample_norm_kernel(PenaltyParams p) {
+    using M = typename MathType<T>::type;
+    __shared__ M shared[kMaxThreads];
+    const T* g = static_cast<const T*>(p.g) + static_cast<int64_t>(blockIdx.x) * p.per_sample;
+    M acc = M(0);
+    for (int64_t j = threadIdx.x; j < p.per_sample; j += blockDim.x) {
+        const M v = load(g, j);
+        acc += v * v;
+    }
+    const M sq = block_sum<M>(acc, shared);
+    if (threadIdx.x == 0) static_cast<M*>(p.norms)[blockIdx.x] = sqrt(sq);
+}
+
+// One block: out = weight / B * sum_i (scale * n_i - center)^2.
+template <typename T>
+__global__ void penalty_kernel(PenaltyParams p) {
+    using M = typename MathType<T>::type;
+    __shared__ M shared[kMaxThreads];
+    const M* norms = static_cast<const M*>(p.norms);
+    M acc = M(0);
+    for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
+        acc += penalty_term<M>(norms[i], M(p.scale), M(p.center));
+    }
+    const M total = block_sum<M>(acc, shared);
+    if (threadIdx.x == 0) *static_cast<T*>(p.out) = static_cast<T>(M(p.weight) * total / static_cast<M>(p.batch));
+}
+
+template <typename T>
+__global__ void penalty_backward_kernel(PenaltyParams p) {
+    using M = typename MathType<T>::type;
+    const T* g = static_cast<const T*>(p.g);
+    const M* norms = static_cast<const M*>(p.norms);
+    const M go = load(static_cast<const T*>(p.go), 0);
+    T* out = static_cast<T*>(p.out);
+    const int64_t total = p.batch * p.per_sample;
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const M coef = penalty_coef<M>(norms[i / p.per_sample], go, M(p.weight), M(p.center), M(p.scale), p.batch);
+        out[i] = static_cast<T>(coef * load(g, i));
+    }
+}
+
+constexpr int kThreads = 256;
+
+unsigned elementwise_blocks(int64_t numel) {
+    int64_t blocks = (numel + kThreads - 1) / kThreads;
+    if (blocks > 65536) blocks = 65536;  // grid-stride loops cover the rest
+    return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+template <typename T>
+int launch_gan_loss(const GanLossParams& p, cudaStream_t s) {
+    gan_loss_kernel<T><<<1, kMaxThreads, 0, s>>>(p);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int launch_gan_loss_backward(const GanLossBackwardParams& p, cudaStream_t s) {
+    const int64_t total = p.numel_a + (p.grad_b != nullptr ? p.numel_b : 0);
+    gan_loss_backward_kernel<T><<<elementwise_blocks(total), kThreads, 0, s>>>(p);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int launch_interpolate(const InterpolateParams& p, cudaStream_t s) {
+    interpolate_kernel<T><<<elementwise_blocks(p.batch * p.per_sample), kThreads, 0, s>>>(p);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int launch_penalty(const PenaltyParams& p, cudaStream_t s) {
+    sample_norm_kernel<T><<<static_cast<unsigned>(p.batch), kThreads, 0, s>>>(p);
+    const int err = static_cast<int>(cudaGetLastError());
+    if (err != 0) return err;
+    penalty_kernel<T><<<1, kThreads, 0, s>>>(p);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int launch_penalty_backward(const PenaltyParams& p, cudaStream_t s) {
+    penalty_backward_kernel<T><<<elementwise_blocks(p.batch * p.per_sample), kThreads, 0, s>>>(p);
+    return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
+#define FASTGAN_DISPATCH_LOSS_DTYPE(LAUNCH, P, DTYPE, STREAM)                                          \
+    switch (DTYPE) {                                                                                   \
+        case LossDType::Float16: return LAUNCH<__half>(P, static_cast<cudaStream_t>(STREAM));          \
+        case LossDType::BFloat16: return LAUNCH<__nv_bfloat16>(P, static_cast<cudaStream_t>(STREAM));  \
+        case LossDType::Float64: return LAUNCH<double>(P, static_cast<cudaStream_t>(STREAM));          \
+        default: return LAUNCH<float>(P, static_cast<cudaStream_t>(STREAM));                           \
+    }
+
+int gan_loss_cuda_launch(const GanLossParams& p, LossDType dtype, void* stream) {
+    if (p.numel_a == 0) return 0;
+    FASTGAN_DISPATCH_LOSS_DTYPE(launch_gan_loss, p, dtype, stream)
+}
+
+int gan_loss_backward_cuda_launch(const GanLossBackwardParams& p, LossDType dtype, void* stream) {
+    if (p.numel_a == 0) return 0;
+    FASTGAN_DISPATCH_LOSS_DTYPE(launch_gan_loss_backward, p, dtype, stream)
+}
+
+int interpolate_cuda_launch(const InterpolateParams& p, LossDType dtype, void* stream) {
+    if (p.batch * p.per_sample == 0) return 0;
+    FASTGAN_DISPATCH_LOSS_DTYPE(launch_interpolate, p, dtype, stream)
+}
+
+int penalty_cuda_launch(const PenaltyParams& p, LossDType dtype, void* stream) {
+    if (p.batch == 0) return 0;
+    FASTGAN_DISPATCH_LOSS_DTYPE(launch_penalty, p, dtype, stream)
+}
+
+int penalty_backward_cuda_launch(const PenaltyParams& p, LossDType dtype, void* stream) {
+    if (p.batch * p.per_sample == 0) return 0;
+    FASTGAN_DISPATCH_LOSS_DTYPE(launch_penalty_backward, p, dtype, stream)
+}
+
+#undef FASTGAN_DISPATCH_LOSS_DTYPE
+
+}  // namespace fastgan

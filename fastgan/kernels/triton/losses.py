@@ -1,0 +1,279 @@
+"""Triton kernels for ``fastgan.losses`` and the ``fastgan::*_triton`` custom ops that launch them.
+
+- ``_gan_loss_fwd_kernel``: one program walks both logits tensors, writing each term's gradient f'(z)/numel and the
+  summed means (logits are small: [B] to [B, 1, 30, 30]).
+- ``_gan_loss_bwd_kernel``: scales the saved gradients by the incoming scalar.
+- ``_interpolate_kernel``, ``_sample_norm_kernel`` + ``_penalty_kernel``, ``_penalty_bwd_kernel``: the gradient-penalty
+  head. The formulas mirror ``csrc/losses.h``; math runs in float32 (float64 for float64 tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..._backend import triton_interpreting
+from ..._layout import dense, like
+
+
+def _math(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_math(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block(numel: int, default: int = 1024) -> int:
+    """Elements per program (or per loop trip): no larger than the work, since the interpreter pays per element of
+    a block and per program, so tiny CPU tests run tiny blocks and larger ones 8192-element blocks."""
+    cap = 8192 if triton_interpreting() else default
+    return min(cap, triton.next_power_of_2(max(numel, 16)))
+
+
+@triton.jit
+def _softplus(u):
+    # max(u, 0) + log1p(exp(-|u|)); log1p by its series where 1 + e would round (e < 1e-4: error < e^3/3).
+    e = tl.exp(-tl.abs(u))
+    return tl.maximum(u, 0.0) + tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+
+
+@triton.jit
+def _sigmoid(u):
+    e = tl.exp(-tl.abs(u))
+    return tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _term_value(z, TERM: tl.constexpr):
+    if TERM == 0:
+        return _softplus(-z)
+    elif TERM == 1:
+        return _softplus(z)
+    elif TERM == 2:
+        return -_softplus(z)
+    elif TERM == 3:
+        return tl.maximum(1.0 - z, 0.0)
+    elif TERM == 4:
+        return tl.maximum(1.0 + z, 0.0)
+    elif TERM == 5:
+        return z
+    elif TERM == 6:
+        return -z
+    elif TERM == 7:
+        return (z - 1.0) * (z - 1.0)
+    else:
+        return z * z
+
+
+@triton.jit
+def _term_grad(z, TERM: tl.constexpr):
+    if TERM == 0:
+        return -_sigmoid(-z)
+    elif TERM == 1:
+        return _sigmoid(z)
+    elif TERM == 2:
+        return -_sigmoid(z)
+    elif TERM == 3:
+        return tl.where(1.0 - z > 0, -1.0, 0.0)
+    elif TERM == 4:
+        return tl.where(1.0 + z > 0, 1.0, 0.0)
+    elif TERM == 5:
+        return tl.full(z.shape, 1.0, z.dtype)
+    elif TERM == 6:
+        return tl.full(z.shape, -1.0, z.dtype)
+    elif TERM == 7:
+        return 2.0 * (z - 1.0)
+    else:
+        return 2.0 * z
+
+
+@triton.jit
+def _term_mean(z_ptr, grad_ptr, numel, TERM: tl.constexpr, MATH: tl.constexpr, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], MATH)
+    for start in range(0, numel, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(MATH)
+        acc += tl.where(mask, _term_value(z, TERM), 0.0)
+        tl.store(grad_ptr + offs, (_term_grad(z, TERM) / numel).to(grad_ptr.dtype.element_ty), mask=mask)
+    return tl.sum(acc, axis=0) / numel
+
+
+@triton.jit
+def _gan_loss_fwd_kernel(
+    a_ptr, b_ptr, loss_ptr, grad_a_ptr, grad_b_ptr, numel_a, numel_b,
+    TERM_A: tl.constexpr, TERM_B: tl.constexpr, HAS_B: tl.constexpr, MATH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    loss = _term_mean(a_ptr, grad_a_ptr, numel_a, TERM_A, MATH, BLOCK)
+    if HAS_B:
+        loss += _term_mean(b_ptr, grad_b_ptr, numel_b, TERM_B, MATH, BLOCK)
+    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _scale_block(go, src_ptr, dst_ptr, pid, numel, BLOCK: tl.constexpr):
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(src_ptr + offs, mask=mask, other=0.0)
+    tl.store(dst_ptr + offs, (go * g).to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gan_loss_bwd_kernel(
+    go_ptr, grad_a_ptr, grad_b_ptr, da_ptr, db_ptr, numel_a, numel_b, programs_a,
+    MATH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Programs [0, programs_a) scale grad_a, the rest grad_b: one launch for both terms.
+    pid = tl.program_id(0)
+    go = tl.load(go_ptr).to(MATH)
+    if pid < programs_a:
+        _scale_block(go, grad_a_ptr, da_ptr, pid, numel_a, BLOCK)
+    else:
+        _scale_block(go, grad_b_ptr, db_ptr, pid - programs_a, numel_b, BLOCK)
+
+
+@triton.jit
+def _interpolate_kernel(real_ptr, fake_ptr, eps_ptr, out_ptr, numel, per_sample, MATH: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    e = tl.load(eps_ptr + offs // per_sample, mask=mask, other=0.0).to(MATH)
+    x = tl.load(real_ptr + offs, mask=mask, other=0.0).to(MATH)
+    y = tl.load(fake_ptr + offs, mask=mask, other=0.0).to(MATH)
+    tl.store(out_ptr + offs, (e * x + (1.0 - e) * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sample_norm_kernel(g_ptr, norms_ptr, per_sample, MATH: tl.constexpr, BLOCK: tl.constexpr):
+    sample = tl.program_id(0)
+    base = g_ptr + sample.to(tl.int64) * per_sample
+    acc = tl.zeros([BLOCK], MATH)
+    for start in range(0, per_sample, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        v = tl.load(base + offs, mask=offs < per_sample, other=0.0).to(MATH)
+        acc += v * v
+    tl.store(norms_ptr + sample, tl.sqrt(tl.sum(acc, axis=0)))
+
+
+@triton.jit
+def _penalty_kernel(norms_ptr, out_ptr, batch, weight, center, scale, MATH: tl.constexpr, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], MATH)
+    for start in range(0, batch, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        n = tl.load(norms_ptr + offs, mask=offs < batch, other=0.0)
+        d = scale * n - center
+        acc += tl.where(offs < batch, d * d, 0.0)
+    tl.store(out_ptr, (weight * tl.sum(acc, axis=0) / batch).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _penalty_bwd_kernel(
+    go_ptr, g_ptr, norms_ptr, out_ptr, numel, per_sample, batch, weight, center, scale,
+    MATH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    go = tl.load(go_ptr).to(MATH)
+    n = tl.load(norms_ptr + offs // per_sample, mask=mask, other=1.0)
+    # The norm's gradient is taken as 0 where n == 0, as PyTorch's vector_norm does.
+    safe_n = tl.where(n > 0, n, 1.0)
+    coef = tl.where(n > 0, go * weight * 2.0 / batch * (scale * n - center) * scale / safe_n, 0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(MATH)
+    tl.store(out_ptr + offs, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def sample_major(t: torch.Tensor) -> torch.Tensor:
+    """Dense with each sample's elements contiguous (contiguous, channels_last); anything else is copied."""
+    t = dense(t)
+    return t if t.shape[0] <= 1 or t.stride(0) * t.shape[0] == t.numel() else t.contiguous()
+
+
+@triton_op("fastgan::gan_loss_triton", mutates_args=())
+def gan_loss_triton(
+    a: torch.Tensor, b: torch.Tensor | None, term_a: int, term_b: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    a = dense(a)
+    mt = _math(a.dtype)
+    loss = a.new_empty(())
+    grad_a = torch.empty_like(a, dtype=mt)
+    if b is not None:
+        b = dense(b)
+        grad_b = torch.empty_like(b, dtype=mt)
+    else:
+        grad_b = a.new_empty(0, dtype=mt)
+    wrap_triton(_gan_loss_fwd_kernel)[(1,)](
+        a, b if b is not None else a, loss, grad_a, grad_b if b is not None else grad_a,
+        a.numel(), b.numel() if b is not None else 0,
+        TERM_A=term_a, TERM_B=term_b, HAS_B=b is not None, MATH=_tl_math(a.dtype),
+        BLOCK=_block(max(a.numel(), b.numel() if b is not None else 0), 4096), num_warps=8,
+    )
+    return loss, grad_a, grad_b
+
+
+@triton_op("fastgan::gan_loss_backward_triton", mutates_args=())
+def gan_loss_backward_triton(
+    go: torch.Tensor, grad_a: torch.Tensor, grad_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    go = go.reshape(())
+    da = torch.empty_like(grad_a, dtype=go.dtype)
+    db = torch.empty_like(grad_b, dtype=go.dtype)
+    block = _block(max(grad_a.numel(), grad_b.numel()))
+    programs_a = triton.cdiv(grad_a.numel(), block)
+    programs = programs_a + triton.cdiv(grad_b.numel(), block)
+    if programs:
+        wrap_triton(_gan_loss_bwd_kernel)[(programs,)](
+            go, grad_a, grad_b, da, db, grad_a.numel(), grad_b.numel(), programs_a,
+            MATH=_tl_math(grad_a.dtype), BLOCK=block,
+        )
+    return da, db
+
+
+@triton_op("fastgan::penalty_interpolate_triton", mutates_args=())
+def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    real = sample_major(real)
+    fake = like(fake, real)
+    eps = eps.to(torch.float32).contiguous()
+    out = torch.empty_like(real)
+    numel = real.numel()
+    if numel:
+        block = _block(numel)
+        wrap_triton(_interpolate_kernel)[(triton.cdiv(numel, block),)](
+            real, fake, eps, out, numel, numel // real.shape[0], MATH=_tl_math(real.dtype), BLOCK=block,
+        )
+    return out
+
+
+@triton_op("fastgan::grad_norm_penalty_triton", mutates_args=())
+def grad_norm_penalty_triton(
+    g: torch.Tensor, weight: float, center: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = sample_major(g)
+    batch = g.shape[0]
+    norms = g.new_empty(batch, dtype=_math(g.dtype))
+    out = g.new_empty(())
+    math = _tl_math(g.dtype)
+    per_sample = g.numel() // batch
+    wrap_triton(_sample_norm_kernel)[(batch,)](g, norms, per_sample, MATH=math, BLOCK=_block(per_sample))
+    wrap_triton(_penalty_kernel)[(1,)](
+        norms, out, batch, float(weight), float(center), float(scale), MATH=math, BLOCK=_block(batch)
+    )
+    return out, norms
+
+
+@triton_op("fastgan::grad_norm_penalty_backward_triton", mutates_args=())
+def grad_norm_penalty_backward_triton(
+    go: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, weight: float, center: float, scale: float
+) -> torch.Tensor:
+    g = sample_major(g)
+    out = torch.empty_like(g)
+    numel = g.numel()
+    if numel:
+        block = _block(numel)
+        wrap_triton(_penalty_bwd_kernel)[(triton.cdiv(numel, block),)](
+            go.reshape(()), g, norms.contiguous(), out, numel, numel // g.shape[0], g.shape[0],
+            float(weight), float(center), float(scale), MATH=_tl_math(g.dtype), BLOCK=block,
+        )
+    return out
