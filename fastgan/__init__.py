@@ -8,7 +8,7 @@
 Importing fastgan never compiles anything and never fails for a missing extension, Triton or GPU.
 """
 
-from . import nn, ops
+from . import losses, nn, ops
 from ._backend import (
     IMPLS,
     ImplUnavailableError,
@@ -27,6 +27,7 @@ __all__ = [
     "available_backends",
     "available_impls",
     "get_impl",
+    "losses",
     "nn",
     "ops",
     "set_impl",
