@@ -1,6 +1,16 @@
 """Modules mirroring ``torch.nn`` that run fastgan's fused ops."""
 
 from .bias_act import BiasAct
+from .conv import FusedConv2d, FusedConvTranspose2d
+from .linear import FusedLinear
 from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
 
-__all__ = ["BatchNormAct2d", "BiasAct", "InstanceNormAct2d", "activation_of"]
+__all__ = [
+    "BatchNormAct2d",
+    "BiasAct",
+    "FusedConv2d",
+    "FusedConvTranspose2d",
+    "FusedLinear",
+    "InstanceNormAct2d",
+    "activation_of",
+]

@@ -1,0 +1,168 @@
+"""Triton implicit-GEMM kernels for ``fastgan.ops.conv2d_act`` / ``conv_transpose2d_act`` and their custom ops.
+
+One kernel computes both. Rows of the GEMM are output pixels, columns output channels, the reduction runs over
+(kernel tap, input channel). A convolution reads ``iy = oy*s - p + kh``. A transposed convolution with stride ``s``
+is split into ``s*s`` output phases (grid axis 2): outputs ``oy = py + s*j`` only receive taps
+``kh = (py + p) % s + s*t``, read at ``iy = j + (py + p) // s - t``, so each phase is a dense stride-1 correlation
+and no multiply touches the zeros a naive transposed convolution inserts. Both index maps have the same shape,
+``iy = j*IS + IB + t*TI``, ``kh = K0 + t*KS``, ``oy = OY0 + j*OYS``, which is all the kernel needs to know.
+
+The epilogue adds the bias and applies the activation (``_act`` of the bias_act kernels) before the only store.
+Any strides are read as given (channels_last makes the channel reduction contiguous); the output is channels_last
+when ``x`` is. Accumulation in float32 (float64 for float64); float32 inputs use IEEE products, not TF32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..._backend import triton_interpreting
+from .bias_act import _act
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, C, H, W, CO, OH, OW, KH, KW,
+    sxn, sxc, sxh, sxw,
+    swo, swc, swh, sww,
+    syn, syc, syh, syw,
+    SH, SW, PH, PW,
+    alpha,
+    TRANSPOSED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, F64: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if TRANSPOSED:
+        phase = tl.program_id(2)
+        py = phase // SW
+        px = phase % SW
+        ohp = (OH - py + SH - 1) // SH  # outputs of this phase along each axis
+        owp = (OW - px + SW - 1) // SW
+        is_h, ib_h, ti_h, k0_h, ks_h, oy0, oys = 1, (py + PH) // SH, -1, (py + PH) % SH, SH, py, SH
+        is_w, ib_w, ti_w, k0_w, ks_w, ox0, oxs = 1, (px + PW) // SW, -1, (px + PW) % SW, SW, px, SW
+        taps_h = (KH - k0_h + SH - 1) // SH  # the taps kh = k0 + s*t < KH of this phase
+        taps_w = (KW - k0_w + SW - 1) // SW
+    else:
+        ohp = OH
+        owp = OW
+        is_h, ib_h, ti_h, k0_h, ks_h, oy0, oys = SH, -PH, 1, 0, 1, 0, 1
+        is_w, ib_w, ti_w, k0_w, ks_w, ox0, oxs = SW, -PW, 1, 0, 1, 0, 1
+        taps_h = KH
+        taps_w = KW
+
+    acc_type = tl.float64 if F64 else tl.float32
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel within this phase
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel
+    rk = tl.arange(0, BLOCK_K)
+    m_mask = rm < N * ohp * owp
+    n_mask = rn < CO
+    j_w = rm % owp
+    j_h = (rm // owp) % ohp
+    n = (rm // (owp * ohp)).to(tl.int64)
+    x_row = x_ptr + n * sxn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type)
+    for t_h in range(0, taps_h):
+        kh = k0_h + t_h * ks_h
+        iy = j_h * is_h + ib_h + t_h * ti_h
+        row_h = m_mask & (iy >= 0) & (iy < H)
+        for t_w in range(0, taps_w):
+            kw = k0_w + t_w * ks_w
+            ix = j_w * is_w + ib_w + t_w * ti_w
+            row_ok = row_h & (ix >= 0) & (ix < W)
+            a_base = x_row + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
+            w_base = w_ptr + kh * swh + kw * sww
+            for c0 in range(0, C, BLOCK_K):
+                c = c0 + rk
+                c_ok = c < C
+                a = tl.load(a_base[:, None] + c[None, :].to(tl.int64) * sxc,
+                            mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(w_base + c[:, None] * swc + rn[None, :] * swo,
+                            mask=c_ok[:, None] & n_mask[None, :], other=0.0)
+                if F64:
+                    acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+                elif UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(acc_type)[None, :]
+    out = _act(acc, alpha, ACT)
+    oy = oy0 + j_h * oys
+    ox = ox0 + j_w * oxs
+    y_offs = (n * syn + oy.to(tl.int64) * syh + ox.to(tl.int64) * syw)[:, None] + rn[None, :].to(tl.int64) * syc
+    tl.store(y_ptr + y_offs, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+def _output_shape(x, w, stride, padding, output_padding) -> list[int]:
+    if output_padding is None:
+        size = [(x.shape[2 + d] + 2 * padding[d] - w.shape[2 + d]) // stride[d] + 1 for d in range(2)]
+        return [x.shape[0], w.shape[0], *size]
+    size = [(x.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + w.shape[2 + d] + output_padding[d] for d in range(2)]
+    return [x.shape[0], w.shape[1], *size]
+
+
+def empty_output(x, w, stride, padding, output_padding) -> torch.Tensor:
+    """The uninitialised output: channels_last when ``x`` is (and not also contiguous), else contiguous."""
+    shape = _output_shape(x, w, stride, padding, output_padding)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) -> torch.Tensor:
+    transposed = output_padding is not None
+    y = empty_output(x, w, stride, padding, output_padding)
+    if y.numel() == 0 or x.shape[1] == 0:
+        return y.zero_()
+    # Weight strides indexed as (out channel, in channel, kh, kw): ConvTranspose2d stores [in, out, kh, kw].
+    swo, swc = (w.stride(1), w.stride(0)) if transposed else (w.stride(0), w.stride(1))
+    n_out, c_in = y.shape[1], x.shape[1]
+    oh, ow = y.shape[2], y.shape[3]
+    phases = stride[0] * stride[1] if transposed else 1
+    rows = x.shape[0] * (triton.cdiv(oh, stride[0]) * triton.cdiv(ow, stride[1]) if transposed else oh * ow)
+    if triton_interpreting():  # the interpreter pays per program: few, large ones
+        block_m, block_n, block_k = _block(rows, 16, 256), _block(n_out, 16, 64), _block(c_in, 16, 64)
+        warps, stages = 4, 1
+    else:
+        block_m, block_n, block_k = 128, _block(n_out, 16, 128), _block(c_in, 16, 32)
+        warps, stages = 4 if block_n <= 64 else 8, 3
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(n_out, block_n), phases)
+    bias = b.to(x.dtype).contiguous() if b is not None else x
+    wrap_triton(_conv_fwd_kernel)[grid](
+        x, w, bias, y,
+        x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
+        *x.stride(), swo, swc, w.stride(2), w.stride(3), *y.stride(),
+        stride[0], stride[1], padding[0], padding[1],
+        float(alpha),
+        TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        UPCAST=triton_interpreting() and x.dtype == torch.bfloat16,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )
+    return y
+
+
+@triton_op("fastgan::conv2d_act_triton", mutates_args=())
+def conv2d_act_triton(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int], act: int,
+    alpha: float,
+) -> torch.Tensor:
+    return _launch(x, w, b, stride, padding, None, act, alpha)
+
+
+@triton_op("fastgan::conv_transpose2d_act_triton", mutates_args=())
+def conv_transpose2d_act_triton(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
+    output_padding: list[int], act: int, alpha: float,
+) -> torch.Tensor:
+    return _launch(x, w, b, stride, padding, output_padding, act, alpha)

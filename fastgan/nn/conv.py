@@ -1,0 +1,196 @@
+"""``FusedConv2d`` / ``FusedConvTranspose2d``: a convolution with an optional norm and an activation, fused.
+
+They subclass ``nn.Conv2d`` / ``nn.ConvTranspose2d``, so ``weight``/``bias`` have torch.nn's names, shapes and
+initialisation, and code that inspects convolutions (DCGAN's ``weights_init``, ``spectral_norm``) keeps working.
+Without a norm the activation runs in the convolution's epilogue (:func:`fastgan.ops.conv2d_act`); with
+``norm="batch"`` or ``"instance"`` the convolution (with its bias) feeds a :class:`fastgan.nn.BatchNormAct2d` /
+:class:`fastgan.nn.InstanceNormAct2d` submodule named ``norm`` that applies the activation, so a standalone module's
+state_dict holds ``weight``, ``bias`` and ``norm.*`` (``fastgan.optimize`` keeps a model's original keys another
+way: see fastgan/optimize.py). Computing the batch statistics in the convolution's epilogue is future work.
+Only groups=1, dilation=1 and zero padding are supported (the constructors and ``from_modules`` say so).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.bias_act import ACTIVATIONS
+from ..ops.conv_act import conv2d_act, conv_transpose2d_act
+from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
+
+__all__ = ["FusedConv2d", "FusedConvTranspose2d"]
+
+_NORMS = {"batch": BatchNormAct2d, "instance": InstanceNormAct2d}
+
+
+def _make_norm(owner: str, norm: str | None, channels: int, act: str, alpha, impl: str, kwargs, factory):
+    if norm is None:
+        return None
+    if norm not in _NORMS:
+        raise ValueError(f"{owner}: norm must be None, 'batch' or 'instance', got {norm!r}")
+    return _NORMS[norm](channels, act=act, alpha=alpha, impl=impl, **(kwargs or {}), **factory)
+
+
+def _check_act(owner: str, act: str, alpha: float | None) -> None:
+    spec = ACTIVATIONS.get(act)
+    if spec is None:
+        raise ValueError(f"{owner}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if alpha is not None and spec.default_alpha is None:
+        raise ValueError(f"{owner}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+
+
+def _check_conv(owner: str, conv: nn.Module, kind: type) -> None:
+    """``conv`` must be a plain ``kind`` the fused op computes: groups=1, dilation=1, zero padding, int padding."""
+    if not isinstance(conv, kind):
+        raise TypeError(f"{owner}.from_modules: conv must be an nn.{kind.__name__}, got {type(conv).__name__}")
+    if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros":
+        raise ValueError(
+            f"{owner}.from_modules: only groups=1, dilation=1, padding_mode='zeros' are supported, got "
+            f"groups={conv.groups}, dilation={conv.dilation}, padding_mode={conv.padding_mode!r}"
+        )
+    if isinstance(conv.padding, str):
+        raise ValueError(f"{owner}.from_modules: padding={conv.padding!r} is not supported; use explicit ints")
+
+
+def _norm_from(owner: str, norm: nn.Module | None, act: nn.Module | None, impl: str):
+    """(norm name, fused norm module or None, act, alpha) for ``from_modules``."""
+    if norm is None:
+        return None, None, *activation_of(act)
+    if isinstance(norm, nn.BatchNorm2d):
+        return "batch", BatchNormAct2d.from_modules(norm, act, impl), "linear", None
+    if isinstance(norm, nn.InstanceNorm2d):
+        return "instance", InstanceNormAct2d.from_modules(norm, act, impl), "linear", None
+    raise TypeError(
+        f"{owner}.from_modules: norm must be nn.BatchNorm2d or nn.InstanceNorm2d, got {type(norm).__name__}"
+    )
+
+
+class FusedConv2d(nn.Conv2d):
+    """``act(norm(conv2d(x) + bias))`` with ``nn.Conv2d``'s parameters; the activation in the conv epilogue
+    when ``norm`` is None.
+
+    Args mirror ``nn.Conv2d`` (groups=1, dilation=1, zero padding) plus ``norm`` (None, ``"batch"``,
+    ``"instance"``), ``act``/``alpha`` (an activation of ``fastgan.ops.ACTIVATIONS``), ``impl`` and
+    ``norm_kwargs`` (eps, momentum, affine, track_running_stats of the norm). Input ``[N, C_in, H, W]``,
+    float16/bfloat16/float32 (float64 off Triton), contiguous or channels_last (kept). Differentiable twice.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+        norm: str | None = None,
+        act: str = "linear",
+        alpha: float | None = None,
+        impl: str = "auto",
+        norm_kwargs: dict | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if isinstance(padding, str):
+            raise ValueError(f"FusedConv2d: padding={padding!r} is not supported; use explicit ints")
+        _check_act("FusedConv2d", act, alpha)
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, **factory)
+        self.act, self.alpha, self.impl = act, alpha, impl
+        self.norm = _make_norm("FusedConv2d", norm, out_channels, act, alpha, impl, norm_kwargs, factory)
+
+    @classmethod
+    def from_modules(
+        cls, conv: nn.Conv2d, norm: nn.Module | None = None, act: nn.Module | None = None, impl: str = "auto"
+    ) -> FusedConv2d:
+        """The fused equivalent of ``conv`` [-> ``norm``] [-> ``act``], sharing nothing with them (copied values)."""
+        _check_conv("FusedConv2d", conv, nn.Conv2d)
+        norm_name, norm_module, act_name, alpha = _norm_from("FusedConv2d", norm, act, impl)
+        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.bias is not None, None, act_name, alpha, impl,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.load_state_dict(conv.state_dict())
+        fused.norm = norm_module
+        if norm_name is not None:
+            fused.act, fused.alpha = norm_module.act, norm_module.alpha
+        return fused.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return conv2d_act(x, self.weight, self.bias, self.stride, self.padding, self.act, self.alpha, self.impl)
+        return self.norm(conv2d_act(x, self.weight, self.bias, self.stride, self.padding, impl=self.impl))
+
+    def extra_repr(self) -> str:
+        return _extra_repr(self, super().extra_repr())
+
+
+class FusedConvTranspose2d(nn.ConvTranspose2d):
+    """``act(norm(conv_transpose2d(x) + bias))`` with ``nn.ConvTranspose2d``'s parameters; the activation in the
+    epilogue when ``norm`` is None. Stride-``s`` runs as ``s*s`` phases on Triton (no multiplies on zeros).
+
+    Args mirror ``nn.ConvTranspose2d`` (groups=1, dilation=1) plus ``norm``, ``act``/``alpha``, ``impl`` and
+    ``norm_kwargs`` as :class:`FusedConv2d`. ``forward(x, output_size=None)`` as torch.nn. Differentiable twice.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        output_padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+        norm: str | None = None,
+        act: str = "linear",
+        alpha: float | None = None,
+        impl: str = "auto",
+        norm_kwargs: dict | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        _check_act("FusedConvTranspose2d", act, alpha)
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, bias=bias, **factory)
+        self.act, self.alpha, self.impl = act, alpha, impl
+        self.norm = _make_norm("FusedConvTranspose2d", norm, out_channels, act, alpha, impl, norm_kwargs, factory)
+
+    @classmethod
+    def from_modules(
+        cls, conv: nn.ConvTranspose2d, norm: nn.Module | None = None, act: nn.Module | None = None, impl: str = "auto"
+    ) -> FusedConvTranspose2d:
+        """The fused equivalent of ``conv`` [-> ``norm``] [-> ``act``], sharing nothing with them (copied values)."""
+        _check_conv("FusedConvTranspose2d", conv, nn.ConvTranspose2d)
+        norm_name, norm_module, act_name, alpha = _norm_from("FusedConvTranspose2d", norm, act, impl)
+        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.output_padding, conv.bias is not None, None, act_name, alpha, impl,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.load_state_dict(conv.state_dict())
+        fused.norm = norm_module
+        if norm_name is not None:
+            fused.act, fused.alpha = norm_module.act, norm_module.alpha
+        return fused.train(conv.training)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(
+            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
+        )
+        args = (x, self.weight, self.bias, self.stride, self.padding, output_padding)
+        if self.norm is None:
+            return conv_transpose2d_act(*args, act=self.act, alpha=self.alpha, impl=self.impl)
+        return self.norm(conv_transpose2d_act(*args, impl=self.impl))
+
+    def extra_repr(self) -> str:
+        return _extra_repr(self, super().extra_repr())
+
+
+def _extra_repr(module: nn.Module, base: str) -> str:
+    extras = [base]
+    if module.norm is None:  # otherwise the norm submodule's repr shows the activation
+        extras.append(f"act={module.act!r}")
+        if module.alpha is not None:
+            extras.append(f"alpha={module.alpha}")
+    if module.impl != "auto":
+        extras.append(f"impl={module.impl!r}")
+    return ", ".join(extras)

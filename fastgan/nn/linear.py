@@ -1,0 +1,61 @@
+"""``FusedLinear``: ``nn.Linear`` followed by an activation, the bias added in the activation's fused kernel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.bias_act import ACTIVATIONS, bias_act
+from .norm_act import activation_of
+
+__all__ = ["FusedLinear"]
+
+
+class FusedLinear(nn.Linear):
+    """``act(x @ weight.T + bias)``: the matmul without bias, then :func:`fastgan.ops.bias_act` on the last dim.
+
+    Args mirror ``nn.Linear`` plus ``act``/``alpha`` (an activation of ``fastgan.ops.ACTIVATIONS``) and ``impl``;
+    ``weight``/``bias`` keep torch.nn's names, shapes and initialisation. Differentiable twice.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        act: str = "linear",
+        alpha: float | None = None,
+        impl: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        spec = ACTIVATIONS.get(act)
+        if spec is None:
+            raise ValueError(f"FusedLinear: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+        if alpha is not None and spec.default_alpha is None:
+            raise ValueError(f"FusedLinear: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.act, self.alpha, self.impl = act, alpha, impl
+
+    @classmethod
+    def from_modules(cls, linear: nn.Linear, act: nn.Module | None = None, impl: str = "auto") -> FusedLinear:
+        """The fused equivalent of ``linear`` -> ``act`` (copied values, same mode)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"FusedLinear.from_modules: linear must be an nn.Linear, got {type(linear).__name__}")
+        name, alpha = activation_of(act)
+        fused = cls(linear.in_features, linear.out_features, linear.bias is not None, name, alpha, impl,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        fused.load_state_dict(linear.state_dict())
+        return fused.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_act(F.linear(x, self.weight), self.bias, -1, self.act, self.alpha, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        extras = [super().extra_repr(), f"act={self.act!r}"]
+        if self.alpha is not None:
+            extras.append(f"alpha={self.alpha}")
+        if self.impl != "auto":
+            extras.append(f"impl={self.impl!r}")
+        return ", ".join(extras)

@@ -1,0 +1,332 @@
+"""conv2d_act / conv_transpose2d_act: a 2-D convolution (or transposed convolution) with bias and activation applied
+in its epilogue, differentiable to any order on every implementation.
+
+The whole story of the two ops is here: argument checks naming the op, the reference (the specification: PyTorch's
+convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd formulas of the Triton custom ops
+(``fastgan::conv2d_act_triton`` / ``fastgan::conv_transpose2d_act_triton``, fastgan/kernels/triton/conv.py).
+
+- ``native``: PyTorch's convolution without bias (cuDNN on CUDA, oneDNN on CPU), then the fused bias + activation
+  epilogue kernel ``bias_act(impl="native")``. Both are differentiable twice (and any order for piecewise-linear
+  activations), so gradient penalties work through it.
+- ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
+  written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
+  phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
+  naive transposed convolution inserts. Backward: the input gradient of a convolution is a transposed convolution
+  and vice versa, both computed by the same Triton kernels (so that path has every order); the weight gradient uses
+  PyTorch's differentiable ``aten.convolution_backward`` (an implicit GEMM of its own is future work). The
+  activation's derivative is taken from the output (relu, lrelu with alpha >= 0, tanh, sigmoid: exactly as
+  PyTorch's own backward does), so nothing but the output is written; the activations whose derivative needs the
+  pre-activation (elu, selu, softplus, silu) run the kernel without epilogue activation followed by ``bias_act``.
+
+``impl="auto"`` picks ``native`` on CUDA and CPU (cuDNN plus the epilogue kernel; the Triton kernel is not tuned yet:
+the benchmarks in benchmarks/bench_conv.py decide when it becomes the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import available_impls, get_impl, resolve_impl
+from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
+
+__all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
+
+IntPair = int | Sequence[int]
+
+# Activations whose derivative is a function of the output y = f(z), so the fused kernel need not keep z.
+_GRAD_FROM_OUTPUT = ("linear", "relu", "lrelu", "tanh", "sigmoid")
+
+
+def _pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check(
+    op: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: IntPair,
+    padding: IntPair,
+    output_padding: IntPair | None,
+    act: str,
+    alpha: float | None,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], float]:
+    """Validate arguments the same way for every implementation; return (stride, padding, output_padding, alpha)."""
+    transposed = output_padding is not None
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            layout = "[C_in, C_out, kH, kW]" if transposed else "[C_out, C_in, kH, kW]"
+            want = "[N, C_in, H, W]" if name == "x" else layout
+            raise ValueError(f"{op}: {name} must be 4-D {want}, got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}; move weight to x's device")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight is {weight.dtype} but x is {x.dtype}; cast weight to x's dtype")
+    in_channels = weight.shape[0] if transposed else weight.shape[1]
+    out_channels = weight.shape[1] if transposed else weight.shape[0]
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{op}: x has {x.shape[1]} channels but weight {tuple(weight.shape)} expects {in_channels} "
+            "(only groups=1 is supported)"
+        )
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != out_channels:
+            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ValueError(f"{op}: bias must be 1-D of length {out_channels} (output channels), got {shape}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}; move bias to x's device")
+        if not bias.is_floating_point():
+            raise TypeError(f"{op}: bias must be a floating-point tensor, got {bias.dtype}")
+    stride_, padding_ = _pair(stride, "stride", op), _pair(padding, "padding", op)
+    output_padding_ = _pair(output_padding, "output_padding", op) if transposed else (0, 0)
+    if min(stride_) < 1:
+        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
+    if min(padding_) < 0:
+        raise ValueError(f"{op}: padding must be >= 0, got {padding}")
+    if min(output_padding_) < 0 or any(o >= s for o, s in zip(output_padding_, stride_)):
+        raise ValueError(f"{op}: output_padding must be >= 0 and smaller than stride {stride_}, got {output_padding}")
+    out_size = _output_size(x, weight, stride_, padding_, output_padding_ if transposed else None)
+    if min(out_size) < 1:
+        raise ValueError(
+            f"{op}: output size {tuple(out_size)} is not positive for input {tuple(x.shape[2:])}, kernel "
+            f"{tuple(weight.shape[2:])}, stride {stride_}, padding {padding_}; pad the input or shrink the kernel"
+        )
+    spec = ACTIVATIONS.get(act)
+    if spec is None:
+        raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if alpha is not None and spec.default_alpha is None:
+        raise ValueError(f"{op}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+    alpha_ = float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
+    return stride_, padding_, output_padding_, alpha_
+
+
+def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
+    """Spatial output size of the convolution (``output_padding=None``) or the transposed convolution."""
+    size = []
+    for d in range(2):
+        n, k, s, p = x.shape[2 + d], weight.shape[2 + d], stride[d], padding[d]
+        transposed = output_padding is not None
+        size.append((n - 1) * s - 2 * p + k + output_padding[d] if transposed else (n + 2 * p - k) // s + 1)
+    return size[0], size[1]
+
+
+def _resolve(impl: str, device: torch.device, op: str) -> str:
+    # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
+    if impl == "auto" and get_impl() == "auto" and device.type == "cuda" and available_impls()["native"]["cuda"][0]:
+        return "native"
+    return resolve_impl(impl, device, op)
+
+
+def conv2d_act_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    act: str = "linear",
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """The specification of ``conv2d_act``: ``bias_act_ref(F.conv2d(x, weight), bias, act=act, alpha=alpha)``."""
+    stride_, padding_, _, _ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
+    return bias_act_ref(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha)
+
+
+def conv_transpose2d_act_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
+    act: str = "linear",
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """The specification of ``conv_transpose2d_act``: ``F.conv_transpose2d`` (no bias), then ``bias_act_ref``."""
+    stride_, padding_, out_pad, _ = _check(
+        "conv_transpose2d_act", x, weight, bias, stride, padding, output_padding, act, alpha
+    )
+    y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
+    return bias_act_ref(y, bias, 1, act, alpha)
+
+
+def conv2d_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """2-D convolution with bias and activation fused into its epilogue: ``act(conv2d(x, weight) + bias, alpha)``.
+
+    Args:
+        x: ``[N, C_in, H, W]``, float16, bfloat16, float32 (float64 on every implementation, for gradcheck);
+            contiguous, channels_last (the output keeps it) or strided. ``N`` may be 0.
+        weight: ``[C_out, C_in, kH, kW]`` in ``x``'s dtype and device (groups=1, dilation=1).
+        bias: optional ``[C_out]``, cast to ``x.dtype``.
+        stride, padding: ints or pairs, as ``torch.nn.functional.conv2d`` (zero padding).
+        act, alpha: the activation of :func:`fastgan.ops.bias_act` (``linear``, ``relu``, ``lrelu``, ``tanh``, ...).
+        impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` (see the module docstring).
+
+    Returns:
+        ``[N, C_out, H_out, W_out]`` in ``x``'s dtype. Differentiable w.r.t. ``x``, ``weight`` and ``bias`` to second
+        order on every implementation (any order for linear/relu/lrelu), so R1 and WGAN-GP penalties work.
+    """
+    stride_, padding_, _, alpha_ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
+    impl = _resolve(impl, x.device, "conv2d_act")
+    if impl == "ref":
+        return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
+    if impl == "native":
+        return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
+    conv, _ = _triton_ops()
+    if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
+        return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
+    y = conv(x, weight, None, list(stride_), list(padding_), 0, 0.0)
+    return bias_act(y, bias, 1, act, alpha, impl="triton")
+
+
+def conv_transpose2d_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """2-D transposed convolution with bias and activation fused into its epilogue.
+
+    Args:
+        x: ``[N, C_in, H, W]``, float16, bfloat16, float32 (float64 on every implementation, for gradcheck);
+            contiguous, channels_last (the output keeps it) or strided. ``N`` may be 0.
+        weight: ``[C_in, C_out, kH, kW]`` (``torch.nn.ConvTranspose2d``'s layout) in ``x``'s dtype and device.
+        bias: optional ``[C_out]``, cast to ``x.dtype``.
+        stride, padding, output_padding: ints or pairs, as ``torch.nn.functional.conv_transpose2d``
+            (``output_padding < stride``; groups=1, dilation=1).
+        act, alpha: the activation of :func:`fastgan.ops.bias_act`.
+        impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` (see the module docstring).
+
+    Returns:
+        ``[N, C_out, (H-1)*stride - 2*padding + kH + output_padding, ...]`` in ``x``'s dtype. Differentiable w.r.t.
+        ``x``, ``weight`` and ``bias`` to second order on every implementation (any order for linear/relu/lrelu).
+    """
+    op = "conv_transpose2d_act"
+    stride_, padding_, out_pad, alpha_ = _check(op, x, weight, bias, stride, padding, output_padding, act, alpha)
+    impl = _resolve(impl, x.device, op)
+    if impl == "ref":
+        return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
+    if impl == "native":
+        y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
+        return bias_act(y, bias, 1, act, alpha, impl="native")
+    _, conv_t = _triton_ops()
+    if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
+        return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
+    y = conv_t(x, weight, None, list(stride_), list(padding_), list(out_pad), 0, 0.0)
+    return bias_act(y, bias, 1, act, alpha, impl="triton")
+
+
+# --- autograd of the Triton custom ops -----------------------------------------------------------------------------
+
+_INDEX = {spec.index: name for name, spec in ACTIVATIONS.items()}
+_triton_registered: tuple | None = None
+
+
+def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, alpha: float) -> torch.Tensor:
+    """``dy * f'(z)`` written in terms of ``y = f(z)`` (differentiable, so the second order comes from autograd)."""
+    name = _INDEX[act]
+    if name == "linear":
+        return dy
+    if name == "relu":
+        return dy * (y > 0).to(dy.dtype)
+    if name == "lrelu":
+        return torch.where(y > 0, dy, dy * alpha)
+    if name == "tanh":
+        return dy * (1 - y * y)
+    return dy * (y * (1 - y))  # sigmoid
+
+
+def _weight_grad(dz, x, weight, stride, padding, output_padding, transposed: bool) -> torch.Tensor:
+    # PyTorch's weight gradient, itself differentiable (its backward is aten's convolution double backward).
+    return torch.ops.aten.convolution_backward(
+        dz, x, weight, None, stride, padding, [1, 1], transposed, output_padding, 1, [False, True, False]
+    )[1]
+
+
+def _reduce_bias(dz: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return dz.sum((0, 2, 3), dtype=torch.promote_types(dz.dtype, torch.float32)).to(bias.dtype)
+
+
+def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
+    """The output_padding that makes the transposed convolution of an ``out``-sized map ``size`` long again."""
+    return size - ((out - 1) * s - 2 * p + k)
+
+
+def _triton_ops() -> tuple:
+    """The (conv2d, conv_transpose2d) Triton custom ops, registering fakes and autograd on first use."""
+    global _triton_registered
+    if _triton_registered is not None:
+        return _triton_registered
+    from ..kernels.triton import conv as kernels
+
+    conv, conv_t = kernels.conv2d_act_triton, kernels.conv_transpose2d_act_triton
+
+    def fake_conv(x, w, b, stride, padding, act, alpha):
+        return kernels.empty_output(x, w, stride, padding, None)
+
+    def fake_conv_t(x, w, b, stride, padding, output_padding, act, alpha):
+        return kernels.empty_output(x, w, stride, padding, output_padding)
+
+    def setup(ctx, inputs, output):
+        x, w, b, *ctx.args = inputs
+        act = ctx.args[-2]
+        ctx.save_for_backward(x, w, b, output if act != 0 else None)
+
+    def grad_conv(ctx, dy):
+        x, w, b, y = ctx.saved_tensors
+        stride, padding, act, alpha = ctx.args
+        dz = _act_grad_from_output(dy, y, act, alpha)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            out_pad = [_input_padding(x.shape[2 + d], dz.shape[2 + d], w.shape[2 + d], stride[d], padding[d])
+                       for d in range(2)]
+            dx = conv_t(dz, w, None, stride, padding, out_pad, 0, 0.0)
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(dz, x, w, stride, padding, [0, 0], False)
+        if b is not None and ctx.needs_input_grad[2]:
+            db = _reduce_bias(dz, b)
+        return dx, dw, db, None, None, None, None
+
+    def grad_conv_t(ctx, dy):
+        x, w, b, y = ctx.saved_tensors
+        stride, padding, out_pad, act, alpha = ctx.args
+        dz = _act_grad_from_output(dy, y, act, alpha)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = conv(dz, w, None, stride, padding, 0, 0.0)
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(dz, x, w, stride, padding, out_pad, True)
+        if b is not None and ctx.needs_input_grad[2]:
+            db = _reduce_bias(dz, b)
+        return dx, dw, db, None, None, None, None, None
+
+    torch.library.register_fake(conv, fake_conv)
+    torch.library.register_fake(conv_t, fake_conv_t)
+    torch.library.register_autograd(conv, grad_conv, setup_context=setup)
+    torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
+    _triton_registered = (conv, conv_t)
+    return _triton_registered

@@ -1,0 +1,59 @@
+"""conv2d_act / conv_transpose2d_act in the parity matrix: DCGAN/PatchGAN-like layers shrunk to CPU size.
+
+Stride 1 and 2, padding, output_padding 0 and 1, a 1x1 input growing to 4x4 (DCGAN's first generator layer), a
+4x4 input shrinking to 1x1 (its last discriminator layer), odd sizes, an empty batch, and one activation (silu)
+whose derivative needs the pre-activation (the Triton path then runs conv + bias_act).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastgan.ops import conv2d_act, conv2d_act_ref, conv_transpose2d_act, conv_transpose2d_act_ref
+
+from ..registry import OpCase
+
+
+def _case(transposed: bool, out_channels: int, k: int, stride: int, padding: int, act: str, shapes,
+          output_padding: int = 0, alpha: float | None = None, bias: bool = True, **kw) -> OpCase:
+    def make_inputs(shape, gen):
+        c = shape[1]
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        w_shape = (c, out_channels, k, k) if transposed else (out_channels, c, k, k)
+        w = torch.randn(w_shape, generator=gen, dtype=torch.float64) / (c * k * k) ** 0.5
+        b = torch.randn(out_channels, generator=gen, dtype=torch.float64) * 0.5
+        return (x, w, b) if bias else (x, w)
+
+    if transposed:
+        def fn(x, w, b=None, impl="auto"):
+            return conv_transpose2d_act(x, w, b, stride, padding, output_padding, act, alpha, impl=impl)
+
+        def ref(x, w, b=None):
+            return conv_transpose2d_act_ref(x, w, b, stride, padding, output_padding, act, alpha)
+    else:
+        def fn(x, w, b=None, impl="auto"):
+            return conv2d_act(x, w, b, stride, padding, act, alpha, impl=impl)
+
+        def ref(x, w, b=None):
+            return conv2d_act_ref(x, w, b, stride, padding, act, alpha)
+
+    op = "conv_transpose2d_act" if transposed else "conv2d_act"
+    extra = f",op={output_padding}" if transposed else ""
+    return OpCase(
+        name=f"{op}[k={k},s={stride},p={padding}{extra},{act}{'' if bias else ',nobias'}]",
+        fn=fn, ref=ref, make_inputs=make_inputs, shapes=shapes, num_grad_inputs=3 if bias else 2, **kw,
+    )
+
+
+CASES = [
+    _case(False, 4, 4, 2, 1, "lrelu", [(2, 3, 7, 7), (0, 3, 6, 6)], alpha=0.2),  # DCGAN D hidden layer
+    _case(False, 4, 3, 1, 1, "relu", [(2, 3, 5, 6)]),  # CycleGAN residual-block conv
+    _case(False, 1, 4, 1, 0, "sigmoid", [(2, 4, 4, 4)], bias=False),  # DCGAN D output: 4x4 -> 1x1
+    _case(False, 3, 3, 2, 0, "silu", [(1, 2, 6, 5)]),
+    _case(True, 3, 4, 2, 1, "relu", [(1, 4, 4, 4), (0, 4, 3, 3)], output_padding=1),
+    _case(True, 3, 4, 2, 1, "tanh", [(2, 4, 3, 5)], bias=False),  # DCGAN G output layer
+    _case(True, 3, 3, 1, 1, "lrelu", [(1, 4, 5, 4)], alpha=0.2),  # stride 1
+    # DCGAN G input: 1x1 -> 4x4 (a 1x1 map is contiguous and channels_last at once: no layout to keep)
+    _case(True, 4, 4, 1, 0, "relu", [(2, 5, 1, 1)], layouts=("contiguous", "noncontiguous")),
+    _case(True, 2, 3, 2, 1, "elu", [(1, 3, 3, 4)], output_padding=1),  # CycleGAN upsampling; pre-activation path
+]
