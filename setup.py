@@ -54,7 +54,7 @@ setup(
     packages=find_packages(include=["fastgan", "fastgan.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "numpy", "pillow", "triton; platform_system == 'Linux'"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn", "ruff"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastgan = fastgan.cli:main"]},

@@ -98,6 +98,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@torch.compiler.assume_constant_result
 def _why_unavailable(impl: str, device_type: str) -> str:
     """'' if ``impl`` can run on ``device_type`` here, else the reason and the fix."""
     if impl == "ref":

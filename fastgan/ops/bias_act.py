@@ -188,6 +188,8 @@ def _register(forward, backward, backward2) -> None:
         ctx.act = inputs[5]
 
     def grad_backward2(ctx, grad):
+        if not _GRAD2[ctx.act]:  # f'' == 0: this op's output is identically zero, and so is its gradient
+            return (None,) * 9
         raise RuntimeError(
             f"bias_act: third-order gradients of act={_NAMES[ctx.act]!r} are not supported by the compiled and "
             "Triton implementations (linear, relu and lrelu support any order); use impl='ref' for higher orders"
