@@ -4,10 +4,10 @@ The whole story of the op is here: the activation table, the reference (the spec
 the autograd formulas shared by the compiled (``fastgan::bias_act*``, csrc/bias_act.cpp + .cu) and Triton
 (``fastgan::bias_act*_triton``, fastgan/kernels/triton/bias_act.py) custom ops.
 
-Why a custom op: inside a gradient penalty PyTorch differentiates ``leaky_relu`` twice and materialises a
-second derivative that is identically zero, then runs the convolution backward on it. Here the backward is itself
-a registered op whose own backward returns no gradient w.r.t. ``x`` for piecewise-linear activations, so that
-work never runs.
+Why a custom op: inside a gradient penalty PyTorch differentiates ``leaky_relu`` twice, materialises a second
+derivative that is identically zero (``zeros_like``) and, where nothing else adds to it, runs the preceding
+convolution's backward on it. Here the backward is itself a registered op whose own backward returns no gradient
+w.r.t. ``x`` for piecewise-linear activations, so that work never runs.
 """
 
 from __future__ import annotations
