@@ -31,9 +31,9 @@ class BatchStream:
 
     def _materialise(self, dataset: Dataset) -> torch.Tensor | None:
         """All images as one tensor on the device, when small enough (indexing it is far faster than per item)."""
-        first = dataset[0][0]
-        if not isinstance(first, torch.Tensor) or first.numel() * 4 * len(dataset) > _CACHE_LIMIT_BYTES:
-            return None
+        first, second = dataset[0]
+        if isinstance(second, torch.Tensor) or first.numel() * 4 * len(dataset) > _CACHE_LIMIT_BYTES:
+            return None  # pairs of images (unpaired data) or too big: read per batch
         return torch.stack([dataset[i][0] for i in range(len(dataset))]).to(self.device)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
