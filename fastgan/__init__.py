@@ -18,6 +18,7 @@ from ._backend import (
     set_impl,
     use_impl,
 )
+from .optimize import optimize
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "losses",
     "nn",
     "ops",
+    "optimize",
     "set_impl",
     "use_impl",
 ]

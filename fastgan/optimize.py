@@ -1,0 +1,155 @@
+"""``fastgan.optimize``: rewrite a model's standard blocks into fastgan's fused modules, keeping its state_dict.
+
+What is rewritten, inside every ``nn.Sequential`` (the only container whose execution order is known):
+
+- ``Conv2d``/``ConvTranspose2d`` -> activation: a :class:`~fastgan.nn.FusedConv2d` /
+  :class:`~fastgan.nn.FusedConvTranspose2d` at the conv's index (activation in the conv epilogue);
+- ``BatchNorm2d``/``InstanceNorm2d`` -> activation (after a conv or standalone): a
+  :class:`~fastgan.nn.BatchNormAct2d` / :class:`~fastgan.nn.InstanceNormAct2d` at the norm's index; a conv in front
+  of the norm stays as it is (its bias, if any, is already fused into cuDNN's convolution; computing the batch
+  statistics in the conv epilogue, which would make fusing it worthwhile, is future work);
+- ``Linear`` -> activation: a :class:`~fastgan.nn.FusedLinear` at the Linear's index;
+
+and the activation's own index gets an ``nn.Identity``. Activations: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, ELU,
+SELU, Softplus(beta=1, threshold=20). Every index keeps its module's parameters and buffers under the same names
+(the fused modules use torch.nn's names, and an activation has no state), so ``state_dict()`` has exactly the same
+keys, shapes and values, and a checkpoint of either model loads into the other with ``strict=True``. The fused
+modules adopt the original Parameter and buffer objects, so an optimizer built before ``optimize(inplace=True)``
+keeps training the same tensors.
+
+Modules inside a custom ``nn.Module`` subclass are only rewritten within its child Sequentials (recursively): its
+``forward`` may call its children in any order, so a conv followed by a ReLU attribute need not be a conv -> ReLU
+run. Modules with hooks or parametrizations (``spectral_norm``, ``weight_norm``) are left untouched, as is anything
+unrecognised (groups != 1, dilation != 1, non-zero padding modes, norm subclasses such as SyncBatchNorm).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .nn.conv import FusedConv2d, FusedConvTranspose2d
+from .nn.linear import FusedLinear
+from .nn.norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
+
+__all__ = ["optimize"]
+
+_CONVS = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d}
+_NORMS = {nn.BatchNorm2d: BatchNormAct2d, nn.InstanceNorm2d: InstanceNormAct2d}
+
+
+def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbose: bool = False) -> nn.Module:
+    """Replace conv/norm/linear + activation runs of ``model`` by fused fastgan modules (see the module docstring).
+
+    Args:
+        model: any ``nn.Module``; its mode (train/eval), device and dtype are kept.
+        inplace: rewrite ``model`` itself (sharing its Parameters) instead of a deep copy.
+        impl: the ``impl=`` of every fused module (``"auto"``, ``"ref"``, ``"triton"`` or ``"native"``).
+        verbose: print one line per fused run.
+
+    Returns:
+        The optimized model: the same function in train and eval mode (outputs, gradients, running statistics),
+        the same ``state_dict`` keys, shapes and values.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastgan.optimize: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report: list[str] = []
+    if isinstance(model, nn.Sequential):
+        _rewrite_sequential(model, "", impl, report)
+    else:
+        _visit(model, "", impl, report)
+    if verbose:
+        print(f"fastgan.optimize: fused {len(report)} run(s)" + "".join(f"\n  {line}" for line in report))
+    return model
+
+
+def _visit(module: nn.Module, prefix: str, impl: str, report: list[str]) -> None:
+    """Rewrite every Sequential below ``module`` (``module`` itself is not one)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            _rewrite_sequential(child, f"{prefix}{name}.", impl, report)
+        else:
+            _visit(child, f"{prefix}{name}.", impl, report)
+
+
+def _plain(module: nn.Module) -> bool:
+    """No hooks or parametrizations that a fused module would silently drop."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+    return not any(hooks) and not hasattr(module, "parametrizations")
+
+
+def _activation(module: nn.Module | None) -> tuple[str, float | None] | None:
+    if module is None or isinstance(module, nn.Identity) or not _plain(module):
+        return None
+    try:
+        return activation_of(module)
+    except ValueError:
+        return None
+
+
+def _convertible_conv(module: nn.Module) -> bool:
+    return (
+        type(module) in _CONVS
+        and _plain(module)
+        and module.groups == 1
+        and tuple(module.dilation) == (1, 1)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _convertible_norm(module: nn.Module) -> bool:
+    return type(module) in _NORMS and _plain(module) and not (module.affine and module.bias is None)
+
+
+def _adopt(fused: nn.Module, original: nn.Module) -> nn.Module:
+    """Make ``fused`` use ``original``'s very Parameter and buffer objects (same names), and its mode."""
+    for name, param in original._parameters.items():
+        fused._parameters[name] = param
+    for name, buffer in original._buffers.items():
+        fused._buffers[name] = buffer
+    return fused.train(original.training)
+
+
+def _rewrite_sequential(seq: nn.Sequential, prefix: str, impl: str, report: list[str]) -> None:
+    names = list(seq._modules)
+    i = 0
+    while i < len(names):
+        module = seq._modules[names[i]]
+        nxt = seq._modules[names[i + 1]] if i + 1 < len(names) else None
+        act = _activation(nxt)
+        if _convertible_conv(module) and act is not None:
+            fused = _CONVS[type(module)].from_modules(module, None, nxt, impl)
+            _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))
+            i += 2
+        elif _convertible_norm(module) and act is not None:
+            fused = _NORMS[type(module)].from_modules(module, nxt, impl)
+            _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))
+            i += 2
+        elif type(module) is nn.Linear and _plain(module) and act is not None:
+            fused = FusedLinear.from_modules(module, nxt, impl)
+            _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))
+            i += 2
+        else:
+            if isinstance(module, nn.Sequential):
+                _rewrite_sequential(module, f"{prefix}{names[i]}.", impl, report)
+            elif module is not None:
+                _visit(module, f"{prefix}{names[i]}.", impl, report)
+            i += 1
+
+
+def _replace(seq, names, i, fused, prefix, report, originals) -> None:
+    """Put ``fused`` at index ``i`` and an Identity at ``i + 1`` (the activation, which has no state)."""
+    seq._modules[names[i]] = fused
+    seq._modules[names[i + 1]] = nn.Identity()
+    run = "+".join(type(m).__name__ for m in originals)
+    report.append(f"{prefix}{names[i]}..{names[i + 1]}: {run} -> {type(fused).__name__}({_describe(fused)})")
+
+
+def _describe(fused: nn.Module) -> str:
+    alpha = f", alpha={fused.alpha}" if getattr(fused, "alpha", None) is not None else ""
+    return f"act={fused.act!r}{alpha}"
+
