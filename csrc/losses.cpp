@@ -77,6 +77,7 @@ GanLossPrepared prepare_gan_loss(const at::Tensor& a_in, const std::optional<at:
     p.loss = r.loss.data_ptr();
     p.grad_a = r.grad_a.data_ptr();
     p.grad_b = has_b ? r.grad_b.data_ptr() : nullptr;
+    p.partials = nullptr;
     p.numel_a = r.a.numel();
     p.numel_b = has_b ? r.b.numel() : 0;
     p.term_a = static_cast<int>(term_a);
@@ -192,12 +193,12 @@ InterpolatePrepared prepare_interpolate(const at::Tensor& real, const at::Tensor
     InterpolatePrepared r;
     r.real = sample_major(real);
     r.fake = with_layout_of(fake.to(real.scalar_type()), r.real);
-    r.eps = eps.to(at::kFloat).contiguous();
+    r.eps = eps.to(math_dtype(real.scalar_type())).contiguous();
     r.out = at::empty_like(r.real);
     InterpolateParams& p = r.p;
     p.real = r.real.data_ptr();
     p.fake = r.fake.data_ptr();
-    p.eps = r.eps.data_ptr<float>();
+    p.eps = r.eps.data_ptr();
     p.out = r.out.data_ptr();
     p.batch = real.size(0);
     p.per_sample = real.numel() / real.size(0);
@@ -212,9 +213,10 @@ at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const
         const scalar_t* x = static_cast<const scalar_t*>(p.real);
         const scalar_t* y = static_cast<const scalar_t*>(p.fake);
         scalar_t* out = static_cast<scalar_t*>(p.out);
+        const M* eps = static_cast<const M*>(p.eps);
         at::parallel_for(0, p.batch * p.per_sample, 1 << 15, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
-                const M e = static_cast<M>(p.eps[i / p.per_sample]);
+                const M e = eps[i / p.per_sample];
                 out[i] = static_cast<scalar_t>(interpolate_value<M>(e, static_cast<M>(x[i]), static_cast<M>(y[i])));
             }
         });
@@ -327,6 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const at::Tensor& a
                                                              int64_t term_a, int64_t term_b) {
     GanLossPrepared r = prepare_gan_loss(a, b, term_a, term_b);
     const c10::cuda::CUDAGuard guard(r.a.device());
+    const at::Tensor partials = at::empty({kGanLossMaxBlocks}, r.grad_a.options());
+    r.p.partials = partials.data_ptr();
     check_launch(gan_loss_cuda_launch(r.p, cuda_dtype(r.a.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
                  "gan_loss");
     return {r.loss, r.grad_a, r.grad_b};

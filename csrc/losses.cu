@@ -29,7 +29,8 @@ __device__ M block_sum(M v, M* shared) {
     return shared[0];
 }
 
-// Logits are small ([B] to [B, 1, 30, 30]), so one block walks both tensors: one launch, no partial buffers.
+// Each block sums a grid-stride share of both terms (each element weighted by 1/numel of its tensor) and writes the
+// gradients; with one block (small logits) it writes the loss, else its partial sum for gan_loss_finalize_kernel.
 template <typename T>
 __global__ void gan_loss_kernel(GanLossParams p) {
     using M = typename MathType<T>::type;
@@ -39,22 +40,38 @@ __global__ void gan_loss_kernel(GanLossParams p) {
     M* grad_a = static_cast<M*>(p.grad_a);
     M* grad_b = static_cast<M*>(p.grad_b);
     const M inv_a = M(1) / static_cast<M>(p.numel_a);
-    M acc_a = M(0), acc_b = M(0);
-    for (int64_t i = threadIdx.x; i < p.numel_a; i += blockDim.x) {
+    const M inv_b = b != nullptr ? M(1) / static_cast<M>(p.numel_b) : M(0);
+    const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    M acc = M(0);
+    for (int64_t i = start; i < p.numel_a; i += stride) {
         const M z = load(a, i);
-        acc_a += loss_term_value<M>(p.term_a, z);
+        acc += loss_term_value<M>(p.term_a, z) * inv_a;
         grad_a[i] = loss_term_grad<M>(p.term_a, z) * inv_a;
     }
     if (b != nullptr) {
-        const M inv_b = M(1) / static_cast<M>(p.numel_b);
-        for (int64_t i = threadIdx.x; i < p.numel_b; i += blockDim.x) {
+        for (int64_t i = start; i < p.numel_b; i += stride) {
             const M z = load(b, i);
-            acc_b += loss_term_value<M>(p.term_b, z);
+            acc += loss_term_value<M>(p.term_b, z) * inv_b;
             grad_b[i] = loss_term_grad<M>(p.term_b, z) * inv_b;
         }
-        acc_b *= inv_b;
     }
-    const M total = block_sum<M>(acc_a * inv_a + acc_b, shared);
+    const M total = block_sum<M>(acc, shared);
+    if (threadIdx.x != 0) return;
+    if (gridDim.x == 1) {
+        *static_cast<T*>(p.loss) = static_cast<T>(total);
+    } else {
+        static_cast<M*>(p.partials)[blockIdx.x] = total;
+    }
+}
+
+// Sums the per-block partials in a fixed order (deterministic, no atomics).
+template <typename T>
+__global__ void gan_loss_finalize_kernel(GanLossParams p, int blocks) {
+    using M = typename MathType<T>::type;
+    __shared__ M shared[kMaxThreads];
+    const M v = static_cast<int>(threadIdx.x) < blocks ? static_cast<const M*>(p.partials)[threadIdx.x] : M(0);
+    const M total = block_sum<M>(v, shared);
     if (threadIdx.x == 0) *static_cast<T*>(p.loss) = static_cast<T>(total);
 }
 
@@ -86,7 +103,7 @@ __global__ void interpolate_kernel(InterpolateParams p) {
     const int64_t total = p.batch * p.per_sample;
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const M e = static_cast<M>(p.eps[i / p.per_sample]);
+        const M e = static_cast<const M*>(p.eps)[i / p.per_sample];
         out[i] = static_cast<T>(interpolate_value<M>(e, load(real, i), load(fake, i)));
     }
 }
@@ -145,7 +162,17 @@ unsigned elementwise_blocks(int64_t numel) {
 
 template <typename T>
 int launch_gan_loss(const GanLossParams& p, cudaStream_t s) {
-    gan_loss_kernel<T><<<1, kMaxThreads, 0, s>>>(p);
+    // Up to 64K elements one block is fastest (one launch); larger PatchGAN maps spread over up to 256 blocks of
+    // ~4K elements each, then one more block adds the partial sums.
+    const int64_t total = p.numel_a + (p.b != nullptr ? p.numel_b : 0);
+    int64_t blocks = total <= 65536 ? 1 : (total + 4095) / 4096;
+    if (blocks > kGanLossMaxBlocks) blocks = kGanLossMaxBlocks;
+    if (blocks > 1 && p.partials == nullptr) blocks = 1;
+    const int threads = blocks == 1 ? kMaxThreads : kThreads;
+    gan_loss_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, s>>>(p);
+    int err = static_cast<int>(cudaGetLastError());
+    if (err != 0 || blocks == 1) return err;
+    gan_loss_finalize_kernel<T><<<1, kGanLossMaxBlocks, 0, s>>>(p, static_cast<int>(blocks));
     return static_cast<int>(cudaGetLastError());
 }
 

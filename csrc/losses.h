@@ -78,11 +78,13 @@ struct GanLossParams {
     void* loss;            // 0-dim, the inputs' dtype
     void* grad_a;          // math type
     void* grad_b;
+    void* partials;        // CUDA only: kGanLossMaxBlocks per-block sums (math type) for large logits
     int64_t numel_a;
     int64_t numel_b;
     int term_a;
     int term_b;
 };
+constexpr int kGanLossMaxBlocks = 256;
 
 // gan_loss_backward: da = go * grad_a, db = go * grad_b, in the logits' dtype.
 struct GanLossBackwardParams {
@@ -103,7 +105,7 @@ struct GanLossBackwardParams {
 struct InterpolateParams {
     const void* real;
     const void* fake;
-    const float* eps;      // [B], float32
+    const void* eps;       // [B], math type
     void* out;
     int64_t batch;
     int64_t per_sample;

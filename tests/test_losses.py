@@ -172,3 +172,28 @@ def test_kernel_op_counts_vs_eager(kind, impl):
     assert len(ours_g) <= 2, ours_g
     assert len(eager_d) >= 3 * len(ours_d), eager_d
     assert len(eager_g) > len(ours_g), eager_g
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_opcheck_custom_ops(impl):
+    """Schemas, fake (meta) implementations and autograd registrations agree with the kernels."""
+    require(impl, "cpu")
+    from fastgan.losses import adversarial, penalties
+
+    gan_loss, gan_loss_backward = adversarial._custom_ops(impl)
+    interp, penalty, penalty_backward = penalties._custom_ops(impl)
+    real = _logits((3, 1, 2, 2)).requires_grad_()
+    fake = _logits((2, 1, 2, 2), seed=1).requires_grad_()
+    _, grad_a, grad_b = gan_loss(real.detach(), fake.detach(), 0, 1)
+    g = _logits((2, 3, 2, 2), seed=2).requires_grad_()
+    eps = torch.rand(2)
+    samples = [
+        (gan_loss, (real, fake, 0, 1)),
+        (gan_loss, (fake, None, 2, 0)),
+        (gan_loss_backward, (torch.tensor(1.5), grad_a, grad_b)),
+        (interp, (g, g.detach() * 2, eps)),
+        (penalty, (g, 10.0, 1.0, 1.0)),
+        (penalty_backward, (torch.tensor(2.0), g.detach(), g.detach().flatten(1).norm(dim=1), 10.0, 1.0, 0.5)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

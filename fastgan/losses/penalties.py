@@ -77,7 +77,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, impl:
     Args:
         real, fake: ``[B, ...]`` float16, bfloat16, float32 or float64 of one shape; real's layout is kept when it
             is contiguous or channels_last.
-        eps: ``[B]`` per-sample weights (any float dtype; used in float32 by the kernels).
+        eps: ``[B]`` per-sample weights (any float dtype; used in float32, float64 for float64 inputs).
         impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"``.
 
     Returns:
@@ -345,9 +345,12 @@ def _register(interp, penalty, penalty_backward) -> None:
     def setup_penalty(ctx, inputs, output):
         g, ctx.weight, ctx.center, ctx.scale = inputs
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros for the norms' (absent) gradient
         ctx.save_for_backward(g, output[1])
 
     def grad_penalty(ctx, go, _norms):
+        if go is None:
+            return None, None, None, None
         g, norms = ctx.saved_tensors
         return penalty_backward(go, g, norms, ctx.weight, ctx.center, ctx.scale), None, None, None
 

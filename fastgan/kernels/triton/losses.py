@@ -235,7 +235,7 @@ def gan_loss_backward_triton(
 def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     real = sample_major(real)
     fake = like(fake, real)
-    eps = eps.to(torch.float32).contiguous()
+    eps = eps.to(_math(real.dtype)).contiguous()
     out = torch.empty_like(real)
     numel = real.numel()
     if numel:
