@@ -15,9 +15,10 @@ IMPLS = ("ref", "triton", "native")
 FAST_IMPLS = ("triton", "native")
 
 aten = torch.ops.aten
-# Ops that launch no kernel: views and aliases (metadata only) and uninitialised allocations. Everything else that
-# reaches the dispatcher (arithmetic, reductions, copies, fills, fastgan's custom ops) counts as one kernel-producing
-# op. A fastgan op counts once even when it launches two kernels inside (the penalty forward on a GPU).
+# Ops that launch no kernel: views and aliases (metadata only), uninitialised allocations and ops that return no
+# tensor (aten.promote_types, aten.sym_size). Everything else that reaches the dispatcher (arithmetic, reductions,
+# copies, fills, fastgan's custom ops) counts as one kernel-producing op. A fastgan op counts once even when it
+# launches two kernels inside (the penalty forward on a GPU).
 _NO_KERNEL = {
     aten.detach, aten.alias, aten._unsafe_view, aten.lift_fresh,
     aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided,
@@ -32,9 +33,11 @@ class KernelOpCounter(TorchDispatchMode):
         self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.overloadpacket not in _NO_KERNEL:
+        out = func(*args, **(kwargs or {}))
+        produces_tensor = any(isinstance(t, torch.Tensor) for t in (out if isinstance(out, (tuple, list)) else [out]))
+        if produces_tensor and not func.is_view and func.overloadpacket not in _NO_KERNEL:
             self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
+        return out
 
 
 def count_kernel_ops(run) -> list[str]:

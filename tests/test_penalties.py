@@ -244,3 +244,30 @@ def test_penalty_head_kernel_op_counts_vs_eager(impl):
     # interpolate (1) + stand-in multiply (1) + fused norm/penalty (1) + fused backward (1).
     assert len(ours) <= 4, ours
     assert len(eager) - 1 >= 3 * (len(ours) - 1), eager
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_gradient_penalty_through_fastgan_layers_matches_textbook(impl):
+    """The critic rewritten by fastgan.optimize (fused conv + leaky ReLU, whose double backward skips the zero
+    second derivative) trains like the textbook torch.nn critic."""
+    require(impl, "cpu")
+    import fastgan
+
+    if not hasattr(fastgan, "optimize"):
+        pytest.skip("fastgan.optimize is not in this checkout")
+    torch.manual_seed(0)
+    critic = nn.Sequential(
+        nn.Conv2d(3, 4, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(4, 6, 3, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Linear(24, 1),
+    ).double()
+    real, fake, eps = _images()
+    truth = textbook_gradient_penalty(critic, real, fake, eps)
+    truth_grads = _param_grads(critic, truth, "backward")
+    fused = fastgan.optimize(critic)
+    ours = gradient_penalty(fused, real, fake, eps=eps, impl=impl)
+    ours_grads = _param_grads(fused, ours, "backward")
+    # The fused layers carry leaky ReLU's alpha as a float32 parameter, so float64 results agree to ~1e-8.
+    torch.testing.assert_close(ours, truth, rtol=1e-6, atol=1e-9)
+    assert len(ours_grads) == len(truth_grads)
+    for a, b in zip(ours_grads, truth_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
