@@ -1,7 +1,7 @@
 """Triton kernels for ``fastgan.losses`` and the ``fastgan::*_triton`` custom ops that launch them.
 
-- ``_gan_loss_fwd_kernel``: one program walks both logits tensors, writing each term's gradient f'(z)/numel and the
-  summed means (logits are small: [B] to [B, 1, 30, 30]).
+- ``_gan_loss_fwd_kernel``: walks both logits tensors, writing each term's gradient f'(z)/numel and the summed means
+  (one program for small logits; partial sums plus ``_sum_partials_kernel`` for PatchGAN maps of large batches).
 - ``_gan_loss_bwd_kernel``: scales the saved gradients by the incoming scalar.
 - ``_interpolate_kernel``, ``_sample_norm_kernel`` + ``_penalty_kernel``, ``_penalty_bwd_kernel``: the gradient-penalty
   head. The formulas mirror ``csrc/losses.h``; math runs in float32 (float64 for float64 tensors).
@@ -91,9 +91,11 @@ def _term_grad(z, TERM: tl.constexpr):
 
 
 @triton.jit
-def _term_mean(z_ptr, grad_ptr, numel, TERM: tl.constexpr, MATH: tl.constexpr, BLOCK: tl.constexpr):
+def _term_partial(z_ptr, grad_ptr, numel, pid, programs, TERM: tl.constexpr, MATH: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    # This program's share (blocks pid, pid + programs, ...) of mean(f(z)), writing f'(z) / numel on the way.
     acc = tl.zeros([BLOCK], MATH)
-    for start in range(0, numel, BLOCK):
+    for start in range(pid * BLOCK, numel, programs * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < numel
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(MATH)
@@ -104,13 +106,26 @@ def _term_mean(z_ptr, grad_ptr, numel, TERM: tl.constexpr, MATH: tl.constexpr, B
 
 @triton.jit
 def _gan_loss_fwd_kernel(
-    a_ptr, b_ptr, loss_ptr, grad_a_ptr, grad_b_ptr, numel_a, numel_b,
+    a_ptr, b_ptr, loss_ptr, partials_ptr, grad_a_ptr, grad_b_ptr, numel_a, numel_b,
     TERM_A: tl.constexpr, TERM_B: tl.constexpr, HAS_B: tl.constexpr, MATH: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    loss = _term_mean(a_ptr, grad_a_ptr, numel_a, TERM_A, MATH, BLOCK)
+    # One program (small logits) writes the loss; several write partial sums for _sum_partials_kernel.
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    loss = _term_partial(a_ptr, grad_a_ptr, numel_a, pid, programs, TERM_A, MATH, BLOCK)
     if HAS_B:
-        loss += _term_mean(b_ptr, grad_b_ptr, numel_b, TERM_B, MATH, BLOCK)
-    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+        loss += _term_partial(b_ptr, grad_b_ptr, numel_b, pid, programs, TERM_B, MATH, BLOCK)
+    if programs == 1:
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    else:
+        tl.store(partials_ptr + pid, loss)
+
+
+@triton.jit
+def _sum_partials_kernel(partials_ptr, loss_ptr, count, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    v = tl.load(partials_ptr + offs, mask=offs < count, other=0.0)
+    tl.store(loss_ptr, tl.sum(v, axis=0).to(loss_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -191,6 +206,12 @@ def sample_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[0] <= 1 or t.stride(0) * t.shape[0] == t.numel() else t.contiguous()
 
 
+# Up to this many logits one program does everything (one launch); beyond, up to _MAX_PROGRAMS programs write partial
+# sums that a second tiny kernel adds in a fixed order (deterministic, no atomics).
+_SINGLE_PROGRAM_MAX = 65536
+_MAX_PROGRAMS = 256
+
+
 @triton_op("fastgan::gan_loss_triton", mutates_args=())
 def gan_loss_triton(
     a: torch.Tensor, b: torch.Tensor | None, term_a: int, term_b: int
@@ -204,12 +225,17 @@ def gan_loss_triton(
         grad_b = torch.empty_like(b, dtype=mt)
     else:
         grad_b = a.new_empty(0, dtype=mt)
-    wrap_triton(_gan_loss_fwd_kernel)[(1,)](
-        a, b if b is not None else a, loss, grad_a, grad_b if b is not None else grad_a,
+    total = a.numel() + (b.numel() if b is not None else 0)
+    block = _block(max(a.numel(), b.numel() if b is not None else 0), 4096)
+    programs = 1 if total <= _SINGLE_PROGRAM_MAX else min(_MAX_PROGRAMS, triton.cdiv(total, block))
+    partials = a.new_empty(programs, dtype=mt)
+    wrap_triton(_gan_loss_fwd_kernel)[(programs,)](
+        a, b if b is not None else a, loss, partials, grad_a, grad_b if b is not None else grad_a,
         a.numel(), b.numel() if b is not None else 0,
-        TERM_A=term_a, TERM_B=term_b, HAS_B=b is not None, MATH=_tl_math(a.dtype),
-        BLOCK=_block(max(a.numel(), b.numel() if b is not None else 0), 4096), num_warps=8,
+        TERM_A=term_a, TERM_B=term_b, HAS_B=b is not None, MATH=_tl_math(a.dtype), BLOCK=block, num_warps=8,
     )
+    if programs > 1:
+        wrap_triton(_sum_partials_kernel)[(1,)](partials, loss, programs, BLOCK=triton.next_power_of_2(programs))
     return loss, grad_a, grad_b
 
 
