@@ -1,7 +1,7 @@
 """The original GAN (Goodfellow et al., 2014): multilayer perceptrons for the generator and the discriminator.
 
 Leaky ReLU replaces the paper's maxout units (the common modern reading of the 2014 formulation); every hidden layer
-is ``nn.Linear`` followed by ``fastgan.nn.BiasAct`` on the feature dimension, so ``impl=`` reaches every activation.
+is a ``fastgan.nn.FusedLinear`` (matmul, then the fused bias + activation), so ``impl=`` reaches every activation.
 """
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import nn as fnn
+from ..nn import FusedLinear
 
 
 def _mlp(sizes: list[int], act: str, alpha: float | None, last_act: str, impl: str) -> nn.Sequential:
-    """Linear layers of ``sizes``, each followed by a fused bias + activation (``last_act`` after the last)."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        last = i == len(sizes) - 2
-        layers.append(nn.Linear(fan_in, fan_out, bias=False))
-        layers.append(fnn.BiasAct(fan_out, last_act if last else act, None if last else alpha, dim=-1, impl=impl))
-    return nn.Sequential(*layers)
+    """Fused linear layers of ``sizes`` with ``act`` (``last_act`` after the last)."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    return nn.Sequential(*(
+        FusedLinear(fan_in, fan_out, act=last_act if i == len(pairs) - 1 else act,
+                    alpha=None if i == len(pairs) - 1 else alpha, impl=impl)
+        for i, (fan_in, fan_out) in enumerate(pairs)
+    ))
 
 
 class MLPGenerator(nn.Module):
