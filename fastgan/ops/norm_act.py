@@ -155,9 +155,15 @@ def instance_norm_act_ref(
 ) -> torch.Tensor:
     """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch."""
     spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
-    y = F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        y = y.contiguous(memory_format=torch.channels_last)  # F.instance_norm returns NCHW; keep the layout given
+    if x.shape[0] == 1 or not use_input_stats:
+        # The same function (and running-statistics update) as F.instance_norm here, computed by F.batch_norm: in
+        # PyTorch 2.13, F.instance_norm's CPU backward returns wrong input gradients for a batch of 1 when the
+        # incoming gradient is channels_last (tests/test_norm_act.py::test_reference_avoids_instance_norm_bug).
+        y = F.batch_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
+    else:
+        y = F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)  # F.instance_norm returns NCHW; keep the layout
     return spec.fn(y, alpha_)
 
 
@@ -272,7 +278,8 @@ _registered: dict[str, tuple] = {}
 def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float):
     """The reference forward in x's dtype: batch statistics from ``x``, else ``mean``/``var`` as constants."""
     if use_input_stats:
-        norm = F.instance_norm if instance else F.batch_norm
+        # A batch of 1 goes through F.batch_norm, the same function, for the reason given in instance_norm_act_ref.
+        norm = F.instance_norm if instance and x.shape[0] > 1 else F.batch_norm
         z = norm(x, None, None, w, b, True, 0.0, eps)
     else:
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -309,12 +316,11 @@ def _register(forward, backward) -> None:
 
     def fake_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha):
         groups = x.shape[0] * x.shape[1] if use_input_stats and instance else x.shape[1]
-        y = torch.empty_like(_norm_layout(x))
-        stat = x.new_empty(groups, dtype=torch.float32)
-        return y, stat, torch.empty_like(stat)
+        stat = x.new_empty(groups, dtype=_stat_dtype(x))
+        return torch.empty_like(_norm_layout(x)), stat, torch.empty_like(stat)
 
     def fake_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha):
-        dw = x.new_empty(x.shape[1], dtype=torch.float32)
+        dw = x.new_empty(x.shape[1], dtype=_stat_dtype(x))
         return torch.empty_like(_norm_layout(x)), dw, torch.empty_like(dw)
 
     def setup_forward(ctx, inputs, output):
@@ -360,6 +366,11 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
     if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
         return x
     return x.contiguous()
+
+
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and per-channel gradients are float32 (float64 for float64 inputs, for gradcheck)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _custom_ops(impl: str) -> tuple:

@@ -11,7 +11,10 @@ from fastgan.ops import batch_norm_act, batch_norm_act_ref, instance_norm_act, i
 
 from ..registry import OpCase
 
-IMPLS = ("ref",)
+IMPLS = ("ref", "native")
+# The Triton interpreter costs ~1 s a launch on CI's CPUs, so Triton runs a representative subset (below): each
+# feature once (train/eval, both norms, smooth 2nd order, batch 1) over every dtype and layout.
+TRITON = ("triton",)
 
 
 def _inputs(affine: bool, running: bool):
@@ -37,7 +40,7 @@ def _split(affine: bool, running: bool, t):
     return x, w, b, rm, rv
 
 
-def _batch(act: str, shapes, alpha=None, training=True, affine=True) -> OpCase:
+def _batch(act: str, shapes, alpha=None, training=True, affine=True, impls=IMPLS) -> OpCase:
     running = not training
 
     def fn(*t, impl):
@@ -51,11 +54,11 @@ def _batch(act: str, shapes, alpha=None, training=True, affine=True) -> OpCase:
     return OpCase(
         name=f"batch_norm_act[{act},{'train' if training else 'eval'}{',affine' if affine else ''}]",
         fn=fn, ref=ref, make_inputs=_inputs(affine, running), shapes=shapes,
-        num_grad_inputs=3 if affine else 1, impls=IMPLS,
+        num_grad_inputs=3 if affine else 1, impls=impls,
     )
 
 
-def _instance(act: str, shapes, alpha=None, use_input_stats=True, affine=False) -> OpCase:
+def _instance(act: str, shapes, alpha=None, use_input_stats=True, affine=False, impls=IMPLS) -> OpCase:
     running = not use_input_stats
 
     def fn(*t, impl):
@@ -69,7 +72,7 @@ def _instance(act: str, shapes, alpha=None, use_input_stats=True, affine=False) 
     return OpCase(
         name=f"instance_norm_act[{act},{'batch' if use_input_stats else 'running'}{',affine' if affine else ''}]",
         fn=fn, ref=ref, make_inputs=_inputs(affine, running), shapes=shapes,
-        num_grad_inputs=3 if affine else 1, impls=IMPLS,
+        num_grad_inputs=3 if affine else 1, impls=impls,
     )
 
 
@@ -88,4 +91,11 @@ CASES = [
     _instance("lrelu", [(2, 8, 5, 7)], alpha=0.2, affine=True),
     _instance("silu", [(1, 8, 5, 7)], affine=True),
     _instance("relu", [(2, 8, 5, 7)], use_input_stats=False, affine=True),
+]
+CASES += [
+    _batch("relu", [(4, 8, 5, 7)], impls=TRITON),
+    _batch("tanh", [(2, 16, 8, 8)], impls=TRITON),
+    _batch("elu", [(2, 16, 8, 8)], alpha=0.7, training=False, affine=False, impls=TRITON),
+    _instance("silu", [(1, 8, 5, 7)], affine=True, impls=TRITON),
+    _instance("relu", [(2, 8, 5, 7)], use_input_stats=False, affine=True, impls=TRITON),
 ]

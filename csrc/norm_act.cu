@@ -1,0 +1,240 @@
+// norm_act CUDA kernels: per-(group, chunk) block reductions merged in a fixed order (deterministic), and grid-stride
+// elementwise kernels for y and dx. Two passes over x each way: reduce, then write.
+// Includes only CUDA headers and our own (the CPU PyTorch wheel has no CUDA headers).
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include "norm_act_cuda.h"
+
+namespace fastgan {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> struct MathType { using type = float; };
+template <> struct MathType<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
+    return static_cast<typename MathType<T>::type>(p[i]);
+}
+
+// Sum of (a, b) over the block, in a fixed tree order (warp shuffles, then one warp over the warp sums).
+template <typename M>
+__device__ void block_sum2(M& a, M& b) {
+    __shared__ M shared[2][kThreads / 32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int offset = 16; offset > 0; offset /= 2) {
+        a += __shfl_down_sync(0xffffffffu, a, offset);
+        b += __shfl_down_sync(0xffffffffu, b, offset);
+    }
+    if (lane == 0) {
+        shared[0][warp] = a;
+        shared[1][warp] = b;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        a = lane < kThreads / 32 ? shared[0][lane] : M(0);
+        b = lane < kThreads / 32 ? shared[1][lane] : M(0);
+        for (int offset = 16; offset > 0; offset /= 2) {
+            a += __shfl_down_sync(0xffffffffu, a, offset);
+            b += __shfl_down_sync(0xffffffffu, b, offset);
+        }
+    }
+}
+
+// One block per (group, chunk): shifted sums of the chunk's values -> (count, mean, m2) partial.
+template <typename T>
+__global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
+    using M = typename MathType<T>::type;
+    const T* x = static_cast<const T*>(p.x);
+    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
+    const int64_t j0 = k * kNormActChunk;
+    const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
+    const M shift = load(x, group_offset(p, g, 0));
+    M s1 = 0, s2 = 0;
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
+        const M d = load(x, group_offset(p, g, j)) - shift;
+        s1 += d;
+        s2 += d * d;
+    }
+    block_sum2(s1, s2);
+    if (threadIdx.x == 0) {
+        const M n = static_cast<M>(j1 - j0);
+        M mean, m2;
+        shifted_moments<M>(n, shift, s1, s2, mean, m2);
+        M* out = partials + (g * chunks + k) * 3;
+        out[0] = n;
+        out[1] = mean;
+        out[2] = m2;
+    }
+}
+
+// One thread per group: Chan's merge of the chunks, in chunk order, in double.
+template <typename M>
+__global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* mean, M* var) {
+    const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (g >= p.groups) return;
+    Moments<double> m;
+    for (int64_t k = 0; k < chunks; ++k) {
+        const M* part = partials + (g * chunks + k) * 3;
+        m.merge(part[0], part[1], part[2]);
+    }
+    mean[g] = static_cast<M>(m.mean);
+    var[g] = static_cast<M>(m.count > 0 ? m.m2 / m.count : 0.0);
+}
+
+template <typename T>
+__global__ void apply_kernel(NormActParams p, int64_t numel) {
+    using M = typename MathType<T>::type;
+    const T* x = static_cast<const T*>(p.x);
+    T* y = static_cast<T*>(p.out);
+    const M* w = static_cast<const M*>(p.w);
+    const M* b = static_cast<const M*>(p.b);
+    const M* mean = static_cast<const M*>(p.mean);
+    const M* var = static_cast<const M*>(p.var);
+    const M alpha = p.alpha, eps = p.eps;
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+        const int64_t g = element_group(p, i), c = g % p.C;
+        const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[c] : M(1), b ? b[c] : M(0));
+        y[i] = static_cast<T>(act_forward<M>(p.act, z, alpha));
+    }
+}
+
+// One block per (group, chunk): partial sums of dz and dz * xhat.
+template <typename T>
+__global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
+    using M = typename MathType<T>::type;
+    const T* x = static_cast<const T*>(p.x);
+    const T* dy = static_cast<const T*>(p.dy);
+    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks, c = g % p.C;
+    const int64_t j0 = k * kNormActChunk;
+    const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
+    const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
+    const M wc = p.w ? static_cast<const M*>(p.w)[c] : M(1), bc = p.b ? static_cast<const M*>(p.b)[c] : M(0);
+    const M alpha = p.alpha;
+    M s_dz = 0, s_dzx = 0;
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
+        const int64_t i = group_offset(p, g, j);
+        const M xhat = (load(x, i) - mean) * invstd;
+        const M dz = load(dy, i) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+        s_dz += dz;
+        s_dzx += dz * xhat;
+    }
+    block_sum2(s_dz, s_dzx);
+    if (threadIdx.x == 0) {
+        partials[(g * chunks + k) * 2] = s_dz;
+        partials[(g * chunks + k) * 2 + 1] = s_dzx;
+    }
+}
+
+template <typename M>
+__global__ void grad_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* sum_dz, M* sum_dz_xhat) {
+    const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (g >= p.groups) return;
+    double a = 0, b = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+        a += partials[(g * chunks + k) * 2];
+        b += partials[(g * chunks + k) * 2 + 1];
+    }
+    sum_dz[g] = static_cast<M>(a);
+    sum_dz_xhat[g] = static_cast<M>(b);
+}
+
+template <typename T>
+__global__ void dx_kernel(NormActParams p, int64_t numel) {
+    using M = typename MathType<T>::type;
+    const T* x = static_cast<const T*>(p.x);
+    const T* dy = static_cast<const T*>(p.dy);
+    T* dx = static_cast<T*>(p.out);
+    const M* w = static_cast<const M*>(p.w);
+    const M* b = static_cast<const M*>(p.b);
+    const M* mean = static_cast<const M*>(p.mean);
+    const M* var = static_cast<const M*>(p.var);
+    const M* sum_dz = static_cast<const M*>(p.sum_dz);
+    const M* sum_dz_xhat = static_cast<const M*>(p.sum_dz_xhat);
+    const M alpha = p.alpha, eps = p.eps, count = static_cast<M>(p.group_size);
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+        const int64_t g = element_group(p, i), c = g % p.C;
+        const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
+        const M xhat = (load(x, i) - mean[g]) * invstd;
+        const M dz = load(dy, i) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+        dx[i] = static_cast<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
+    }
+}
+
+unsigned elementwise_blocks(int64_t numel) {
+    int64_t blocks = (numel + kThreads - 1) / kThreads;
+    return static_cast<unsigned>(blocks > 65536 ? 65536 : (blocks < 1 ? 1 : blocks));
+}
+
+template <typename T>
+int forward(NormActParams p, void* mean, void* var, void* partials, cudaStream_t stream) {
+    using M = typename MathType<T>::type;
+    const int64_t numel = p.N * p.C * p.L;
+    if (p.use_input_stats && p.groups > 0) {
+        const int64_t chunks = norm_act_chunks(p.group_size);
+        if (p.group_size > 0) {
+            stats_partial_kernel<T><<<static_cast<unsigned>(p.groups * chunks), kThreads, 0, stream>>>(
+                p, static_cast<M*>(partials), chunks);
+        } else {
+            cudaMemsetAsync(partials, 0, sizeof(M) * 3 * p.groups * chunks, stream);
+        }
+        const unsigned merge_blocks = static_cast<unsigned>((p.groups + kThreads - 1) / kThreads);
+        stats_merge_kernel<M><<<merge_blocks, kThreads, 0, stream>>>(p, static_cast<const M*>(partials), chunks,
+                                                                    static_cast<M*>(mean), static_cast<M*>(var));
+        p.mean = mean;
+        p.var = var;
+    }
+    if (numel > 0) apply_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(p, numel);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, cudaStream_t stream) {
+    using M = typename MathType<T>::type;
+    const int64_t numel = p.N * p.C * p.L;
+    if (p.groups > 0) {
+        const int64_t chunks = norm_act_chunks(p.group_size);
+        if (p.group_size > 0) {
+            grad_partial_kernel<T><<<static_cast<unsigned>(p.groups * chunks), kThreads, 0, stream>>>(
+                p, static_cast<M*>(partials), chunks);
+        } else {
+            cudaMemsetAsync(partials, 0, sizeof(M) * 2 * p.groups * chunks, stream);
+        }
+        const unsigned merge_blocks = static_cast<unsigned>((p.groups + kThreads - 1) / kThreads);
+        grad_merge_kernel<M><<<merge_blocks, kThreads, 0, stream>>>(
+            p, static_cast<const M*>(partials), chunks, static_cast<M*>(sum_dz), static_cast<M*>(sum_dz_xhat));
+    }
+    p.sum_dz = sum_dz;
+    p.sum_dz_xhat = sum_dz_xhat;
+    if (numel > 0) dx_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(p, numel);
+    return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
+int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, void* partials, void* stream) {
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (dtype) {
+        case DType::Float16: return forward<__half>(p, mean, var, partials, s);
+        case DType::BFloat16: return forward<__nv_bfloat16>(p, mean, var, partials, s);
+        case DType::Float64: return forward<double>(p, mean, var, partials, s);
+        default: return forward<float>(p, mean, var, partials, s);
+    }
+}
+
+int norm_act_cuda_backward(NormActParams p, DType dtype, void* sum_dz, void* sum_dz_xhat, void* partials,
+                           void* stream) {
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (dtype) {
+        case DType::Float16: return backward<__half>(p, sum_dz, sum_dz_xhat, partials, s);
+        case DType::BFloat16: return backward<__nv_bfloat16>(p, sum_dz, sum_dz_xhat, partials, s);
+        case DType::Float64: return backward<double>(p, sum_dz, sum_dz_xhat, partials, s);
+        default: return backward<float>(p, sum_dz, sum_dz_xhat, partials, s);
+    }
+}
+
+}  // namespace fastgan

@@ -1,0 +1,91 @@
+// norm_act: batch / instance normalization followed by an activation (bias_act.h's table), shared by the CPU kernels
+// in norm_act.cpp and the CUDA kernels in norm_act.cu.
+//
+// x is seen as [N, C, L] (L = the spatial dims flattened) with strides (sN, sC, sL): contiguous NCHW has
+// (C*L, L, 1), channels_last (L*C, 1, C). A statistic group is a channel (batch norm: its N*L values) or a
+// (sample, channel) pair (instance norm: its L values); group g has channel g % C. The j-th value of a group lives at
+// group_offset(g, j), and the value at memory offset i belongs to group element_group(i).
+#pragma once
+
+#include <stdint.h>
+#include <math.h>
+
+#include "bias_act.h"
+
+namespace fastgan {
+
+struct NormActParams {
+    const void* x;        // input [N, C, L] in the strides below
+    const void* dy;       // incoming gradient, laid out as x (backward)
+    void* out;            // y (forward) or dx (backward), laid out as x
+    const void* w;        // [C] weight in the math type, or nullptr (1)
+    const void* b;        // [C] bias in the math type, or nullptr (0)
+    const void* mean;     // [groups] mean in the math type
+    const void* var;      // [groups] biased variance in the math type
+    const void* sum_dz;       // [groups] sum of dL/dz (backward, training)
+    const void* sum_dz_xhat;  // [groups] sum of dL/dz * xhat (backward, training)
+    int64_t N, C, L;
+    int64_t sN, sC, sL;
+    int64_t groups;       // C, or N * C for instance statistics
+    int64_t group_size;   // values per group: N * L, or L
+    bool instance;        // groups are (sample, channel) pairs
+    bool use_input_stats; // training: dx carries the mean/variance terms
+    float eps;
+    int act;
+    float alpha;
+};
+
+FASTGAN_HD int64_t group_offset(const NormActParams& p, int64_t g, int64_t j) {
+    const int64_t c = g % p.C;
+    const int64_t n = p.instance ? g / p.C : j / p.L;
+    const int64_t l = p.instance ? j : j % p.L;
+    return n * p.sN + c * p.sC + l * p.sL;
+}
+
+FASTGAN_HD int64_t element_group(const NormActParams& p, int64_t i) {
+    // The batch stride is the largest (C * L) in both supported layouts, so i / sN is the sample.
+    const int64_t c = (i / p.sC) % p.C;
+    return p.instance ? (i / p.sN) * p.C + c : c;
+}
+
+// Running (count, mean, m2) of a sequence, merged with Chan et al.'s pairwise formula: exact up to rounding for any
+// split, so chunks can be reduced independently and merged in a fixed order (deterministic results).
+template <typename T>
+struct Moments {
+    T count = T(0), mean = T(0), m2 = T(0);
+
+    FASTGAN_HD void merge(T n_b, T mean_b, T m2_b) {
+        if (n_b == T(0)) return;
+        const T n = count + n_b;
+        const T delta = mean_b - mean;
+        mean += delta * (n_b / n);
+        m2 += m2_b + delta * delta * (count * n_b / n);
+        count = n;
+    }
+};
+
+// Moments of a chunk from sums of shifted values d = x - shift: with the shift a value of the data, the sums stay
+// of the order of the spread, so m2 = s2 - s1^2 / n does not cancel catastrophically (x = 1000 + randn is fine).
+template <typename T>
+FASTGAN_HD void shifted_moments(T n, T shift, T s1, T s2, T& mean, T& m2) {
+    mean = shift + s1 / n;
+    const T m = s2 - s1 * (s1 / n);
+    m2 = m > T(0) ? m : T(0);
+}
+
+template <typename T>
+FASTGAN_HD T inv_std(T var, T eps) { return T(1) / sqrt(var + eps); }
+
+// z = (x - mean) * invstd * w + b: the pre-activation of one value.
+template <typename T>
+FASTGAN_HD T norm_z(T x, T mean, T invstd, T w, T b) { return (x - mean) * invstd * w + b; }
+
+// dx of one value. Training: dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)); evaluation (running
+// statistics are constants): dx = dz * w * invstd.
+template <typename T>
+FASTGAN_HD T norm_dx(bool use_input_stats, T dz, T xhat, T w, T invstd, T sum_dz, T sum_dz_xhat, T count) {
+    if (!use_input_stats) return dz * w * invstd;
+    return w * invstd * (dz - sum_dz / count - xhat * (sum_dz_xhat / count));
+}
+
+}  // namespace fastgan

@@ -1,0 +1,257 @@
+"""Triton kernels for ``fastgan.ops.batch_norm_act`` / ``instance_norm_act`` and the ``fastgan::norm_act*_triton``
+custom ops that launch them.
+
+The structure mirrors csrc/norm_act.cu: x is seen as [N, C, L] with strides (sN, sC, sL) (contiguous or
+channels_last); a statistic group is a channel (batch norm) or a (sample, channel) pair (instance norm). Reductions
+run one program per (group, chunk of CHUNK values) with shifted sums, then one merge per group over its chunks in a
+fixed order (Chan's formula), so they are deterministic; the elementwise kernels write y and dx. The activation
+math is bias_act's (``_act``, ``_act_grad``), the same formulas as csrc/bias_act.h.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..._backend import triton_interpreting
+from .bias_act import _act, _act_grad
+
+CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act_cuda.h::kNormActChunk)
+
+
+@triton.jit
+def _group_offsets(g, j, C, L, sN, sC, sL, INSTANCE: tl.constexpr):
+    """Memory offsets of values j of group g (csrc/norm_act.h::group_offset)."""
+    c = g % C
+    if INSTANCE:
+        return (g // C) * sN + c * sC + j * sL
+    return (j // L) * sN + c * sC + (j % L) * sL
+
+
+@triton.jit
+def _element_groups(i, C, sN, sC, INSTANCE: tl.constexpr):
+    """Group of the value at memory offset i (csrc/norm_act.h::element_group)."""
+    c = (i // sC) % C
+    if INSTANCE:
+        return (i // sN) * C + c
+    return c
+
+
+@triton.jit
+def _norm_partial_kernel(
+    x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, part_ptr,
+    group_size, chunks, C, L, sN, sC, sL, eps, alpha,
+    GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    MATH: tl.constexpr, INT64: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # GRAD=0: shifted sums -> (count, mean, m2) of the chunk. GRAD=1: sums of dz and dz * xhat.
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    g = pid // chunks
+    k = pid % chunks
+    j0 = k * CHUNK_SIZE
+    lanes = tl.arange(0, BLOCK)
+    a = tl.zeros([BLOCK], MATH)
+    s = tl.zeros([BLOCK], MATH)
+    if GRAD:
+        c = g % C
+        mean = tl.load(mean_ptr + g).to(MATH)
+        invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g).to(MATH) + eps)
+        w = tl.load(w_ptr + c).to(MATH) if HAS_W else 1.0
+        b = tl.load(b_ptr + c).to(MATH) if HAS_B else 0.0
+    else:
+        shift = tl.load(x_ptr + _group_offsets(g, 0, C, L, sN, sC, sL, INSTANCE)).to(MATH)
+    for start in range(0, CHUNK_SIZE, BLOCK):
+        j = j0 + start + lanes
+        mask = j < group_size
+        offs = _group_offsets(g, j, C, L, sN, sC, sL, INSTANCE)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(MATH)
+        if GRAD:
+            xhat = (x - mean) * invstd
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
+            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0)
+            a += dz
+            s += dz * xhat
+        else:
+            d = tl.where(mask, x - shift, 0.0)
+            a += d
+            s += d * d
+    s1 = tl.sum(a, 0)
+    s2 = tl.sum(s, 0)
+    if GRAD:
+        tl.store(part_ptr + pid * 2, s1)
+        tl.store(part_ptr + pid * 2 + 1, s2)
+    else:
+        n = tl.minimum(group_size - j0, CHUNK_SIZE).to(MATH)
+        m2 = tl.maximum(s2 - s1 * (s1 / n), 0.0)
+        tl.store(part_ptr + pid * 3, n)
+        tl.store(part_ptr + pid * 3 + 1, shift + s1 / n)
+        tl.store(part_ptr + pid * 3 + 2, m2)
+
+
+@triton.jit
+def _norm_merge_kernel(
+    part_ptr, out0_ptr, out1_ptr, groups, chunks, GRAD: tl.constexpr, MATH: tl.constexpr, BLOCK: tl.constexpr
+):
+    # Per group, in chunk order: GRAD=0 Chan's merge -> (mean, biased var); GRAD=1 plain sums. Math in float64.
+    g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = g < groups
+    width = 2 if GRAD else 3
+    base = g.to(tl.int64) * chunks * width
+    count = tl.zeros([BLOCK], tl.float64)
+    mean = tl.zeros([BLOCK], tl.float64)
+    m2 = tl.zeros([BLOCK], tl.float64)
+    for k in range(0, chunks):
+        p = part_ptr + base + k * width
+        if GRAD:
+            count += tl.load(p, mask=mask, other=0.0).to(tl.float64)
+            mean += tl.load(p + 1, mask=mask, other=0.0).to(tl.float64)
+        else:
+            n_b = tl.load(p, mask=mask, other=0.0).to(tl.float64)
+            mean_b = tl.load(p + 1, mask=mask, other=0.0).to(tl.float64)
+            m2_b = tl.load(p + 2, mask=mask, other=0.0).to(tl.float64)
+            n = count + n_b
+            ratio = tl.where(n > 0, n_b / tl.where(n > 0, n, 1.0), 0.0)
+            delta = mean_b - mean
+            mean += delta * ratio
+            m2 += m2_b + delta * delta * count * ratio
+            count = n
+    if GRAD:
+        tl.store(out0_ptr + g, count.to(MATH), mask=mask)
+        tl.store(out1_ptr + g, mean.to(MATH), mask=mask)
+    else:
+        tl.store(out0_ptr + g, mean.to(MATH), mask=mask)
+        tl.store(out1_ptr + g, tl.where(count > 0, m2 / tl.where(count > 0, count, 1.0), 0.0).to(MATH), mask=mask)
+
+
+@triton.jit
+def _norm_elementwise_kernel(
+    x_ptr, dy_ptr, out_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, sdz_ptr, sdzx_ptr,
+    numel, group_size, C, sN, sC, eps, alpha,
+    GRAD: tl.constexpr, TRAINING: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    ACT: tl.constexpr, MATH: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # GRAD=0: y = act(z). GRAD=1: dx (TRAINING adds the mean and variance terms).
+    pid = tl.program_id(0)
+    if INT64:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = _element_groups(offs, C, sN, sC, INSTANCE)
+    c = g % C
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(MATH)
+    mean = tl.load(mean_ptr + g, mask=mask, other=0.0).to(MATH)
+    invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g, mask=mask, other=1.0).to(MATH) + eps)
+    w = tl.load(w_ptr + c, mask=mask, other=1.0).to(MATH) if HAS_W else 1.0
+    b = tl.load(b_ptr + c, mask=mask, other=0.0).to(MATH) if HAS_B else 0.0
+    xhat = (x - mean) * invstd
+    z = xhat * w + b
+    if GRAD:
+        dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH) * _act_grad(z, alpha, ACT)
+        if TRAINING:
+            sdz = tl.load(sdz_ptr + g, mask=mask, other=0.0).to(MATH)
+            sdzx = tl.load(sdzx_ptr + g, mask=mask, other=0.0).to(MATH)
+            v = w * invstd * (dz - sdz / group_size - xhat * (sdzx / group_size))
+        else:
+            v = dz * w * invstd
+    else:
+        v = _act(z, alpha, ACT)
+    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+class _View:
+    """x as [N, C, L] in its kept layout (csrc/norm_act.cpp::prepare), and the launch constants that follow."""
+
+    def __init__(self, x: torch.Tensor, use_input_stats: bool, instance: bool):
+        channels_last = not x.is_contiguous() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        self.x = x if channels_last or x.is_contiguous() else x.contiguous()
+        self.N, self.C = x.shape[0], x.shape[1]
+        self.L = x.numel() // max(self.N * self.C, 1)
+        self.sN, self.sC, self.sL = self.C * self.L, (1 if channels_last else self.L), (self.C if channels_last else 1)
+        self.instance = instance and use_input_stats
+        self.groups = self.N * self.C if self.instance else self.C
+        self.group_size = self.L if self.instance else self.N * self.L
+        self.chunks = max(triton.cdiv(self.group_size, CHUNK), 1)
+        self.math = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.tl_math = tl.float64 if x.dtype == torch.float64 else tl.float32
+        self.int64 = x.numel() >= 2**31 - CHUNK
+        # The interpreter pays per program, not per element: large blocks keep CPU tests fast.
+        self.block = 4096 if triton_interpreting() else 1024
+        self.reduce_block = 1024 if triton_interpreting() else 512
+
+    def affine(self, t: torch.Tensor | None) -> torch.Tensor:
+        return t.to(self.math).contiguous() if t is not None else self.x
+
+    def partials(self, grad: bool, x, dy, w, b, mean, var, eps: float, act: int, alpha: float) -> torch.Tensor:
+        width = 2 if grad else 3
+        part = torch.zeros(self.groups * self.chunks * width, dtype=self.math, device=self.x.device)
+        if self.group_size and self.groups:
+            wrap_triton(_norm_partial_kernel)[(self.groups * self.chunks,)](
+                x, dy, self.affine(w), self.affine(b), mean, var, part,
+                self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL, float(eps), float(alpha),
+                GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
+                MATH=self.tl_math, INT64=self.int64, CHUNK_SIZE=CHUNK, BLOCK=self.reduce_block,
+            )
+        return part
+
+    def merge(self, grad: bool, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out0 = torch.empty(self.groups, dtype=self.math, device=self.x.device)
+        out1 = torch.empty_like(out0)
+        if self.groups:
+            block = 128
+            wrap_triton(_norm_merge_kernel)[(triton.cdiv(self.groups, block),)](
+                part, out0, out1, self.groups, self.chunks, GRAD=grad, MATH=self.tl_math, BLOCK=block
+            )
+        return out0, out1
+
+    def elementwise(self, grad: bool, dy, w, b, mean, var, sums, eps: float, act: int, alpha: float) -> torch.Tensor:
+        out = torch.empty_like(self.x)
+        numel = self.x.numel()
+        if numel:
+            sdz, sdzx = sums if sums is not None else (mean, mean)
+            wrap_triton(_norm_elementwise_kernel)[(triton.cdiv(numel, self.block),)](
+                self.x, dy if dy is not None else self.x, out, self.affine(w), self.affine(b), mean, var, sdz, sdzx,
+                numel, self.group_size, self.C, self.sN, self.sC, float(eps), float(alpha),
+                GRAD=grad, TRAINING=sums is not None, INSTANCE=self.instance, HAS_W=w is not None,
+                HAS_B=b is not None, ACT=act, MATH=self.tl_math, INT64=self.int64, BLOCK=self.block,
+            )
+        return out
+
+    def per_channel(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums.view(self.N, self.C).sum(0) if self.instance else sums
+
+
+@triton_op("fastgan::norm_act_triton", mutates_args=())
+def norm_act_triton(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    v = _View(x, use_input_stats, instance)
+    if use_input_stats:
+        mean, var = v.merge(False, v.partials(False, v.x, v.x, None, None, v.x, v.x, eps, act, alpha))
+    else:
+        # Copies: an op's outputs must not alias its inputs.
+        mean = running_mean.to(v.math, copy=True).contiguous()
+        var = running_var.to(v.math, copy=True).contiguous()
+    return v.elementwise(False, None, weight, bias, mean, var, None, eps, act, alpha), mean, var
+
+
+@triton_op("fastgan::norm_act_backward_triton", mutates_args=())
+def norm_act_backward_triton(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor,
+    var: torch.Tensor, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    v = _View(x, use_input_stats, instance)
+    dy = dy.to(v.x.dtype)
+    if dy.stride() != v.x.stride():
+        dy = torch.empty_like(v.x).copy_(dy)
+    mean, var = mean.to(v.math).contiguous(), var.to(v.math).contiguous()
+    part = v.partials(True, v.x, dy, weight, bias, mean, var, eps, act, alpha)
+    sum_dz, sum_dz_xhat = v.merge(True, part)
+    sums = (sum_dz, sum_dz_xhat) if use_input_stats else None
+    dx = v.elementwise(True, dy, weight, bias, mean, var, sums, eps, act, alpha)
+    return dx, v.per_channel(sum_dz_xhat), v.per_channel(sum_dz)
