@@ -15,7 +15,8 @@ from ..registry import OpCase
 
 
 def _case(transposed: bool, out_channels: int, k: int, stride: int, padding: int, act: str, shapes,
-          output_padding: int = 0, alpha: float | None = None, bias: bool = True, **kw) -> OpCase:
+          output_padding: int = 0, alpha: float | None = None, bias: bool = True, full_triton: bool = False,
+          **kw) -> list[OpCase]:
     def make_inputs(shape, gen):
         c = shape[1]
         x = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -39,21 +40,29 @@ def _case(transposed: bool, out_channels: int, k: int, stride: int, padding: int
 
     op = "conv_transpose2d_act" if transposed else "conv2d_act"
     extra = f",op={output_padding}" if transposed else ""
-    return OpCase(
-        name=f"{op}[k={k},s={stride},p={padding}{extra},{act}{'' if bias else ',nobias'}]",
-        fn=fn, ref=ref, make_inputs=make_inputs, shapes=shapes, num_grad_inputs=3 if bias else 2, **kw,
-    )
+    name = f"{op}[k={k},s={stride},p={padding}{extra},{act}{'' if bias else ',nobias'}]"
+    common = dict(name=name, fn=fn, ref=ref, make_inputs=make_inputs, num_grad_inputs=3 if bias else 2)
+    # The Triton interpreter takes ~2 s per configuration: every case runs float32 and bfloat16, contiguous and
+    # channels_last; the cases marked full_triton run the whole dtype x layout matrix.
+    triton = {} if full_triton else {"dtypes": (torch.float32, torch.bfloat16)}
+    if not full_triton:
+        triton["layouts"] = tuple(layout for layout in kw.get("layouts", ("contiguous", "channels_last"))
+                                  if layout != "noncontiguous") or ("contiguous",)
+    return [
+        OpCase(shapes=shapes, impls=("ref", "native"), **common, **kw),
+        OpCase(shapes=shapes, impls=("triton",), **common, **{**kw, **triton}),
+    ]
 
 
-CASES = [
-    _case(False, 4, 4, 2, 1, "lrelu", [(2, 3, 7, 7), (0, 3, 6, 6)], alpha=0.2),  # DCGAN D hidden layer
+CASES = [case for cases in [
+    _case(False, 4, 4, 2, 1, "lrelu", [(2, 3, 7, 7), (0, 3, 6, 6)], alpha=0.2, full_triton=True),  # DCGAN D hidden
     _case(False, 4, 3, 1, 1, "relu", [(2, 3, 5, 6)]),  # CycleGAN residual-block conv
     _case(False, 1, 4, 1, 0, "sigmoid", [(2, 4, 4, 4)], bias=False),  # DCGAN D output: 4x4 -> 1x1
     _case(False, 3, 3, 2, 0, "silu", [(1, 2, 6, 5)]),
-    _case(True, 3, 4, 2, 1, "relu", [(1, 4, 4, 4), (0, 4, 3, 3)], output_padding=1),
+    _case(True, 3, 4, 2, 1, "relu", [(1, 4, 4, 4), (0, 4, 3, 3)], output_padding=1, full_triton=True),
     _case(True, 3, 4, 2, 1, "tanh", [(2, 4, 3, 5)], bias=False),  # DCGAN G output layer
     _case(True, 3, 3, 1, 1, "lrelu", [(1, 4, 5, 4)], alpha=0.2),  # stride 1
     # DCGAN G input: 1x1 -> 4x4 (a 1x1 map is contiguous and channels_last at once: no layout to keep)
     _case(True, 4, 4, 1, 0, "relu", [(2, 5, 1, 1)], layouts=("contiguous", "noncontiguous")),
     _case(True, 2, 3, 2, 1, "elu", [(1, 3, 3, 4)], output_padding=1),  # CycleGAN upsampling; pre-activation path
-]
+] for case in cases]

@@ -84,11 +84,9 @@ def _conv_fwd_kernel(
                             mask=row_ok[:, None] & c_ok[None, :], other=0.0)
                 b = tl.load(w_base + c[:, None] * swc + rn[None, :] * swo,
                             mask=c_ok[:, None] & n_mask[None, :], other=0.0)
-                if F64:
-                    acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-                elif UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
+                if UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
                     acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
+                else:  # float64 operands accumulate in float64 (acc's type)
                     acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(acc_type)[None, :]
@@ -145,7 +143,7 @@ def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) ->
         stride[0], stride[1], padding[0], padding[1],
         float(alpha),
         TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if x.dtype in (torch.float32, torch.float64) else "tf32",
         UPCAST=triton_interpreting() and x.dtype == torch.bfloat16,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )

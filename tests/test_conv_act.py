@@ -1,0 +1,179 @@
+"""conv2d_act / conv_transpose2d_act beyond the parity matrix: gradgradcheck, bad input, and the fused modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
+from fastgan.ops import conv2d_act, conv_transpose2d_act
+
+from .conftest import require
+
+
+def _rand(*shape, seed=0, grad=True):
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return t.requires_grad_(grad)
+
+
+# --- second order -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "silu"])
+@pytest.mark.parametrize("impl", ["ref", "native"])
+def test_gradgradcheck(impl, act):
+    """Tiny shapes, one random direction (fast_mode): the full Jacobians took minutes on 2 shared cores."""
+    require(impl, "cpu")
+    x, b = _rand(1, 2, 4, 3), _rand(2, seed=1)
+    w, wt = _rand(2, 2, 3, 3, seed=2), _rand(2, 2, 4, 4, seed=3)
+    alpha = 0.2 if act == "lrelu" else None
+    for fn, weight in (
+        (lambda x, w, b: conv2d_act(x, w, b, 2, 1, act, alpha, impl=impl), w),
+        (lambda x, w, b: conv_transpose2d_act(x, w, b, 2, 1, 1, act, alpha, impl=impl), wt),
+    ):
+        assert torch.autograd.gradcheck(fn, (x, weight, b), fast_mode=True)
+        assert torch.autograd.gradgradcheck(fn, (x, weight, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("act", ["tanh"])
+def test_gradgradcheck_triton(act):
+    """The Triton path (under the interpreter: tiny shapes, one random direction; ~50 s). The parity matrix compares
+    the second order of every Triton case with float64 too."""
+    require("triton", "cpu")
+    x, b = _rand(1, 2, 4, 3), _rand(2, seed=1)
+    w, wt = _rand(2, 2, 3, 3, seed=2), _rand(2, 2, 4, 4, seed=3)
+    alpha = 0.2 if act == "lrelu" else None
+    for fn, weight in (
+        (lambda x, w, b: conv2d_act(x, w, b, 2, 1, act, alpha, impl="triton"), w),
+        (lambda x, w, b: conv_transpose2d_act(x, w, b, 2, 1, 1, act, alpha, impl="triton"), wt),
+    ):
+        assert torch.autograd.gradcheck(fn, (x, weight, b), fast_mode=True)
+        assert torch.autograd.gradgradcheck(fn, (x, weight, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("impl", ["ref", "native", "triton"])
+def test_empty_batch_backward(impl):
+    require(impl, "cpu")
+    x, w, b = _rand(0, 3, 5, 5), _rand(3, 2, 4, 4, seed=1), _rand(2, seed=2)
+    y = conv_transpose2d_act(x, w, b, 2, 1, 0, "relu", impl=impl)
+    assert y.shape == (0, 2, 10, 10)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, 0 * b)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+
+
+def _x(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+BAD = [
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 5, 3, 3)), ValueError, "3 channels"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 4, 8, 8), _x(4, 2, 3, 3)), ValueError, "groups=1"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3)), ValueError, "4-D"),
+    ("conv2d_act", lambda: conv2d_act(_x(3, 8, 8), _x(4, 3, 3, 3)), ValueError, "4-D"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), padding=-1), ValueError, "padding"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), stride=0), ValueError, "stride"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), stride=(1, 2, 3)), TypeError, "pair"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 2, 2), _x(4, 3, 3, 3)), ValueError, "not positive"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8, dtype=torch.int32), _x(4, 3, 3, 3)), TypeError, "floating"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3, dtype=torch.float16)), TypeError, "dtype"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3, dtype=torch.float64)), TypeError, "cast"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3).to("meta")), ValueError, "device"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), _x(4).to("meta")), ValueError, "device"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), _x(3)), ValueError, "bias"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), act="gelu"), ValueError, "activation"),
+    ("conv2d_act", lambda: conv2d_act(_x(1, 3, 8, 8), _x(4, 3, 3, 3), act="relu", alpha=0.1), ValueError, "alpha"),
+    ("conv_transpose2d_act", lambda: conv_transpose2d_act(_x(1, 3, 4, 4), _x(4, 3, 4, 4)), ValueError, "channels"),
+    ("conv_transpose2d_act", lambda: conv_transpose2d_act(_x(1, 3, 4, 4), _x(3, 2, 4, 4), stride=2,
+                                                          output_padding=2), ValueError, "output_padding"),
+    ("conv_transpose2d_act", lambda: conv_transpose2d_act(_x(1, 3, 4, 4), _x(3, 2, 4, 4), padding=(0, -1)),
+     ValueError, "padding"),
+    ("conv_transpose2d_act", lambda: conv_transpose2d_act(_x(1, 3, 4, 4), _x(3, 2, 4, 4, dtype=torch.int64)),
+     TypeError, "floating"),
+]
+
+
+@pytest.mark.parametrize("op,call,error,words", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_names_the_op(op, call, error, words):
+    with pytest.raises(error, match=rf"^{op}: .*{words}"):
+        call()
+
+
+def test_modules_reject_what_they_cannot_compute():
+    with pytest.raises(ValueError, match="FusedConv2d.from_modules: only groups=1"):
+        FusedConv2d.from_modules(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="FusedConvTranspose2d.from_modules: only groups=1"):
+        FusedConvTranspose2d.from_modules(nn.ConvTranspose2d(4, 4, 3, dilation=2))
+    with pytest.raises(ValueError, match="padding='same'"):
+        FusedConv2d.from_modules(nn.Conv2d(4, 4, 3, padding="same"))
+    with pytest.raises(TypeError, match="nn.BatchNorm2d or nn.InstanceNorm2d"):
+        FusedConv2d.from_modules(nn.Conv2d(4, 4, 3), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="norm must be None, 'batch' or 'instance'"):
+        FusedConv2d(3, 4, 3, norm="group")
+    with pytest.raises(ValueError, match="FusedConvTranspose2d: unknown activation"):
+        FusedConvTranspose2d(3, 4, 3, act="gelu")
+
+
+# --- modules ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["ref", "native"])
+@pytest.mark.parametrize("norm", [None, "batch", "instance"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_module_matches_torch_sequence(transposed, norm, impl):
+    """from_modules(conv, norm, act) computes the torch.nn sequence (train and eval), gradients and statistics,
+    keeps channels_last, and a standalone module's state_dict is conv's keys plus ``norm.*``."""
+    require(impl, "cpu")
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(4, 3, 4, 2, 1) if transposed else nn.Conv2d(4, 3, 4, 2, 1)
+    norm_module = {None: None, "batch": nn.BatchNorm2d(3), "instance": nn.InstanceNorm2d(3, affine=True)}[norm]
+    act = nn.LeakyReLU(0.2)
+    seq = nn.Sequential(*[m for m in (conv, norm_module, act) if m is not None]).double()
+    kind = FusedConvTranspose2d if transposed else FusedConv2d
+    fused = kind.from_modules(seq[0], norm_module, act, impl=impl)
+    expected_norm = {None: type(None), "batch": BatchNormAct2d, "instance": InstanceNormAct2d}[norm]
+    assert isinstance(fused.norm, expected_norm)
+    keys = ["weight", "bias"] + [f"norm.{k}" for k in (norm_module.state_dict() if norm_module else {})]
+    assert list(fused.state_dict()) == keys
+    for mode in (True, False, True):
+        seq.train(mode)
+        fused.train(mode)
+        x = _rand(2, 4, 5, 5, seed=int(mode)).detach().contiguous(memory_format=torch.channels_last)
+        y_ref, y = seq(x), fused(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+        y_ref.square().sum().backward()
+        y.square().sum().backward()
+        torch.testing.assert_close(fused.weight.grad, seq[0].weight.grad, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused.bias.grad, seq[0].bias.grad, rtol=1e-6, atol=1e-6)
+    if norm == "batch":
+        torch.testing.assert_close(fused.norm.running_var, norm_module.running_var, rtol=1e-6, atol=1e-7)
+        assert fused.norm.num_batches_tracked.item() == norm_module.num_batches_tracked.item() == 2
+
+
+def test_module_constructors_mirror_torch():
+    torch.manual_seed(0)
+    fused = FusedConvTranspose2d(4, 3, 4, 2, 1, output_padding=1, bias=False, norm="batch", act="relu")
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose2d(4, 3, 4, 2, 1, output_padding=1, bias=False)
+    assert torch.equal(fused.weight, plain.weight) and fused.bias is None
+    assert list(fused.state_dict()) == ["weight", *[f"norm.{k}" for k in nn.BatchNorm2d(3).state_dict()]]
+    x = torch.randn(2, 4, 3, 3)
+    assert fused(x).shape == plain(x).shape == (2, 3, 7, 7)
+    # output_size picks output_padding per call, as torch.nn does.
+    up = FusedConvTranspose2d(4, 3, 3, 2, 1, act="tanh")
+    assert up(x, output_size=[6, 6]).shape == (2, 3, 6, 6)
+    assert up(x, output_size=[5, 5]).shape == (2, 3, 5, 5)
+    assert "act='tanh'" in repr(up)
+
+
+def test_fused_linear_matches_torch():
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 7).double()
+    fused = FusedLinear.from_modules(linear, nn.LeakyReLU(0.1))
+    x = _rand(3, 5)
+    torch.testing.assert_close(fused(x), nn.functional.leaky_relu(linear(x), 0.1))
+    assert list(fused.state_dict()) == ["weight", "bias"] and fused.act == "lrelu"
