@@ -177,3 +177,22 @@ def test_fused_linear_matches_torch():
     x = _rand(3, 5)
     torch.testing.assert_close(fused(x), nn.functional.leaky_relu(linear(x), 0.1))
     assert list(fused.state_dict()) == ["weight", "bias"] and fused.act == "lrelu"
+
+
+@pytest.mark.parametrize("impl", ["ref", "native", "triton"])
+def test_autocast_casts_like_torch(impl):
+    """Under torch.autocast the conv runs in the autocast dtype (float32 weight, bfloat16 input), as F.conv2d."""
+    require(impl, "cpu")
+    x = _rand(1, 3, 6, 6, grad=False).float()
+    w, b, wt = (_rand(*s, seed=i + 1, grad=False).float().requires_grad_() for i, s in enumerate([(4, 3, 3, 3), (4,),
+                                                                                                  (3, 4, 4, 4)]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv2d_act(x, w, b, 1, 1, "relu", impl=impl)
+        expected = torch.relu(nn.functional.conv2d(x, w, b, 1, 1))
+        yt = conv_transpose2d_act(x.bfloat16(), wt, b, 2, 1, 0, "tanh", impl=impl)
+        expected_t = torch.tanh(nn.functional.conv_transpose2d(x.bfloat16(), wt, b, 2, 1))
+    assert y.dtype == yt.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected.float(), rtol=0.02, atol=0.02)
+    torch.testing.assert_close(yt.float(), expected_t.float(), rtol=0.02, atol=0.02)
+    y.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32

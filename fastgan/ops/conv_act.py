@@ -47,6 +47,18 @@ def _pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+def _autocast(x, weight, bias):
+    """Inside ``torch.autocast`` convolutions run in the autocast dtype, as ``F.conv2d`` does: cast the operands."""
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(x.device.type)
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return cast(x), cast(weight), cast(bias)
+
+
 def _check(
     op: str,
     x: torch.Tensor,
@@ -138,6 +150,7 @@ def conv2d_act_ref(
     alpha: float | None = None,
 ) -> torch.Tensor:
     """The specification of ``conv2d_act``: ``bias_act_ref(F.conv2d(x, weight), bias, act=act, alpha=alpha)``."""
+    x, weight, bias = _autocast(x, weight, bias)
     stride_, padding_, _, _ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
     return bias_act_ref(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha)
 
@@ -153,6 +166,7 @@ def conv_transpose2d_act_ref(
     alpha: float | None = None,
 ) -> torch.Tensor:
     """The specification of ``conv_transpose2d_act``: ``F.conv_transpose2d`` (no bias), then ``bias_act_ref``."""
+    x, weight, bias = _autocast(x, weight, bias)
     stride_, padding_, out_pad, _ = _check(
         "conv_transpose2d_act", x, weight, bias, stride, padding, output_padding, act, alpha
     )
@@ -175,7 +189,8 @@ def conv2d_act(
     Args:
         x: ``[N, C_in, H, W]``, float16, bfloat16, float32 (float64 on every implementation, for gradcheck);
             contiguous, channels_last (the output keeps it) or strided. ``N`` may be 0.
-        weight: ``[C_out, C_in, kH, kW]`` in ``x``'s dtype and device (groups=1, dilation=1).
+        weight: ``[C_out, C_in, kH, kW]`` in ``x``'s dtype and device (groups=1, dilation=1). Inside
+            ``torch.autocast`` x, weight and bias are cast to the autocast dtype first, as ``F.conv2d`` does.
         bias: optional ``[C_out]``, cast to ``x.dtype``.
         stride, padding: ints or pairs, as ``torch.nn.functional.conv2d`` (zero padding).
         act, alpha: the activation of :func:`fastgan.ops.bias_act` (``linear``, ``relu``, ``lrelu``, ``tanh``, ...).
@@ -185,6 +200,7 @@ def conv2d_act(
         ``[N, C_out, H_out, W_out]`` in ``x``'s dtype. Differentiable w.r.t. ``x``, ``weight`` and ``bias`` to second
         order on every implementation (any order for linear/relu/lrelu), so R1 and WGAN-GP penalties work.
     """
+    x, weight, bias = _autocast(x, weight, bias)
     stride_, padding_, _, alpha_ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
     impl = _resolve(impl, x.device, "conv2d_act")
     if impl == "ref":
@@ -214,7 +230,8 @@ def conv_transpose2d_act(
     Args:
         x: ``[N, C_in, H, W]``, float16, bfloat16, float32 (float64 on every implementation, for gradcheck);
             contiguous, channels_last (the output keeps it) or strided. ``N`` may be 0.
-        weight: ``[C_in, C_out, kH, kW]`` (``torch.nn.ConvTranspose2d``'s layout) in ``x``'s dtype and device.
+        weight: ``[C_in, C_out, kH, kW]`` (``torch.nn.ConvTranspose2d``'s layout) in ``x``'s dtype and device
+            (cast to the autocast dtype inside ``torch.autocast``).
         bias: optional ``[C_out]``, cast to ``x.dtype``.
         stride, padding, output_padding: ints or pairs, as ``torch.nn.functional.conv_transpose2d``
             (``output_padding < stride``; groups=1, dilation=1).
@@ -226,6 +243,7 @@ def conv_transpose2d_act(
         ``x``, ``weight`` and ``bias`` to second order on every implementation (any order for linear/relu/lrelu).
     """
     op = "conv_transpose2d_act"
+    x, weight, bias = _autocast(x, weight, bias)
     stride_, padding_, out_pad, alpha_ = _check(op, x, weight, bias, stride, padding, output_padding, act, alpha)
     impl = _resolve(impl, x.device, op)
     if impl == "ref":
