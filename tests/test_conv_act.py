@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv_transpose2d_act
 
@@ -196,3 +197,36 @@ def test_autocast_casts_like_torch(impl):
     torch.testing.assert_close(yt.float(), expected_t.float(), rtol=0.02, atol=0.02)
     y.float().sum().backward()
     assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+
+
+def test_triton_custom_ops_pass_opcheck():
+    """Schemas, fake (meta) implementations and autograd registration of the Triton ops, as torch.compile sees them."""
+    require("triton", "cpu")
+    from fastgan.ops.conv_act import _triton_ops
+
+    conv, conv_t = _triton_ops()
+    x = torch.randn(1, 2, 5, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, wt, b = torch.randn(3, 2, 3, 3), torch.randn(2, 3, 4, 4), torch.randn(3)
+    # The interpreter runs eagerly only (AOT dispatch hands it fake tensors): that check runs on a GPU.
+    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
+    checks = basic if triton_interpreting() else (*basic, "test_aot_dispatch_dynamic")
+    torch.library.opcheck(conv, (x, w.requires_grad_(), b.requires_grad_(), [2, 2], [1, 1], 2, 0.2), test_utils=checks)
+    torch.library.opcheck(conv_t, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0), test_utils=checks)
+
+
+@pytest.mark.parametrize("impl", ["ref", "native"])
+def test_torch_compile_captures_the_ops(impl):
+    """torch.compile (aot_eager: graph capture and AOT autograd, no code generation) gives eager's results."""
+    require(impl, "cpu")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(FusedConv2d(3, 4, 4, 2, 1, act="lrelu", alpha=0.2, impl=impl),
+                          FusedConvTranspose2d(4, 2, 4, 2, 1, act="tanh", impl=impl))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 8, 8)
+    y, y_compiled = model(x), compiled(x)
+    torch.testing.assert_close(y_compiled, y)
+    grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
+    grads_compiled = torch.autograd.grad(y_compiled.square().sum(), list(model.parameters()))
+    for g, gc in zip(grads, grads_compiled):
+        torch.testing.assert_close(gc, g)
