@@ -10,9 +10,11 @@ One pair of custom ops serves both norms. A *statistic group* is a channel (batc
 running statistics (evaluation, where both norms are the same per-channel affine map).
 
 - forward ``norm_act(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha)
-  -> (y, mean, var)``: pass 1 reduces per-group mean and biased variance in float32 (shifted sums per fixed-size
-  chunk, chunks merged with Chan's formula in a fixed order, so the result is deterministic and does not cancel
-  catastrophically for data far from zero); pass 2 writes ``y = act((x - mean) * rsqrt(var + eps) * w + b)``.
+  -> (y, mean, var)``: pass 1 reduces per-group mean and biased variance (float32; float64 for float64 inputs)
+  from sums of values shifted by one of the group's values, per fixed-size chunk (accumulated in double on CPU and
+  in Triton, in float32 block trees on CUDA), chunks merged with Chan's formula in a fixed order: deterministic, and
+  no catastrophic cancellation for data far from zero; pass 2 writes ``y = act((x - mean) * rsqrt(var + eps) * w
+  + b)``.
   ``mean``/``var`` come back so Python can update the running statistics exactly as PyTorch does.
 - backward ``norm_act_backward(dy, x, w, b, mean, var, ...) -> (dx, dw, db)`` (``dw``/``db`` float32 per
   channel): pass 1 recomputes ``z`` and reduces ``sum(dz)`` and ``sum(dz * xhat)`` per group, pass 2 writes ``dx``.
@@ -265,8 +267,9 @@ def _update_running_stats(running_mean, running_var, mean, var, factor: float, c
     unbiased = var * (count / (count - 1))
     if batch > 1:  # instance norm: the batch average of the per-sample statistics (as F.instance_norm)
         mean, unbiased = mean.view(batch, -1).mean(0), unbiased.view(batch, -1).mean(0)
-    running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
-    running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+    # running + factor * (stat - running): one multi-tensor launch on CUDA for both buffers.
+    torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype), unbiased.to(running_var.dtype)],
+                         factor)
 
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------

@@ -3,8 +3,9 @@ custom ops that launch them.
 
 The structure mirrors csrc/norm_act.cu: x is seen as [N, C, L] with strides (sN, sC, sL) (contiguous or
 channels_last); a statistic group is a channel (batch norm) or a (sample, channel) pair (instance norm). Reductions
-run one program per (group, chunk of CHUNK values) with shifted sums, then one merge per group over its chunks in a
-fixed order (Chan's formula), so they are deterministic; the elementwise kernels write y and dx. The activation
+run one program per (group, chunk of CHUNK values) with float64 sums of shifted values (a [rows, channels] tile for
+channels_last, so loads stay coalesced), then one merge per group over its chunks in a fixed order (Chan's formula),
+so they are deterministic; the elementwise kernels write y and dx. The activation
 math is bias_act's (``_act``, ``_act_grad``), the same formulas as csrc/bias_act.h.
 """
 
@@ -54,8 +55,8 @@ def _norm_partial_kernel(
     k = pid % chunks
     j0 = k * CHUNK_SIZE
     lanes = tl.arange(0, BLOCK)
-    a = tl.zeros([BLOCK], MATH)
-    s = tl.zeros([BLOCK], MATH)
+    a = tl.zeros([BLOCK], tl.float64)  # float64 sums: accurate at any chunk size, cheap in a memory-bound pass
+    s = tl.zeros([BLOCK], tl.float64)
     if GRAD:
         c = g % C
         mean = tl.load(mean_ptr + g).to(MATH)
@@ -64,7 +65,7 @@ def _norm_partial_kernel(
         b = tl.load(b_ptr + c).to(MATH) if HAS_B else 0.0
     else:
         shift = tl.load(x_ptr + _group_offsets(g, 0, C, L, sN, sC, sL, INSTANCE)).to(MATH)
-    for start in range(0, CHUNK_SIZE, BLOCK):
+    for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK):
         j = j0 + start + lanes
         mask = j < group_size
         offs = _group_offsets(g, j, C, L, sN, sC, sL, INSTANCE)
@@ -72,11 +73,11 @@ def _norm_partial_kernel(
         if GRAD:
             xhat = (x - mean) * invstd
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
-            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0)
+            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0).to(tl.float64)
             a += dz
             s += dz * xhat
         else:
-            d = tl.where(mask, x - shift, 0.0)
+            d = tl.where(mask, x - shift, 0.0).to(tl.float64)
             a += d
             s += d * d
     s1 = tl.sum(a, 0)
@@ -85,11 +86,66 @@ def _norm_partial_kernel(
         tl.store(part_ptr + pid * 2, s1)
         tl.store(part_ptr + pid * 2 + 1, s2)
     else:
-        n = tl.minimum(group_size - j0, CHUNK_SIZE).to(MATH)
+        n = tl.minimum(group_size - j0, CHUNK_SIZE).to(tl.float64)
         m2 = tl.maximum(s2 - s1 * (s1 / n), 0.0)
         tl.store(part_ptr + pid * 3, n)
-        tl.store(part_ptr + pid * 3 + 1, shift + s1 / n)
+        tl.store(part_ptr + pid * 3 + 1, shift.to(tl.float64) + s1 / n)
         tl.store(part_ptr + pid * 3 + 2, m2)
+
+
+@triton.jit
+def _norm_partial_cl_kernel(
+    x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, part_ptr,
+    group_size, chunks, C, L, sN, sL, eps, alpha,
+    GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    MATH: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # _norm_partial_kernel for channels_last (channel stride 1): a [rows, channels] tile per step, so a warp reads
+    # consecutive channels (coalesced) instead of one group's values C apart. Same partials, same order of merging.
+    cblocks = tl.cdiv(C, BLOCK_C)
+    sample = tl.program_id(0) // cblocks
+    c = (tl.program_id(0) % cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    g = sample.to(tl.int64) * C + c if INSTANCE else c.to(tl.int64)
+    k = tl.program_id(1)
+    j0 = k.to(tl.int64) * CHUNK_SIZE
+    base = sample.to(tl.int64) * sN if INSTANCE else 0
+    a = tl.zeros([BLOCK_R, BLOCK_C], tl.float64)
+    s = tl.zeros([BLOCK_R, BLOCK_C], tl.float64)
+    if GRAD:
+        mean = tl.load(mean_ptr + g, mask=cmask, other=0.0).to(MATH)
+        invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g, mask=cmask, other=1.0).to(MATH) + eps)
+        w = tl.load(w_ptr + c, mask=cmask, other=1.0).to(MATH) if HAS_W else 1.0
+        b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(MATH) if HAS_B else 0.0
+    else:
+        shift = tl.load(x_ptr + base + c, mask=cmask, other=0.0).to(MATH)
+    for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK_R):
+        j = j0 + start + tl.arange(0, BLOCK_R)
+        rows = base + j * sL if INSTANCE else (j // L) * sN + (j % L) * sL
+        mask = (j < group_size)[:, None] & cmask[None, :]
+        offs = rows[:, None] + c[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(MATH)
+        if GRAD:
+            xhat = (x - mean[None, :]) * invstd[None, :]
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
+            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0).to(tl.float64)
+            a += dz
+            s += dz * xhat
+        else:
+            d = tl.where(mask, x - shift[None, :], 0.0).to(tl.float64)
+            a += d
+            s += d * d
+    s1 = tl.sum(a, 0)
+    s2 = tl.sum(s, 0)
+    slot = g * chunks + k
+    if GRAD:
+        tl.store(part_ptr + slot * 2, s1, mask=cmask)
+        tl.store(part_ptr + slot * 2 + 1, s2, mask=cmask)
+    else:
+        n = tl.minimum(group_size - j0, CHUNK_SIZE).to(tl.float64)
+        tl.store(part_ptr + slot * 3, tl.zeros([BLOCK_C], tl.float64) + n, mask=cmask)
+        tl.store(part_ptr + slot * 3 + 1, shift.to(tl.float64) + s1 / n, mask=cmask)
+        tl.store(part_ptr + slot * 3 + 2, tl.maximum(s2 - s1 * (s1 / n), 0.0), mask=cmask)
 
 
 @triton.jit
@@ -188,8 +244,17 @@ class _View:
 
     def partials(self, grad: bool, x, dy, w, b, mean, var, eps: float, act: int, alpha: float) -> torch.Tensor:
         width = 2 if grad else 3
-        part = torch.zeros(self.groups * self.chunks * width, dtype=self.math, device=self.x.device)
-        if self.group_size and self.groups:
+        part = torch.zeros(self.groups * self.chunks * width, dtype=torch.float64, device=self.x.device)
+        if self.group_size and self.groups and self.sC == 1 and self.C > 1:
+            block_c, block_r = 32, (128 if triton_interpreting() else 16)
+            samples = self.N if self.instance else 1
+            wrap_triton(_norm_partial_cl_kernel)[(samples * triton.cdiv(self.C, block_c), self.chunks)](
+                x, dy, self.affine(w), self.affine(b), mean, var, part,
+                self.group_size, self.chunks, self.C, self.L, self.sN, self.sL, float(eps), float(alpha),
+                GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
+                MATH=self.tl_math, CHUNK_SIZE=CHUNK, BLOCK_R=block_r, BLOCK_C=block_c,
+            )
+        elif self.group_size and self.groups:
             wrap_triton(_norm_partial_kernel)[(self.groups * self.chunks,)](
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
                 self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL, float(eps), float(alpha),
