@@ -104,6 +104,8 @@ def measure(benchmark, run: Callable[[], None], *, bytes_moved: int = 0, flops: 
     if ON_GPU:
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
     benchmark.pedantic(timed, rounds=20 if ON_GPU else 5, iterations=1, warmup_rounds=1)
+    if benchmark.stats is None:  # --benchmark-disable: ran once as a smoke test, nothing timed
+        return
     median = benchmark.stats.stats.median
     if bytes_moved:
         benchmark.extra_info["GB/s"] = round(bytes_moved / median / 1e9, 2)

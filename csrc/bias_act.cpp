@@ -77,9 +77,9 @@ Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, 
     p.bias_size = x_in.size(dim);
     p.bias_stride = std::max<int64_t>(r.x.stride(dim), 1);
     p.act = static_cast<int>(act);
-    p.alpha = static_cast<float>(alpha);
-    p.gain = static_cast<float>(gain);
-    p.clamp = clamp.has_value() ? static_cast<float>(*clamp) : -1.0f;
+    p.alpha = alpha;
+    p.gain = gain;
+    p.clamp = clamp.has_value() ? *clamp : -1.0;
     return r;
 }
 
@@ -100,7 +100,7 @@ void cpu_kernel(const BiasActParams& p) {
     const scalar_t* dy = static_cast<const scalar_t*>(p.dy);
     const scalar_t* g = static_cast<const scalar_t*>(p.g);
     scalar_t* out = static_cast<scalar_t*>(p.out);
-    const M alpha = p.alpha, gain = p.gain, clamp = p.clamp;
+    const M alpha = static_cast<M>(p.alpha), gain = static_cast<M>(p.gain), clamp = static_cast<M>(p.clamp);
     auto element = [&](int64_t i, M bias) {
         const M z = static_cast<M>(x[i]) + bias;
         const M d = K != kForward ? static_cast<M>(dy[i]) : M(0);

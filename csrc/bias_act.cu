@@ -25,7 +25,7 @@ __global__ void bias_act_kernel(BiasActParams p) {
     const T* dy = static_cast<const T*>(p.dy);
     const T* g = static_cast<const T*>(p.g);
     T* out = static_cast<T*>(p.out);
-    const M alpha = p.alpha, gain = p.gain, clamp = p.clamp;
+    const M alpha = static_cast<M>(p.alpha), gain = static_cast<M>(p.gain), clamp = static_cast<M>(p.clamp);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     // Grid-stride loop: a bounded grid covers any numel, including > 2^31 elements.
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += stride) {

@@ -32,9 +32,9 @@ struct BiasActParams {
     int64_t bias_size;
     int64_t bias_stride;
     int act;
-    float alpha;
-    float gain;
-    float clamp;       // < 0: no clamp
+    double alpha;      // double, so float64 kernels see the exact values (gradcheck)
+    double gain;
+    double clamp;      // < 0: no clamp
 };
 
 template <typename T>

@@ -282,3 +282,26 @@ def test_defaults_follow_torch_nn():
     torch.testing.assert_close(bias_act(x, act="elu", impl="ref"), F.elu(x))  # alpha 1
     if fastgan.available_impls()["native"]["cpu"][0]:
         torch.testing.assert_close(bias_act(x, act="lrelu", impl="native"), F.leaky_relu(x))
+
+
+def test_first_call_inside_torch_compile():
+    """Registration on first use must also work when that first use is being traced (a fresh interpreter)."""
+    require("native", "cpu")
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from fastgan.ops import bias_act\n"
+        "f = torch.compile(lambda x, b: bias_act(x, b, act='lrelu', alpha=0.2, impl='native').sum(), fullgraph=True)\n"
+        "x = torch.ones(2, 3, 4, 4, requires_grad=True); b = torch.full((3,), -2.0, requires_grad=True)\n"
+        "out = f(x, b); out.backward()\n"
+        "import json; print(json.dumps([out.item(), b.grad.tolist()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # x + b = -1 everywhere: lrelu gives -0.2 on 96 elements; d/db = 0.2 per element, 32 elements per channel.
+    total, grad_b = json.loads(out.stdout.strip().splitlines()[-1])
+    assert abs(total + 19.2) < 1e-4
+    assert all(abs(g - 6.4) < 1e-4 for g in grad_b)

@@ -86,5 +86,5 @@ def test_parity(case, impl, device, dtype, layout, shape):
     assert ours.keys() == truth.keys()
     for key in truth:
         assert_close_to_truth(ours[key], truth[key].cpu(), torch_low[key], dtype, f"{case.name} {key}")
-    if layout == "channels_last" and x[0].numel():
+    if layout == "channels_last" and x[0].numel() and ours["forward"].dim() == 4:
         assert ours["forward"].is_contiguous(memory_format=torch.channels_last), "channels_last input not kept"

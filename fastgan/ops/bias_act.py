@@ -202,8 +202,10 @@ def _register(forward, backward, backward2) -> None:
     torch.library.register_autograd(backward2, grad_backward2, setup_context=setup_backward2)
 
 
-def _custom_ops(impl: str) -> tuple:
-    """(forward, backward, backward2) custom ops of ``impl``, registering fakes and autograd on first use."""
+@torch.compiler.assume_constant_result
+def _ensure_registered(impl: str) -> bool:
+    """Register ``impl``'s ops (fakes, autograd) on first use. Run eagerly even while torch.compile traces (its
+    result is a constant), so the first call of an op may sit inside a compiled function."""
     if impl not in _registered:
         if impl == "native":
             native_extension()  # importing fastgan._C defines the fastgan::bias_act* operators
@@ -215,5 +217,10 @@ def _custom_ops(impl: str) -> tuple:
             found = (kernels.bias_act_triton, kernels.bias_act_backward_triton, kernels.bias_act_backward2_triton)
         _register(*found)
         _registered[impl] = found
-    return _registered[impl]
+    return True
 
+
+def _custom_ops(impl: str) -> tuple:
+    """(forward, backward, backward2) custom ops of ``impl``."""
+    _ensure_registered(impl)
+    return _registered[impl]
