@@ -230,3 +230,36 @@ def test_torch_compile_captures_the_ops(impl):
     grads_compiled = torch.autograd.grad(y_compiled.square().sum(), list(model.parameters()))
     for g, gc in zip(grads, grads_compiled):
         torch.testing.assert_close(gc, g)
+
+
+ODD = [  # (x shape, kernel, stride, padding, output_padding): empty phases, tap-less phases, rectangular everything
+    ((1, 2, 1, 1), 1, 2, 0, 0),
+    ((1, 2, 1, 1), 1, 2, 0, 1),
+    ((2, 3, 2, 3), 1, 3, 0, 2),
+    ((1, 2, 3, 2), (2, 3), (2, 1), (0, 1), (1, 0)),
+]
+
+
+@pytest.mark.parametrize("impl", ["native", "triton"])
+@pytest.mark.parametrize("config", ODD, ids=str)
+def test_odd_configurations_match_the_reference(config, impl):
+    """Forward and first-order gradients in float64 against the reference, for both ops."""
+    require(impl, "cpu")
+    shape, k, s, p, op = config
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x, b = _rand(*shape), _rand(3, seed=1)
+    for transposed in (False, True):
+        w = _rand(*((shape[1], 3) if transposed else (3, shape[1])), kh, kw, seed=2)
+        if transposed:
+            def run(impl_, x=x, w=w):
+                return conv_transpose2d_act(x, w, b, s, p, op, "lrelu", 0.1, impl=impl_)
+        else:
+            def run(impl_, x=x, w=w):
+                return conv2d_act(x, w, b, s, p, "lrelu", 0.1, impl=impl_)
+        if not transposed and min(shape[2:]) + 2 * min((p,) if isinstance(p, int) else p) < max(kh, kw):
+            continue  # no valid output for the convolution
+        ours, ref = run(impl), run("ref")
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)  # native lrelu keeps alpha in float32
+        go = torch.randn_like(ref)
+        for g_ours, g_ref in zip(torch.autograd.grad(ours, (x, w, b), go), torch.autograd.grad(ref, (x, w, b), go)):
+            torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-6)

@@ -62,6 +62,9 @@ def _conv_fwd_kernel(
     rk = tl.arange(0, BLOCK_K)
     m_mask = rm < N * ohp * owp
     n_mask = rn < CO
+    # A phase can be empty (a 1-pixel output, stride 2): everything is masked, but keep the divisions defined.
+    ohp = tl.maximum(ohp, 1)
+    owp = tl.maximum(owp, 1)
     j_w = rm % owp
     j_h = (rm // owp) % ohp
     n = (rm // (owp * ohp)).to(tl.int64)
@@ -122,8 +125,10 @@ def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) ->
     y = empty_output(x, w, stride, padding, output_padding)
     if y.numel() == 0 or x.shape[1] == 0:
         return y.zero_()
-    # Weight strides indexed as (out channel, in channel, kh, kw): ConvTranspose2d stores [in, out, kh, kw].
-    swo, swc = (w.stride(1), w.stride(0)) if transposed else (w.stride(0), w.stride(1))
+    # The weight as [kh, kw, C_in, C_out] (a small copy): each tap's [C_in, C_out] tile is then read contiguously.
+    # ConvTranspose2d stores [C_in, C_out, kh, kw], Conv2d [C_out, C_in, kh, kw].
+    wk = (w.permute(2, 3, 0, 1) if transposed else w.permute(2, 3, 1, 0)).contiguous()
+    swh, sww, swc, swo = wk.stride()
     n_out, c_in = y.shape[1], x.shape[1]
     oh, ow = y.shape[2], y.shape[3]
     phases = stride[0] * stride[1] if transposed else 1
@@ -137,9 +142,9 @@ def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) ->
     grid = (triton.cdiv(rows, block_m), triton.cdiv(n_out, block_n), phases)
     bias = b.to(x.dtype).contiguous() if b is not None else x
     wrap_triton(_conv_fwd_kernel)[grid](
-        x, w, bias, y,
+        x, wk, bias, y,
         x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
-        *x.stride(), swo, swc, w.stride(2), w.stride(3), *y.stride(),
+        *x.stride(), swo, swc, swh, sww, *y.stride(),
         stride[0], stride[1], padding[0], padding[1],
         float(alpha),
         TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
