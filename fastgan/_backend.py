@@ -21,7 +21,7 @@ import functools
 import importlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -169,3 +169,39 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
             _warned.add((op, reason))
             warnings.warn(f"{op}: falling back from impl={candidate!r} on {device_type}: {reason}", stacklevel=3)
     return "ref"
+
+
+# --- custom ops of the compiled and Triton implementations, loaded on first use ----------------------------------
+
+_DECLARED: dict[str, tuple[tuple[str, ...], str, Callable[..., None]]] = {}
+_LOADED: dict[tuple[str, str], tuple] = {}
+
+
+def declare_custom_ops(key: str, names: tuple[str, ...], triton_module: str, register: Callable[..., None]) -> None:
+    """Declare an op unit's custom ops: ``fastgan::<name>`` (native, defined by fastgan._C) and
+    ``fastgan.kernels.triton.<triton_module>.<name>_triton`` (Triton) for each name; ``register(*ops)`` installs
+    their fakes and autograd formulas once per implementation."""
+    _DECLARED[key] = (names, triton_module, register)
+
+
+def custom_ops(key: str, impl: str) -> tuple:
+    """The custom ops declared under ``key`` for ``impl`` ("native" or "triton"), in declaration order."""
+    _load_custom_ops(key, impl)
+    return _LOADED[(key, impl)]
+
+
+@torch.compiler.assume_constant_result
+def _load_custom_ops(key: str, impl: str) -> bool:
+    # Runs eagerly even while torch.compile traces (its result is a constant), so an op's first call may sit
+    # inside a compiled function: importing and registering are not traceable.
+    if (key, impl) not in _LOADED:
+        names, triton_module, register = _DECLARED[key]
+        if impl == "native":
+            native_extension()  # importing fastgan._C defines the fastgan:: operators
+            ops = tuple(getattr(torch.ops.fastgan, name).default for name in names)
+        else:
+            kernels = importlib.import_module(f"fastgan.kernels.triton.{triton_module}")
+            ops = tuple(getattr(kernels, f"{name}_triton") for name in names)
+        register(*ops)
+        _LOADED[(key, impl)] = ops
+    return True

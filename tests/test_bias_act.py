@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan
+from fastgan._backend import custom_ops
 from fastgan.nn import BiasAct
 from fastgan.ops import ACTIVATIONS, bias_act, bias_act_ref
-from fastgan.ops.bias_act import _custom_ops
 
 from .conftest import require
 
@@ -44,7 +44,7 @@ def test_gradcheck_gradgradcheck(impl, act):
 @pytest.mark.parametrize("impl", ["native", "triton"])
 def test_opcheck(impl):
     require(impl, "cpu")
-    forward, backward, backward2 = _custom_ops(impl)
+    forward, backward, backward2 = custom_ops("bias_act", impl)
     x, b = _inputs((2, 3, 4, 4))
     dy = torch.randn_like(x)
     g = torch.randn_like(x)

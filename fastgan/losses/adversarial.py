@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._backend import native_extension, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, resolve_impl
 
 __all__ = ["LOSS_KINDS", "GANLoss", "d_loss", "d_loss_ref", "g_loss", "g_loss_ref"]
 
@@ -144,7 +144,7 @@ def d_loss(
     impl = resolve_impl(impl, real_logits.device, "d_loss")
     if impl == "ref":
         return d_loss_ref(real_logits, fake_logits, kind)
-    forward = _custom_ops(impl)[0]
+    forward = custom_ops("gan_loss", impl)[0]
     return forward(real_logits, fake_logits, TERMS[spec.d_real].index, TERMS[spec.d_fake].index)[0]
 
 
@@ -160,7 +160,7 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating", impl: str = "
     impl = resolve_impl(impl, fake_logits.device, "g_loss")
     if impl == "ref":
         return g_loss_ref(fake_logits, kind)
-    forward = _custom_ops(impl)[0]
+    forward = custom_ops("gan_loss", impl)[0]
     return forward(fake_logits, None, TERMS[spec.g_fake].index, 0)[0]
 
 
@@ -192,7 +192,6 @@ class GANLoss(torch.nn.Module):
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
 
-_registered: dict[str, tuple] = {}
 
 
 def _second_order(g: torch.Tensor | None, z: torch.Tensor, grad: torch.Tensor, term: int) -> torch.Tensor | None:
@@ -267,16 +266,4 @@ def _register(forward, backward) -> None:
     torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
 
 
-def _custom_ops(impl: str) -> tuple:
-    """(forward, backward) custom ops of ``impl``, registering fakes and autograd on first use."""
-    if impl not in _registered:
-        if impl == "native":
-            native_extension()  # importing fastgan._C defines the fastgan::gan_loss* operators
-            found = (torch.ops.fastgan.gan_loss.default, torch.ops.fastgan.gan_loss_backward.default)
-        else:
-            from ..kernels.triton import losses as kernels
-
-            found = (kernels.gan_loss_triton, kernels.gan_loss_backward_triton)
-        _register(*found)
-        _registered[impl] = found
-    return _registered[impl]
+declare_custom_ops("gan_loss", ("gan_loss", "gan_loss_backward"), "losses", _register)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._backend import native_extension, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, resolve_impl
 
 __all__ = [
     "GradientPenalty",
@@ -87,7 +87,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, impl:
     impl = resolve_impl(impl, real.device, "interpolate")
     if impl == "ref":
         return interpolate_ref(real, fake, eps)
-    return _custom_ops(impl)[0](real, fake, eps)
+    return custom_ops("penalty", impl)[0](real, fake, eps)
 
 
 def grad_norm_penalty_ref(grad: torch.Tensor, weight: float = 10.0, center: float = 1.0, scale: float = 1.0):
@@ -118,7 +118,7 @@ def grad_norm_penalty(
     impl = resolve_impl(impl, grad.device, "grad_norm_penalty")
     if impl == "ref":
         return grad_norm_penalty_ref(grad, weight, center, scale)
-    return _custom_ops(impl)[1](grad, float(weight), float(center), float(scale))[0]
+    return custom_ops("penalty", impl)[1](grad, float(weight), float(center), float(scale))[0]
 
 
 def _unscale(scaler) -> float:
@@ -290,7 +290,6 @@ class R1Penalty(torch.nn.Module):
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
 
-_registered: dict[str, tuple] = {}
 
 
 def _penalty_grad2(gg, go, g, weight, center, scale):
@@ -371,25 +370,6 @@ def _register(interp, penalty, penalty_backward) -> None:
     torch.library.register_autograd(penalty_backward, grad_penalty_backward, setup_context=setup_penalty_backward)
 
 
-def _custom_ops(impl: str) -> tuple:
-    """(interpolate, penalty, penalty_backward) custom ops of ``impl``, registering fakes and autograd once."""
-    if impl not in _registered:
-        if impl == "native":
-            native_extension()  # importing fastgan._C defines the fastgan:: operators
-            ops = torch.ops.fastgan
-            found = (
-                ops.penalty_interpolate.default,
-                ops.grad_norm_penalty.default,
-                ops.grad_norm_penalty_backward.default,
-            )
-        else:
-            from ..kernels.triton import losses as kernels
-
-            found = (
-                kernels.penalty_interpolate_triton,
-                kernels.grad_norm_penalty_triton,
-                kernels.grad_norm_penalty_backward_triton,
-            )
-        _register(*found)
-        _registered[impl] = found
-    return _registered[impl]
+declare_custom_ops(
+    "penalty", ("penalty_interpolate", "grad_norm_penalty", "grad_norm_penalty_backward"), "losses", _register
+)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._backend import native_extension, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._layout import dense
 
 __all__ = ["ACTIVATIONS", "bias_act", "bias_act_ref"]
@@ -127,7 +127,7 @@ def bias_act(
     impl = resolve_impl(impl, x.device, "bias_act")
     if impl == "ref":
         return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
-    forward = _custom_ops(impl)[0]
+    forward = custom_ops("bias_act", impl)[0]
     return forward(x, b, dim_, spec.index, alpha_, 1.0 if gain is None else float(gain), clamp)
 
 
@@ -135,7 +135,6 @@ def bias_act(
 
 _GRAD2 = {spec.index: spec.has_grad2 for spec in ACTIVATIONS.values()}
 _NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
-_registered: dict[str, tuple] = {}
 
 
 def _reduce_to_bias(grad: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -202,25 +201,4 @@ def _register(forward, backward, backward2) -> None:
     torch.library.register_autograd(backward2, grad_backward2, setup_context=setup_backward2)
 
 
-@torch.compiler.assume_constant_result
-def _ensure_registered(impl: str) -> bool:
-    """Register ``impl``'s ops (fakes, autograd) on first use. Run eagerly even while torch.compile traces (its
-    result is a constant), so the first call of an op may sit inside a compiled function."""
-    if impl not in _registered:
-        if impl == "native":
-            native_extension()  # importing fastgan._C defines the fastgan::bias_act* operators
-            ops = torch.ops.fastgan
-            found = (ops.bias_act.default, ops.bias_act_backward.default, ops.bias_act_backward2.default)
-        else:
-            from ..kernels.triton import bias_act as kernels
-
-            found = (kernels.bias_act_triton, kernels.bias_act_backward_triton, kernels.bias_act_backward2_triton)
-        _register(*found)
-        _registered[impl] = found
-    return True
-
-
-def _custom_ops(impl: str) -> tuple:
-    """(forward, backward, backward2) custom ops of ``impl``."""
-    _ensure_registered(impl)
-    return _registered[impl]
+declare_custom_ops("bias_act", ("bias_act", "bias_act_backward", "bias_act_backward2"), "bias_act", _register)
