@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastgan._backend import custom_ops
 from fastgan.nn import BatchNormAct2d, InstanceNormAct2d, activation_of
 from fastgan.ops import ACTIVATIONS, batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
-from fastgan.ops.norm_act import _custom_ops
 
 from .conftest import DEVICES, require
 
@@ -288,7 +288,7 @@ def test_bad_input_names_the_op(impl):
 @pytest.mark.parametrize("impl", ["native", "triton"])
 def test_opcheck(impl):
     require(impl, "cpu")
-    forward, backward = _custom_ops(impl)
+    forward, backward = custom_ops("norm_act", impl)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 5, generator=gen)
     cl = x.contiguous(memory_format=torch.channels_last)

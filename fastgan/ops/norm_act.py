@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._backend import native_extension, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .bias_act import ACTIVATIONS, Activation
 
 __all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
@@ -215,7 +215,8 @@ def batch_norm_act(
         )
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
     stats = (None, None) if training else (running_mean, running_var)
-    y, mean, var = _custom_ops(impl)[0](x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
+    forward = custom_ops("norm_act", impl)[0]
+    y, mean, var = forward(x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
     if training and running_mean is not None and x.numel():
         _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1)
     return y
@@ -254,7 +255,8 @@ def instance_norm_act(
             x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, act, alpha
         )
     stats = (None, None) if use_input_stats else (running_mean, running_var)
-    y, mean, var = _custom_ops(impl)[0](x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
+    forward = custom_ops("norm_act", impl)[0]
+    y, mean, var = forward(x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
     if use_input_stats and running_mean is not None and x.numel():
         count = x.numel() // (x.shape[0] * x.shape[1])
         _update_running_stats(running_mean, running_var, mean, var, float(momentum), count, x.shape[0])
@@ -275,7 +277,6 @@ def _update_running_stats(running_mean, running_var, mean, var, factor: float, c
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
 
 _NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
-_registered: dict[str, tuple] = {}
 
 
 def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float):
@@ -376,17 +377,4 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _custom_ops(impl: str) -> tuple:
-    """(forward, backward) custom ops of ``impl``, registering fakes and autograd on first use."""
-    if impl not in _registered:
-        if impl == "native":
-            native_extension()  # importing fastgan._C defines the fastgan::norm_act* operators
-            ops = torch.ops.fastgan
-            found = (ops.norm_act.default, ops.norm_act_backward.default)
-        else:
-            from ..kernels.triton import norm_act as kernels
-
-            found = (kernels.norm_act_triton, kernels.norm_act_backward_triton)
-        _register(*found)
-        _registered[impl] = found
-    return _registered[impl]
+declare_custom_ops("norm_act", ("norm_act", "norm_act_backward"), "norm_act", _register)
