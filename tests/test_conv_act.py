@@ -202,9 +202,9 @@ def test_autocast_casts_like_torch(impl):
 def test_triton_custom_ops_pass_opcheck():
     """Schemas, fake (meta) implementations and autograd registration of the Triton ops, as torch.compile sees them."""
     require("triton", "cpu")
-    from fastgan.ops.conv_act import _triton_ops
+    from fastgan._backend import custom_ops
 
-    conv, conv_t = _triton_ops()
+    conv, conv_t = custom_ops("conv_act", "triton")
     x = torch.randn(1, 2, 5, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     w, wt, b = torch.randn(3, 2, 3, 3), torch.randn(2, 3, 4, 4), torch.randn(3)
     # The interpreter runs eagerly only (AOT dispatch hands it fake tensors): that check runs on a GPU.

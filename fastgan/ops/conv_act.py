@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .._backend import available_impls, get_impl, resolve_impl
+from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
 from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
@@ -207,7 +207,7 @@ def conv2d_act(
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
     if impl == "native":
         return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
-    conv, _ = _triton_ops()
+    conv, _ = custom_ops("conv_act", "triton")
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
     y = conv(x, weight, None, list(stride_), list(padding_), 0, 0.0)
@@ -251,7 +251,7 @@ def conv_transpose2d_act(
     if impl == "native":
         y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
         return bias_act(y, bias, 1, act, alpha, impl="native")
-    _, conv_t = _triton_ops()
+    _, conv_t = custom_ops("conv_act", "triton")
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
     y = conv_t(x, weight, None, list(stride_), list(padding_), list(out_pad), 0, 0.0)
@@ -261,7 +261,6 @@ def conv_transpose2d_act(
 # --- autograd of the Triton custom ops -----------------------------------------------------------------------------
 
 _INDEX = {spec.index: name for name, spec in ACTIVATIONS.items()}
-_triton_registered: tuple | None = None
 
 
 def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, alpha: float) -> torch.Tensor:
@@ -294,14 +293,9 @@ def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
     return size - ((out - 1) * s - 2 * p + k)
 
 
-def _triton_ops() -> tuple:
-    """The (conv2d, conv_transpose2d) Triton custom ops, registering fakes and autograd on first use."""
-    global _triton_registered
-    if _triton_registered is not None:
-        return _triton_registered
+def _register(conv, conv_t) -> None:
+    """Fakes and autograd of the (conv2d, conv_transpose2d) Triton custom ops."""
     from ..kernels.triton import conv as kernels
-
-    conv, conv_t = kernels.conv2d_act_triton, kernels.conv_transpose2d_act_triton
 
     def fake_conv(x, w, b, stride, padding, act, alpha):
         return kernels.empty_output(x, w, stride, padding, None)
@@ -346,5 +340,7 @@ def _triton_ops() -> tuple:
     torch.library.register_fake(conv_t, fake_conv_t)
     torch.library.register_autograd(conv, grad_conv, setup_context=setup)
     torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
-    _triton_registered = (conv, conv_t)
-    return _triton_registered
+
+
+# Only Triton has custom ops here: the native path is PyTorch's convolution + the native bias_act epilogue.
+declare_custom_ops("conv_act", ("conv2d_act", "conv_transpose2d_act"), "conv", _register)
