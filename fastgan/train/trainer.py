@@ -15,6 +15,7 @@ bit-identical parameters to ``fit(m)`` on CPU.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import warnings
 from pathlib import Path
@@ -124,7 +125,7 @@ class Trainer:
         losses = self._cyclegan_step() if self.cyclegan else self._gan_step()
         with warnings.catch_warnings():
             # A float16 GradScaler skips the optimiser step on overflow; the schedule still follows the step count.
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
             for scheduler in self.schedulers.values():
                 scheduler.step()
         self.step += 1
