@@ -1,7 +1,9 @@
 """fastgan: fast GAN training for PyTorch, as a drop-in.
 
 - ``fastgan.ops``: fused functional ops (``bias_act``, ...), each with ``impl=`` "auto" | "ref" | "triton" | "native".
-- ``fastgan.nn``: modules mirroring ``torch.nn``.
+- ``fastgan.nn``: modules mirroring ``torch.nn``; ``fastgan.losses``: adversarial losses and gradient penalties.
+- ``fastgan.optimize(model)``: rewrites standard conv/norm/activation blocks of a model into fused ones.
+- ``fastgan.models``, ``fastgan.data``, ``fastgan.train`` (imported on demand): GAN families, datasets, trainer.
 - ``fastgan.set_impl`` / ``fastgan.use_impl`` / ``$FASTGAN_IMPL``: the process-wide default implementation;
   ``fastgan.available_impls()`` says which implementations run here, and why not.
 
