@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.bias_act import ACTIVATIONS, bias_act
+from ..ops.bias_act import activation, bias_act
 
 
 class BiasAct(nn.Module):
@@ -26,8 +26,7 @@ class BiasAct(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if act not in ACTIVATIONS:
-            raise ValueError(f"BiasAct: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+        activation("BiasAct", act, alpha)
         self.num_channels, self.act, self.alpha, self.gain, self.clamp = num_channels, act, alpha, gain, clamp
         self.dim, self.impl = dim, impl
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None

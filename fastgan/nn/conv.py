@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.bias_act import ACTIVATIONS
+from ..ops.bias_act import activation
 from ..ops.conv_act import conv2d_act, conv_transpose2d_act
 from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
 
@@ -30,14 +30,6 @@ def _make_norm(owner: str, norm: str | None, channels: int, act: str, alpha, imp
     if norm not in _NORMS:
         raise ValueError(f"{owner}: norm must be None, 'batch' or 'instance', got {norm!r}")
     return _NORMS[norm](channels, act=act, alpha=alpha, impl=impl, **(kwargs or {}), **factory)
-
-
-def _check_act(owner: str, act: str, alpha: float | None) -> None:
-    spec = ACTIVATIONS.get(act)
-    if spec is None:
-        raise ValueError(f"{owner}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-    if alpha is not None and spec.default_alpha is None:
-        raise ValueError(f"{owner}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
 
 
 def _check_conv(owner: str, conv: nn.Module, kind: type) -> None:
@@ -94,7 +86,7 @@ class FusedConv2d(nn.Conv2d):
     ) -> None:
         if isinstance(padding, str):
             raise ValueError(f"FusedConv2d: padding={padding!r} is not supported; use explicit ints")
-        _check_act("FusedConv2d", act, alpha)
+        activation("FusedConv2d", act, alpha)
         factory = {"device": device, "dtype": dtype}
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, **factory)
         self.act, self.alpha, self.impl = act, alpha, impl
@@ -150,7 +142,7 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_act("FusedConvTranspose2d", act, alpha)
+        activation("FusedConvTranspose2d", act, alpha)
         factory = {"device": device, "dtype": dtype}
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, bias=bias, **factory)
         self.act, self.alpha, self.impl = act, alpha, impl

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.bias_act import ACTIVATIONS, bias_act
+from ..ops.bias_act import activation, bias_act
 from .norm_act import activation_of
 
 __all__ = ["FusedLinear"]
@@ -30,11 +30,7 @@ class FusedLinear(nn.Linear):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        spec = ACTIVATIONS.get(act)
-        if spec is None:
-            raise ValueError(f"FusedLinear: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-        if alpha is not None and spec.default_alpha is None:
-            raise ValueError(f"FusedLinear: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+        activation("FusedLinear", act, alpha)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.act, self.alpha, self.impl = act, alpha, impl
 

@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..ops.norm_act import _activation, batch_norm_act, instance_norm_act
+from ..ops.bias_act import activation
+from ..ops.norm_act import batch_norm_act, instance_norm_act
 
 __all__ = ["BatchNormAct2d", "InstanceNormAct2d", "activation_of"]
 
@@ -68,7 +69,7 @@ class BatchNormAct2d(_NormBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        _activation(type(self).__name__, act, alpha)
+        activation(type(self).__name__, act, alpha)
         self.act, self.alpha, self.impl = act, alpha, impl
 
     @classmethod
@@ -141,7 +142,7 @@ class InstanceNormAct2d(_InstanceNorm):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        _activation(type(self).__name__, act, alpha)
+        activation(type(self).__name__, act, alpha)
         self.act, self.alpha, self.impl = act, alpha, impl
 
     @classmethod

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._layout import dense
 
-__all__ = ["ACTIVATIONS", "bias_act", "bias_act_ref"]
+__all__ = ["ACTIVATIONS", "activation", "bias_act", "bias_act_ref"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,19 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+def activation(owner: str, act: str, alpha: float | None) -> tuple[Activation, float]:
+    """Validate an activation name and alpha for ``owner`` (the op or module named in errors); return its table
+    entry and the alpha to use (the default where none is given, 0 where the activation takes none)."""
+    spec = ACTIVATIONS.get(act) if isinstance(act, str) else None
+    if spec is None:
+        raise ValueError(f"{owner}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if alpha is None or spec.default_alpha is None:
+        if alpha is not None:
+            raise ValueError(f"{owner}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+        return spec, float(spec.default_alpha or 0.0)
+    return spec, float(alpha)
+
+
 def _check(
     x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float | None, clamp: float | None
 ) -> tuple[Activation, int, float]:
@@ -53,11 +66,7 @@ def _check(
         raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"bias_act: x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
-    spec = ACTIVATIONS.get(act)
-    if spec is None:
-        raise ValueError(f"bias_act: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-    if alpha is not None and spec.default_alpha is None:
-        raise ValueError(f"bias_act: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
+    spec, alpha_ = activation("bias_act", act, alpha)
     if x.dim() == 0 or not -x.dim() <= dim < x.dim():
         raise IndexError(f"bias_act: dim={dim} is out of range for x of shape {tuple(x.shape)}")
     dim %= x.dim()
@@ -71,7 +80,7 @@ def _check(
             raise TypeError(f"bias_act: b must be a floating-point tensor, got {b.dtype}")
     if clamp is not None and not clamp >= 0:
         raise ValueError(f"bias_act: clamp must be >= 0 (or None), got {clamp}")
-    return spec, dim, float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
+    return spec, dim, alpha_
 
 
 def bias_act_ref(

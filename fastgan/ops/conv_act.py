@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
-from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
+from .bias_act import ACTIVATIONS, activation, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
 
@@ -114,12 +114,7 @@ def _check(
             f"{op}: output size {tuple(out_size)} is not positive for input {tuple(x.shape[2:])}, kernel "
             f"{tuple(weight.shape[2:])}, stride {stride_}, padding {padding_}; pad the input or shrink the kernel"
         )
-    spec = ACTIVATIONS.get(act)
-    if spec is None:
-        raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-    if alpha is not None and spec.default_alpha is None:
-        raise ValueError(f"{op}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
-    alpha_ = float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
+    _, alpha_ = activation(op, act, alpha)
     return stride_, padding_, output_padding_, alpha_
 
 

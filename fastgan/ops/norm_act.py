@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
-from .bias_act import ACTIVATIONS, Activation
+from .bias_act import ACTIVATIONS, Activation, activation
 
 __all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
 
@@ -38,15 +38,6 @@ _IN = "instance_norm_act"
 
 
 # --- argument checks -------------------------------------------------------------------------------------------
-
-
-def _activation(op: str, act: str, alpha: float | None) -> tuple[Activation, float]:
-    spec = ACTIVATIONS.get(act) if isinstance(act, str) else None
-    if spec is None:
-        raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-    if alpha is not None and spec.default_alpha is None:
-        raise ValueError(f"{op}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
-    return spec, float(spec.default_alpha if alpha is None else alpha) if spec.default_alpha is not None else 0.0
 
 
 def _check_vector(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -101,7 +92,7 @@ def _check(
                 f"{op}: expected more than 1 {what} when normalizing with batch statistics, got input of shape "
                 f"{tuple(x.shape)}; use a larger input or evaluation mode"
             )
-    return _activation(op, act, alpha)
+    return activation(op, act, alpha)
 
 
 def _momentum_factor(
