@@ -10,7 +10,7 @@ from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv_transpose2d_act
 
-from .conftest import require
+from .conftest import assert_close_to_truth, require
 
 
 def _rand(*shape, seed=0, grad=True):
@@ -204,7 +204,7 @@ def test_triton_custom_ops_pass_opcheck():
     require("triton", "cpu")
     from fastgan._backend import custom_ops
 
-    conv, conv_t = custom_ops("conv_act", "triton")
+    conv, conv_t, *_ = custom_ops("conv_act", "triton")
     x = torch.randn(1, 2, 5, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     w, wt, b = torch.randn(3, 2, 3, 3), torch.randn(2, 3, 4, 4), torch.randn(3)
     # The interpreter runs eagerly only (AOT dispatch hands it fake tensors): that check runs on a GPU.
@@ -263,3 +263,146 @@ def test_odd_configurations_match_the_reference(config, impl):
         go = torch.randn_like(ref)
         for g_ours, g_ref in zip(torch.autograd.grad(ours, (x, w, b), go), torch.autograd.grad(ref, (x, w, b), go)):
             torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
+# --- the Triton weight gradient -------------------------------------------------------------------------------------
+
+# (N, C_in, H, W, C_out, kernel, stride, padding, output_padding): odd sizes, rectangular kernels/strides, channel
+# counts that are not multiples of the block sizes (70 spans two 64-wide tiles), 1x1 maps with empty output phases.
+WGRAD = [
+    (2, 3, 5, 7, 5, 3, 1, 1, 0),
+    (2, 3, 5, 7, 5, 4, 2, 1, 1),
+    (1, 70, 3, 4, 3, (2, 3), (2, 1), (0, 1), (1, 0)),
+    (1, 2, 1, 1, 70, (1, 3), 2, (0, 1), (0, 1)),
+]
+
+
+def _wgrad_problem(config, transposed, dtype, layout, seed=0):
+    """(dz, x, kernel, stride, padding, output_padding, the weight's shape), dz and x in ``dtype`` and ``layout``."""
+    n, c, h, w, o, k, s, p, op = config
+    k, s, p, op = ((v, v) if isinstance(v, int) else v for v in (k, s, p, op))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    w_shape = (c, o, *k) if transposed else (o, c, *k)
+    zero = torch.zeros(w_shape, dtype=torch.float64)
+    y = (nn.functional.conv_transpose2d(x, zero, None, s, p, op) if transposed
+         else nn.functional.conv2d(x, zero, None, s, p))
+    dz = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+
+    def lay(t):
+        t = t.to(dtype)
+        if layout == "channels_last":
+            return t.contiguous(memory_format=torch.channels_last)
+        if layout == "noncontiguous":  # every other column of a twice-as-wide buffer
+            wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=dtype)
+            wide[..., ::2] = t
+            return wide[..., ::2]
+        return t
+
+    return lay(dz), lay(x), k, s, p, op if transposed else (0, 0), w_shape
+
+
+def _aten_weight_grad(dz, x, w_shape, s, p, op, transposed):
+    w = torch.zeros(w_shape, dtype=dz.dtype)
+    return torch.ops.aten.convolution_backward(dz, x, w, None, s, p, [1, 1], transposed, op, 1,
+                                               [False, True, False])[1]
+
+
+def _wgrad_op(transposed):
+    from fastgan._backend import custom_ops
+
+    return custom_ops("conv_act", "triton")[3 if transposed else 2]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_t"])
+@pytest.mark.parametrize("config", WGRAD, ids=str)
+def test_triton_weight_grad_matches_float64(config, transposed, dtype, layout):
+    """The Triton weight gradient against float64, within 2x PyTorch's own error at ``dtype`` (+ ulps)."""
+    require("triton", "cpu")
+    dz, x, k, s, p, op, w_shape = _wgrad_problem(config, transposed, dtype, layout)
+    assert layout != "noncontiguous" or not (dz.is_contiguous() or x.is_contiguous())
+    dw = _wgrad_op(transposed)(dz, x, list(k), list(s), list(p))
+    assert dw.is_contiguous()
+    truth = _aten_weight_grad(dz.double(), x.double(), w_shape, s, p, op, transposed)
+    torch_out = _aten_weight_grad(dz, x, w_shape, s, p, op, transposed)
+    assert_close_to_truth(dw, truth, torch_out, dtype, f"dW {config} {dtype} {layout}")
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_t"])
+def test_triton_weight_grad_split_reduction(transposed):
+    """A reduction split over programs gives the unsplit float64 result; repeated calls are bitwise equal."""
+    require("triton", "cpu")
+    from fastgan.kernels.triton.conv import _launch_weight_grad
+
+    dz, x, k, s, p, op, w_shape = _wgrad_problem(WGRAD[1], transposed, torch.float64, "contiguous")
+    truth = _aten_weight_grad(dz, x, w_shape, s, p, op, transposed)
+    parts = [_launch_weight_grad(dz, x, k, s, p, transposed, split) for split in (1, 3, 3)]
+    for dw in parts:
+        torch.testing.assert_close(dw, truth, rtol=1e-12, atol=1e-12)
+    assert torch.equal(parts[1], parts[2])
+    dz32, x32 = dz.float(), x.float()
+    assert torch.equal(_launch_weight_grad(dz32, x32, k, s, p, transposed, 3),
+                       _launch_weight_grad(dz32, x32, k, s, p, transposed, 3))
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_t"])
+def test_triton_weight_grad_empty_batch_is_zero(transposed):
+    require("triton", "cpu")
+    dz, x, k, s, p, _, w_shape = _wgrad_problem((0, *WGRAD[1][1:]), transposed, torch.float32, "contiguous")
+    dw = _wgrad_op(transposed)(dz, x, list(k), list(s), list(p))
+    assert dw.shape == w_shape and dw.dtype == torch.float32 and torch.equal(dw, torch.zeros(w_shape))
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_t"])
+def test_triton_weight_grad_gradgradcheck(transposed):
+    """The weight-gradient op's own backward (Triton forward ops) and the order after it, in float64."""
+    require("triton", "cpu")
+    dz, x, k, s, p, _, _ = _wgrad_problem((1, 2, 3, 4, 2, 3, 2, 1, 1), transposed, torch.float64, "contiguous")
+    op = _wgrad_op(transposed)
+
+    def fn(dz, x):
+        return op(dz, x, list(k), list(s), list(p))
+
+    inputs = (dz.requires_grad_(), x.requires_grad_())
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+
+
+def test_triton_weight_grad_ops_pass_opcheck():
+    require("triton", "cpu")
+    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
+    checks = basic if triton_interpreting() else (*basic, "test_aot_dispatch_dynamic")
+    for transposed in (False, True):
+        dz, x, k, s, p, _, _ = _wgrad_problem(WGRAD[1], transposed, torch.float32, "channels_last")
+        args = (dz.requires_grad_(), x.requires_grad_(), list(k), list(s), list(p))
+        torch.library.opcheck(_wgrad_op(transposed), args, test_utils=checks)
+
+
+def test_triton_backward_dispatches_no_aten_convolution():
+    """Forward, first and second order (a penalty on both the input and the weight gradients) of the Triton path
+    run only our kernels: no aten convolution (nor its backward) is dispatched, and both weight-gradient ops are."""
+    require("triton", "cpu")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    x, w, wt = _rand(1, 2, 5, 4).float(), _rand(3, 2, 3, 3, seed=1).float(), _rand(3, 2, 4, 4, seed=2).float()
+    for t in (x, w, wt):
+        t.retain_grad()
+    with Recorder() as recorder:
+        h = conv2d_act(x, w, None, 2, 1, "lrelu", 0.2, impl="triton")
+        y = conv_transpose2d_act(h, wt, None, 2, 1, 1, "tanh", impl="triton")
+        grads = torch.autograd.grad(y.square().sum(), (x, w, wt), create_graph=True)
+        sum(g.square().sum() for g in grads).backward()
+    assert not {op for op in recorder.ops if "convolution" in op}, sorted(recorder.ops)
+    assert {"fastgan.conv2d_weight_grad_triton", "fastgan.conv_transpose2d_weight_grad_triton"} <= recorder.ops
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (x, w, wt))

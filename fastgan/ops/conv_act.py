@@ -12,11 +12,13 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
   phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
   naive transposed convolution inserts. Backward: the input gradient of a convolution is a transposed convolution
-  and vice versa, both computed by the same Triton kernels (so that path has every order); the weight gradient uses
-  PyTorch's differentiable ``aten.convolution_backward`` (an implicit GEMM of its own is future work). The
-  activation's derivative is taken from the output (relu, lrelu with alpha >= 0, tanh, sigmoid: exactly as
-  PyTorch's own backward does), so nothing but the output is written; the activations whose derivative needs the
-  pre-activation (elu, selu, softplus, silu) run the kernel without epilogue activation followed by ``bias_act``.
+  and vice versa, both computed by the same Triton kernels; the weight gradient is a Triton implicit GEMM of its own
+  (``fastgan::conv2d_weight_grad_triton`` / ``conv_transpose2d_weight_grad_triton``, the same phase decomposition),
+  whose backward is again the forward kernels (it is bilinear in the output gradient and the input), so every order
+  of the Triton path runs on Triton kernels. The activation's derivative is taken from the output (relu, lrelu with
+  alpha >= 0, tanh, sigmoid: exactly as PyTorch's own backward does), so nothing but the output is written; the
+  activations whose derivative needs the pre-activation (elu, selu, softplus, silu) run the kernel without epilogue
+  activation followed by ``bias_act``.
 
 ``impl="auto"`` picks ``native`` on CUDA and CPU (cuDNN plus the epilogue kernel; the Triton kernel is not tuned yet:
 the benchmarks in benchmarks/bench_conv.py decide when it becomes the default).
@@ -202,7 +204,7 @@ def conv2d_act(
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
     if impl == "native":
         return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
-    conv, _ = custom_ops("conv_act", "triton")
+    conv = custom_ops("conv_act", "triton")[0]
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
     y = conv(x, weight, None, list(stride_), list(padding_), 0, 0.0)
@@ -246,7 +248,7 @@ def conv_transpose2d_act(
     if impl == "native":
         y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
         return bias_act(y, bias, 1, act, alpha, impl="native")
-    _, conv_t = custom_ops("conv_act", "triton")
+    conv_t = custom_ops("conv_act", "triton")[1]
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
     y = conv_t(x, weight, None, list(stride_), list(padding_), list(out_pad), 0, 0.0)
@@ -272,13 +274,6 @@ def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, al
     return dy * (y * (1 - y))  # sigmoid
 
 
-def _weight_grad(dz, x, weight, stride, padding, output_padding, transposed: bool) -> torch.Tensor:
-    # PyTorch's weight gradient, itself differentiable (its backward is aten's convolution double backward).
-    return torch.ops.aten.convolution_backward(
-        dz, x, weight, None, stride, padding, [1, 1], transposed, output_padding, 1, [False, True, False]
-    )[1]
-
-
 def _reduce_bias(dz: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return dz.sum((0, 2, 3), dtype=torch.promote_types(dz.dtype, torch.float32)).to(bias.dtype)
 
@@ -288,9 +283,12 @@ def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
     return size - ((out - 1) * s - 2 * p + k)
 
 
-def _register(conv, conv_t) -> None:
-    """Fakes and autograd of the (conv2d, conv_transpose2d) Triton custom ops."""
+def _register(conv, conv_t, conv_wgrad, conv_t_wgrad) -> None:
+    """Fakes and autograd of the Triton custom ops: (conv2d, conv_transpose2d) and their weight gradients."""
     from ..kernels.triton import conv as kernels
+
+    def weight_grad(dz, x, w, stride, padding, transposed: bool) -> torch.Tensor:
+        return (conv_t_wgrad if transposed else conv_wgrad)(dz.to(w.dtype), x, list(w.shape[2:]), stride, padding)
 
     def fake_conv(x, w, b, stride, padding, act, alpha):
         return kernels.empty_output(x, w, stride, padding, None)
@@ -313,7 +311,7 @@ def _register(conv, conv_t) -> None:
                        for d in range(2)]
             dx = conv_t(dz, w, None, stride, padding, out_pad, 0, 0.0)
         if ctx.needs_input_grad[1]:
-            dw = _weight_grad(dz, x, w, stride, padding, [0, 0], False)
+            dw = weight_grad(dz, x, w, stride, padding, False)
         if b is not None and ctx.needs_input_grad[2]:
             db = _reduce_bias(dz, b)
         return dx, dw, db, None, None, None, None
@@ -326,7 +324,7 @@ def _register(conv, conv_t) -> None:
         if ctx.needs_input_grad[0]:
             dx = conv(dz, w, None, stride, padding, 0, 0.0)
         if ctx.needs_input_grad[1]:
-            dw = _weight_grad(dz, x, w, stride, padding, out_pad, True)
+            dw = weight_grad(dz, x, w, stride, padding, True)
         if b is not None and ctx.needs_input_grad[2]:
             db = _reduce_bias(dz, b)
         return dx, dw, db, None, None, None, None, None
@@ -336,6 +334,44 @@ def _register(conv, conv_t) -> None:
     torch.library.register_autograd(conv, grad_conv, setup_context=setup)
     torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
 
+    # dW(dz, x) is bilinear. For a convolution its vjp with a weight-shaped cotangent G is conv2d(x, G) w.r.t. dz and
+    # conv_transpose2d(dz, G) w.r.t. x; for a transposed convolution the mirror images. Both are the Triton forward
+    # ops, so every further order stays on Triton kernels.
+    def fake_wgrad(transposed: bool):
+        return lambda dz, x, kernel_size, stride, padding: kernels.empty_weight_grad(dz, x, kernel_size, transposed)
+
+    def setup_wgrad(ctx, inputs, output):
+        dz, x, _, ctx.stride, ctx.padding = inputs
+        ctx.save_for_backward(dz, x)
+
+    def make_grad_wgrad(transposed: bool):
+        def grad_wgrad(ctx, g):
+            dz, x = ctx.saved_tensors
+            stride, padding = ctx.stride, ctx.padding
+            g = g.to(dz.dtype)
+            # output_padding of the transposed convolution mapping the smaller map (x for a transposed convolution,
+            # dz for a convolution) back onto the larger one
+            small, large = (x, dz) if transposed else (dz, x)
+            out_pad = [_input_padding(large.shape[2 + d], small.shape[2 + d], g.shape[2 + d], stride[d], padding[d])
+                       for d in range(2)]
+            d_dz = d_x = None
+            if ctx.needs_input_grad[0]:
+                d_dz = (conv_t(x, g, None, stride, padding, out_pad, 0, 0.0) if transposed
+                        else conv(x, g, None, stride, padding, 0, 0.0))
+            if ctx.needs_input_grad[1]:
+                d_x = (conv(dz, g, None, stride, padding, 0, 0.0) if transposed
+                       else conv_t(dz, g, None, stride, padding, out_pad, 0, 0.0))
+            return d_dz, d_x, None, None, None
+
+        return grad_wgrad
+
+    for op, transposed in ((conv_wgrad, False), (conv_t_wgrad, True)):
+        torch.library.register_fake(op, fake_wgrad(transposed))
+        torch.library.register_autograd(op, make_grad_wgrad(transposed), setup_context=setup_wgrad)
+
 
 # Only Triton has custom ops here: the native path is PyTorch's convolution + the native bias_act epilogue.
-declare_custom_ops("conv_act", ("conv2d_act", "conv_transpose2d_act"), "conv", _register)
+declare_custom_ops(
+    "conv_act", ("conv2d_act", "conv_transpose2d_act", "conv2d_weight_grad", "conv_transpose2d_weight_grad"), "conv",
+    _register,
+)

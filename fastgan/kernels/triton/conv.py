@@ -10,6 +10,11 @@ and no multiply touches the zeros a naive transposed convolution inserts. Both i
 The epilogue adds the bias and applies the activation (``_act`` of the bias_act kernels) before the only store.
 Any strides are read as given (channels_last makes the channel reduction contiguous); the output is channels_last
 when ``x`` is. Accumulation in float32 (float64 for float64); float32 inputs use IEEE products, not TF32.
+
+The weight gradient (``_conv_wgrad_kernel``) is an implicit GEMM too: per kernel tap (grid axis 2), rows are the
+output-gradient's channels, columns the input's, and the reduction runs over the output pixels that tap reaches,
+through the same index maps (for a transposed convolution, the pixels of the one output phase the tap belongs to).
+On a GPU the reduction is split over a few programs whose partials are summed in a fixed order (deterministic).
 """
 
 from __future__ import annotations
@@ -169,3 +174,139 @@ def conv_transpose2d_act_triton(
     output_padding: list[int], act: int, alpha: float,
 ) -> torch.Tensor:
     return _launch(x, w, b, stride, padding, output_padding, act, alpha)
+
+# --- weight gradient -------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _conv_wgrad_kernel(
+    dz_ptr, x_ptr, dw_ptr,
+    N, C, H, W, CO, OH, OW, KW, TAPS,
+    sdn, sdc, sdh, sdw,
+    sxn, sxc, sxh, sxw,
+    swo, swc, swh, sww, sws,
+    SH, SW, PH, PW,
+    CHUNK,
+    TRANSPOSED: tl.constexpr, F64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # One program: a [BLOCK_M dz channels, BLOCK_N x channels] tile of one kernel tap, reduced over the CHUNK output
+    # pixels of split ``part``. The index maps are the forward kernel's: iy = j*IS + IB, oy = OY0 + j*OYS.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    tap = tl.program_id(2) % TAPS
+    part = tl.program_id(2) // TAPS
+    kh = tap // KW
+    kw = tap % KW
+    if TRANSPOSED:
+        # Tap kh belongs to the single output phase py with (py + p) % s == kh % s, as its tap t = kh // s.
+        py = (kh % SH + SH - PH % SH) % SH
+        px = (kw % SW + SW - PW % SW) % SW
+        ohp = (OH - py + SH - 1) // SH
+        owp = (OW - px + SW - 1) // SW
+        is_h, ib_h, oy0, oys = 1, (py + PH) // SH - kh // SH, py, SH
+        is_w, ib_w, ox0, oxs = 1, (px + PW) // SW - kw // SW, px, SW
+    else:
+        ohp = OH
+        owp = OW
+        is_h, ib_h, oy0, oys = SH, kh - PH, 0, 1
+        is_w, ib_w, ox0, oxs = SW, kw - PW, 0, 1
+
+    acc_type = tl.float64 if F64 else tl.float32
+    rows = N * ohp * owp  # output pixels of this tap's phase
+    ohp = tl.maximum(ohp, 1)  # an empty phase reduces over nothing; keep the divisions defined
+    owp = tl.maximum(owp, 1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # channel of dz
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # channel of x
+    rk = tl.arange(0, BLOCK_K)
+    m_mask = rm < CO
+    n_mask = rn < C
+    dz_ch = rm[:, None].to(tl.int64) * sdc
+    x_ch = rn[None, :].to(tl.int64) * sxc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type)
+    start = part * CHUNK
+    end = tl.minimum(start + CHUNK, rows)
+    for r0 in range(start, end, BLOCK_K):
+        r = r0 + rk
+        r_ok = r < end
+        j_w = r % owp
+        j_h = (r // owp) % ohp
+        n = (r // (owp * ohp)).to(tl.int64)
+        iy = j_h * is_h + ib_h
+        ix = j_w * is_w + ib_w
+        x_ok = r_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        dz_offs = n * sdn + (oy0 + j_h * oys).to(tl.int64) * sdh + (ox0 + j_w * oxs).to(tl.int64) * sdw
+        x_offs = n * sxn + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
+        a = tl.load(dz_ptr + dz_ch + dz_offs[None, :], mask=m_mask[:, None] & r_ok[None, :], other=0.0)
+        b = tl.load(x_ptr + x_offs[:, None] + x_ch, mask=x_ok[:, None] & n_mask[None, :], other=0.0)
+        if UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dw_offs = part.to(tl.int64) * sws + kh * swh + kw * sww + rm[:, None] * swo + rn[None, :] * swc
+    tl.store(dw_ptr + dw_offs, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+def _launch_weight_grad(dz, x, kernel_size, stride, padding, transposed: bool, split: int | None = None):
+    """dW of ``conv2d(x, W)`` (``[C_out, C_in, kH, kW]``) or ``conv_transpose2d(x, W)`` (``[C_in, C_out, kH, kW]``)
+    given ``dz``, the gradient of its (pre-bias) output; contiguous, in ``dz``'s dtype.
+
+    ``split`` cuts the reduction over output pixels into that many programs whose partials are summed in a fixed
+    order afterwards (deterministic); None picks it from the problem size (1 under the interpreter)."""
+    n, c, co = x.shape[0], x.shape[1], dz.shape[1]
+    kh, kw = kernel_size
+    shape = (c, co, kh, kw) if transposed else (co, c, kh, kw)
+    if n == 0 or 0 in shape:
+        return dz.new_zeros(shape)
+    oh, ow = dz.shape[2], dz.shape[3]
+    rows = n * (triton.cdiv(oh, stride[0]) * triton.cdiv(ow, stride[1]) if transposed else oh * ow)
+    if triton_interpreting():  # the interpreter pays per program: few, large ones
+        split = split or 1
+        block_m, block_n, block_k = _block(co, 16, 64), _block(c, 16, 64), _block(triton.cdiv(rows, split), 16, 256)
+        warps, stages = 4, 1
+    else:
+        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 3
+    if split is None:  # on a GPU: enough programs to fill ~2 waves, each reducing >= 8 blocks of pixels
+        tiles = triton.cdiv(co, block_m) * triton.cdiv(c, block_n) * kh * kw
+        split = max(1, min(triton.cdiv(264, tiles), rows // (8 * block_k)))
+    chunk = triton.cdiv(triton.cdiv(rows, split), block_k) * block_k
+    split = triton.cdiv(rows, chunk)
+    acc_dtype = torch.float64 if dz.dtype == torch.float64 else torch.float32
+    out = dz.new_empty(shape) if split == 1 else torch.empty((split, *shape), dtype=acc_dtype, device=dz.device)
+    strides = out.stride()[-4:]
+    swo, swc = (strides[1], strides[0]) if transposed else (strides[0], strides[1])
+    grid = (triton.cdiv(co, block_m), triton.cdiv(c, block_n), kh * kw * split)
+    wrap_triton(_conv_wgrad_kernel)[grid](
+        dz, x, out,
+        n, c, x.shape[2], x.shape[3], co, oh, ow, kw, kh * kw,
+        *dz.stride(), *x.stride(),
+        swo, swc, strides[2], strides[3], out.stride(0) if split > 1 else 0,
+        stride[0], stride[1], padding[0], padding[1],
+        chunk,
+        TRANSPOSED=transposed, F64=dz.dtype == torch.float64,
+        PRECISION="ieee" if dz.dtype in (torch.float32, torch.float64) else "tf32",
+        UPCAST=triton_interpreting() and dz.dtype == torch.bfloat16,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )
+    return out if split == 1 else out.sum(0).to(dz.dtype)
+
+
+def empty_weight_grad(dz, x, kernel_size, transposed: bool) -> torch.Tensor:
+    """The fake of the weight-gradient ops: the weight's shape, contiguous, in ``dz``'s dtype."""
+    shape = (x.shape[1], dz.shape[1]) if transposed else (dz.shape[1], x.shape[1])
+    return dz.new_empty((*shape, *kernel_size))
+
+
+@triton_op("fastgan::conv2d_weight_grad_triton", mutates_args=())
+def conv2d_weight_grad_triton(
+    dz: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int]
+) -> torch.Tensor:
+    return _launch_weight_grad(dz, x, kernel_size, stride, padding, False)
+
+
+@triton_op("fastgan::conv_transpose2d_weight_grad_triton", mutates_args=())
+def conv_transpose2d_weight_grad_triton(
+    dz: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int]
+) -> torch.Tensor:
+    return _launch_weight_grad(dz, x, kernel_size, stride, padding, True)
+
