@@ -1,6 +1,7 @@
 """Conv blocks with fused epilogues on every provider: the DCGAN-64 discriminator's conv + bias + leaky ReLU, the
 generator's conv-transpose + batch norm + ReLU (training mode), CycleGAN-256's 3x3 conv + instance norm + ReLU, and
-the raw phase-decomposed transposed convolution against cuDNN. bfloat16/float32, channels_last on a GPU.
+the raw phase-decomposed transposed convolution and the raw Triton weight gradient (conv and conv-transpose) against
+cuDNN. bfloat16/float32, channels_last on a GPU.
 
 Goals on a GPU (measured, not asserted): conv + bias + lrelu >= 1.3x eager and >= 1.15x torch.compile; conv-transpose
 + BN + ReLU forward+backward >= 1.4x eager and >= 1.15x torch.compile(mode="max-autotune"); the raw
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import DEVICE, DTYPES, ON_GPU, PROVIDERS, compiled, measure, require_provider, step
+from fastgan._backend import custom_ops
 from fastgan.ops import batch_norm_act, conv2d_act, conv_transpose2d_act, instance_norm_act
 
 # (batch, C_in, H, W, C_out, k, stride, padding): DCGAN-64 layers at batch 64 and 128; shrunk on CPU.
@@ -123,6 +125,30 @@ def test_raw_conv_transpose(benchmark, provider, layer, dtype):
     run = step("fwd", fn, [x, w])
     benchmark.group = f"raw_conv_transpose-fwd-{layer_id(layer)}-{dtype}"
     measure(benchmark, run, flops=_flops(layer, True), op="raw_conv_transpose", provider=provider, mode="fwd",
+            shape=layer_id(layer), dtype=str(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layer,transposed", [(layer, False) for layer in D_LAYERS] + [(lay, True) for lay in G_LAYERS],
+                         ids=lambda v: layer_id(v) if isinstance(v, tuple) else ("convt" if v else "conv"))
+@pytest.mark.parametrize("provider", ("eager", "triton"))
+def test_raw_weight_grad(benchmark, provider, layer, transposed, dtype):
+    """The weight gradient alone, from a given output gradient (``eager`` is cuDNN's, via aten.convolution_backward)."""
+    require_provider(provider)
+    k, s, p = layer[5], layer[6], layer[7]
+    x, w, _ = _input(layer, dtype, transposed)
+    dz = torch.randn_like((F.conv_transpose2d if transposed else F.conv2d)(x, w, None, s, p))
+    if provider == "eager":
+        def run():
+            torch.ops.aten.convolution_backward(dz, x, w, None, [s, s], [p, p], [1, 1], transposed, [0, 0], 1,
+                                                [False, True, False])
+    else:
+        op = custom_ops("conv_act", "triton")[3 if transposed else 2]
+
+        def run():
+            op(dz, x, [k, k], [s, s], [p, p])
+    benchmark.group = f"raw_weight_grad-{'convt' if transposed else 'conv'}-{layer_id(layer)}-{dtype}"
+    measure(benchmark, run, flops=_flops(layer, transposed), op="raw_weight_grad", provider=provider, mode="bwd",
             shape=layer_id(layer), dtype=str(dtype))
 
 
