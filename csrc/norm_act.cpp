@@ -251,6 +251,72 @@ Triple backward_cpu(const at::Tensor& dy, const at::Tensor& x, const std::option
     return finish_backward(r, sum_dz, sum_dz_xhat);
 }
 
+// The running-statistics update: checks naming the op, the statistics in their dtype (float32/float64, contiguous).
+struct PreparedUpdate {
+    at::Tensor mean, var;
+    UpdateStatsParams p;
+};
+
+PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                              const at::Tensor& var, double factor, int64_t count, int64_t batch) {
+    const char* op = "norm_act_update_stats";
+    TORCH_CHECK(running_mean.dim() == 1 && running_var.sizes() == running_mean.sizes(), op,
+                ": running_mean and running_var must be 1-D of the same length, got ", running_mean.sizes(), " and ",
+                running_var.sizes());
+    TORCH_CHECK(at::isFloatingType(running_mean.scalar_type()) &&
+                    running_var.scalar_type() == running_mean.scalar_type(), op,
+                ": running_mean and running_var must be floating-point tensors of one dtype, got ",
+                running_mean.scalar_type(), " and ", running_var.scalar_type());
+    const int64_t C = running_mean.size(0);
+    TORCH_CHECK(batch >= 1, op, ": batch must be >= 1, got ", batch);
+    TORCH_CHECK(count > 1, op, ": the unbiased variance needs more than 1 value per statistic group, got count = ",
+                count, " (PyTorch rejects batch statistics of one value too); use a larger input or evaluation mode");
+    TORCH_CHECK(mean.dim() == 1 && var.dim() == 1 && mean.size(0) == batch * C && var.size(0) == batch * C, op,
+                ": mean and var must be 1-D of length batch * C = ", batch * C, ", got ", mean.sizes(), " and ",
+                var.sizes());
+    TORCH_CHECK((mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble) &&
+                    var.scalar_type() == mean.scalar_type(), op,
+                ": mean and var must both be float32 or both float64 (the statistics norm_act returns), got ",
+                mean.scalar_type(), " and ", var.scalar_type());
+    for (const at::Tensor* t : {&running_var, &mean, &var}) {
+        TORCH_CHECK(t->device() == running_mean.device(), op, ": all tensors must be on one device, got ",
+                    running_mean.device(), " and ", t->device());
+    }
+    PreparedUpdate r;
+    r.mean = mean.contiguous();
+    r.var = var.contiguous();
+    UpdateStatsParams& p = r.p;
+    p.running_mean = running_mean.data_ptr();
+    p.running_var = running_var.data_ptr();
+    p.stride_mean = running_mean.stride(0);
+    p.stride_var = running_var.stride(0);
+    p.mean = r.mean.data_ptr();
+    p.var = r.var.data_ptr();
+    p.C = C;
+    p.batch = batch;
+    p.ratio = static_cast<double>(count) / static_cast<double>(count - 1);
+    p.factor = factor;
+    return r;
+}
+
+void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                      const at::Tensor& var, double factor, int64_t count, int64_t batch) {
+    const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
+    const bool stats_double = r.mean.scalar_type() == at::kDouble;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "norm_act_update_stats", [&] {
+        using M = at::opmath_type<scalar_t>;
+        at::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
+            for (int64_t c = begin; c < end; ++c) {
+                if (stats_double) {
+                    update_running_channel<scalar_t, double, M>(r.p, c);
+                } else {
+                    update_running_channel<scalar_t, float, M>(r.p, c);
+                }
+            }
+        });
+    });
+}
+
 #ifdef FASTGAN_WITH_CUDA
 DType cuda_dtype(at::ScalarType t) {
     switch (t) {
@@ -295,6 +361,18 @@ Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optio
 }
 #endif
 
+#ifdef FASTGAN_WITH_CUDA
+void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                       const at::Tensor& var, double factor, int64_t count, int64_t batch) {
+    const c10::cuda::CUDAGuard guard(running_mean.device());
+    const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
+    const int err = norm_act_cuda_update_stats(r.p, cuda_dtype(running_mean.scalar_type()),
+                                               r.mean.scalar_type() == at::kDouble,
+                                               at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == 0, "norm_act_update_stats: CUDA kernel launch failed with cudaError ", err);
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
@@ -302,17 +380,21 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
     m.def("norm_act_backward(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+    m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+          "float factor, int count, int batch) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("norm_act", &forward_cpu);
     m.impl("norm_act_backward", &backward_cpu);
+    m.impl("norm_act_update_stats", &update_stats_cpu);
 }
 
 #ifdef FASTGAN_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("norm_act", &forward_cuda);
     m.impl("norm_act_backward", &backward_cuda);
+    m.impl("norm_act_update_stats", &update_stats_cuda);
 }
 #endif
 

@@ -214,6 +214,24 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
     return static_cast<int>(cudaGetLastError());
 }
 
+template <typename B, typename S>
+__global__ void update_stats_kernel(UpdateStatsParams p) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+    if (c < p.C) update_running_channel<B, S, typename MathType<B>::type>(p, c);
+}
+
+template <typename B>
+int update_stats(const UpdateStatsParams& p, bool stats_double, cudaStream_t stream) {
+    if (p.C == 0) return 0;
+    const unsigned blocks = static_cast<unsigned>((p.C + kThreads - 1) / kThreads);
+    if (stats_double) {
+        update_stats_kernel<B, double><<<blocks, kThreads, 0, stream>>>(p);
+    } else {
+        update_stats_kernel<B, float><<<blocks, kThreads, 0, stream>>>(p);
+    }
+    return static_cast<int>(cudaGetLastError());
+}
+
 }  // namespace
 
 int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, void* partials, void* stream) {
@@ -234,6 +252,16 @@ int norm_act_cuda_backward(NormActParams p, DType dtype, void* sum_dz, void* sum
         case DType::BFloat16: return backward<__nv_bfloat16>(p, sum_dz, sum_dz_xhat, partials, s);
         case DType::Float64: return backward<double>(p, sum_dz, sum_dz_xhat, partials, s);
         default: return backward<float>(p, sum_dz, sum_dz_xhat, partials, s);
+    }
+}
+
+int norm_act_cuda_update_stats(UpdateStatsParams p, DType dtype, bool stats_double, void* stream) {
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (dtype) {
+        case DType::Float16: return update_stats<__half>(p, stats_double, s);
+        case DType::BFloat16: return update_stats<__nv_bfloat16>(p, stats_double, s);
+        case DType::Float64: return update_stats<double>(p, stats_double, s);
+        default: return update_stats<float>(p, stats_double, s);
     }
 }
 

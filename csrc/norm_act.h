@@ -88,4 +88,62 @@ FASTGAN_HD T norm_dx(bool use_input_stats, T dz, T xhat, T w, T invstd, T sum_dz
     return w * invstd * (dz - sum_dz / count - xhat * (sum_dz_xhat / count));
 }
 
+// --- running statistics (fastgan::norm_act_update_stats) ---------------------------------------------------------
+
+struct UpdateStatsParams {
+    void* running_mean;   // [C] buffer (any floating dtype), element stride below
+    void* running_var;
+    int64_t stride_mean, stride_var;
+    const void* mean;     // [batch * C] per-group mean (float32 or float64: the statistics dtype)
+    const void* var;      // [batch * C] per-group biased variance
+    int64_t C;
+    int64_t batch;        // 1 (batch norm), or the samples whose statistics are averaged (instance norm)
+    double ratio;         // count / (count - 1): biased -> unbiased variance
+    double factor;        // the running-average weight of this step (momentum, or 1 / steps)
+};
+
+// torch.lerp(start, end, weight) as PyTorch's vectorized kernel computes it: from `start` for weights below 0.5, from
+// `end` otherwise (exact at weight 1, the first step of a cumulative average), with one fused multiply-add.
+template <typename T>
+FASTGAN_HD T lerp_like_torch(T start, T end, T weight) {
+    const bool small = fabs(weight) < T(0.5);
+    return fma(small ? weight : weight - T(1), end - start, small ? start : end);
+}
+
+// A statistic rounded to the buffer type as Tensor.to() does it: half and bfloat16 by way of float.
+template <typename B, typename S>
+struct RoundTo {
+    FASTGAN_HD static B from(S v) { return static_cast<B>(static_cast<float>(v)); }
+};
+template <typename S>
+struct RoundTo<double, S> {
+    FASTGAN_HD static double from(S v) { return static_cast<double>(v); }
+};
+
+// Channel c of `running = lerp(running, stat, factor)` for both buffers, as fastgan.ops.norm_act's former PyTorch
+// ops did: the unbiased variance per group and the batch average in the statistics type S (samples in order), the
+// statistic rounded to the buffer type B, the lerp in B's math type M (float for half/bfloat16/float). The variance
+// sum takes one explicit fma per sample, so compilers that contract (nvcc, Triton) cannot make the CPU, CUDA and
+// Triton results differ; with one sample (batch norm) that is the rounded product the former ops computed.
+template <typename B, typename S, typename M>
+FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c) {
+    const S* mean = static_cast<const S*>(p.mean);
+    const S* var = static_cast<const S*>(p.var);
+    const S ratio = static_cast<S>(p.ratio);
+    S m = S(0), v = S(0);
+    for (int64_t n = 0; n < p.batch; ++n) {
+        m += mean[n * p.C + c];
+        v = fma(var[n * p.C + c], ratio, v);
+    }
+    if (p.batch > 1) {
+        m /= static_cast<S>(p.batch);
+        v /= static_cast<S>(p.batch);
+    }
+    B* rm = static_cast<B*>(p.running_mean) + c * p.stride_mean;
+    B* rv = static_cast<B*>(p.running_var) + c * p.stride_var;
+    const M weight = static_cast<M>(p.factor);
+    *rm = static_cast<B>(lerp_like_torch<M>(static_cast<M>(*rm), static_cast<M>(RoundTo<B, S>::from(m)), weight));
+    *rv = static_cast<B>(lerp_like_torch<M>(static_cast<M>(*rv), static_cast<M>(RoundTo<B, S>::from(v)), weight));
+}
+
 }  // namespace fastgan

@@ -24,4 +24,8 @@ int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, v
 int norm_act_cuda_backward(NormActParams p, DType dtype, void* sum_dz, void* sum_dz_xhat, void* partials,
                            void* stream);
 
+// Running statistics: one thread per channel updates both buffers (dtype `dtype`) in place from the statistics
+// (float64 if `stats_double`, else float32). Returns a cudaError_t as int (0 = success).
+int norm_act_cuda_update_stats(UpdateStatsParams p, DType dtype, bool stats_double, void* stream);
+
 }  // namespace fastgan

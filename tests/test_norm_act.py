@@ -288,7 +288,7 @@ def test_bad_input_names_the_op(impl):
 @pytest.mark.parametrize("impl", ["native", "triton"])
 def test_opcheck(impl):
     require(impl, "cpu")
-    forward, backward = custom_ops("norm_act", impl)
+    forward, backward, _ = custom_ops("norm_act", impl)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 5, generator=gen)
     cl = x.contiguous(memory_format=torch.channels_last)
@@ -333,3 +333,218 @@ def test_one_full_size_write_each_way(impl):
     suffix = _SUFFIX[impl]
     assert [op.split(".")[-1] for op in counts["ours"]] == [f"norm_act{suffix}", f"norm_act_backward{suffix}"]
     assert len(counts["eager"]) >= 4, counts["eager"]
+
+
+# --- running statistics: one fastgan::norm_act_update_stats kernel -------------------------------------------------
+
+
+def _former_update(running_mean, running_var, mean, var, factor, count, batch):
+    """The PyTorch ops norm_act used before the update became one kernel (the bit-level specification)."""
+    unbiased = var * (count / (count - 1))
+    if batch > 1:
+        mean, unbiased = mean.view(batch, -1).mean(0), unbiased.view(batch, -1).mean(0)
+    running_mean.lerp_(mean.to(running_mean.dtype), factor)
+    running_var.lerp_(unbiased.to(running_var.dtype), factor)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+@pytest.mark.parametrize("buffers", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("stats", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_update_stats_matches_former_ops(impl, buffers, stats, batch):
+    """Up to one rounding of the buffer dtype (PyTorch's lerp fuses its multiply-add on vector lanes only) and, for
+    a batch of instance statistics, one of the statistics dtype (our variance sum takes one fma per sample), for
+    momentum-like factors and the exact first step of a cumulative average (factor 1)."""
+    require(impl, "cpu")
+    update = custom_ops("norm_act", impl)[2]
+    gen = torch.Generator().manual_seed(batch)
+    channels = 37  # odd: vector lanes and a scalar tail in PyTorch's kernel, a partial block in Triton's
+    for factor in (0.1, 1.0, 1 / 3, 0.75):
+        mean = (torch.randn(batch * channels, generator=gen, dtype=torch.float64) * 3).to(stats)
+        var = (torch.rand(batch * channels, generator=gen, dtype=torch.float64) * 2).to(stats)
+        running = torch.randn(2, channels, generator=gen, dtype=torch.float64).to(buffers)
+        expected = running.clone()
+        _former_update(expected[0], expected[1], mean, var, factor, 25, batch)
+        update(running[0], running[1], mean, var, factor, 25, batch)
+        ulp = torch.finfo(buffers).eps + (2 * torch.finfo(stats).eps if batch > 1 else 0)
+        torch.testing.assert_close(running, expected, rtol=ulp, atol=ulp * 1e-3, msg=lambda m, f=factor: f"{f}: {m}")
+        if factor == 1.0 and batch == 1:
+            assert torch.equal(running, expected)
+
+
+@pytest.mark.parametrize("buffers", [torch.float32, torch.bfloat16, torch.float64])
+def test_update_stats_identical_across_implementations(buffers):
+    """Native and Triton round the same operations the same way (explicit fma, no contraction), bit for bit."""
+    for impl in KERNELS:
+        require(impl, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    for stats, batch, factor in [(torch.float32, 1, 0.1), (torch.float32, 4, 1 / 7), (torch.float64, 3, 0.9)]:
+        mean = torch.randn(batch * 19, generator=gen, dtype=torch.float64).to(stats)
+        var = torch.rand(batch * 19, generator=gen, dtype=torch.float64).to(stats)
+        start = torch.randn(2, 19, generator=gen, dtype=torch.float64).to(buffers)
+        results = []
+        for impl in KERNELS:
+            running = start.clone()
+            custom_ops("norm_act", impl)[2](running[0], running[1], mean, var, factor, 11, batch)
+            results.append(running)
+        assert torch.equal(results[0], results[1]), (stats, batch, factor)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_update_stats_strided_buffers_and_empty(impl):
+    """Buffers may be strided views (updated in place, neighbours untouched); zero channels is a no-op."""
+    require(impl, "cpu")
+    update = custom_ops("norm_act", impl)[2]
+    storage = torch.zeros(2, 10)
+    mean, var = torch.arange(5.0), torch.full((5,), 2.0)
+    update(storage[0, ::2], storage[1, ::2], mean, var, 0.5, 3, 1)
+    torch.testing.assert_close(storage[0, ::2], mean * 0.5)
+    torch.testing.assert_close(storage[1, ::2], var * 1.5 * 0.5)
+    assert not storage[:, 1::2].any()
+    empty = torch.empty(0)
+    update(empty, empty.clone(), empty, empty, 0.1, 3, 2)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_update_stats_bad_input_names_the_op(impl):
+    require(impl, "cpu")
+    update = custom_ops("norm_act", impl)[2]
+    rm, rv, mean, var = torch.zeros(3), torch.ones(3), torch.zeros(3), torch.ones(3)
+    for args, message in [
+        ((rm, rv, mean, var, 0.1, 1, 1), "more than 1 value per statistic group"),
+        ((rm, rv, mean, var, 0.1, 4, 0), "batch must be >= 1"),
+        ((rm, rv, torch.zeros(6), var, 0.1, 4, 1), "length batch \\* C = 3"),
+        ((rm, rv, mean.half(), var.half(), 0.1, 4, 1), "float32 or both float64"),
+        ((rm, torch.ones(4), mean, var, 0.1, 4, 1), "same length"),
+        ((rm, rv.double(), mean, var, 0.1, 4, 1), "of one dtype"),
+    ]:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=f"norm_act_update_stats: .*{message}"):
+            update(*args)
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))  # rejected before any write
+
+
+def _train_buffers(module, shapes, dtype, layout, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for shape in shapes:
+        x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        module(x.requires_grad_()).float().sum().backward()
+    return dict(module.named_buffers())
+
+
+def _assert_buffers_close(ours, theirs, dtype):
+    for name, buf in theirs.items():
+        assert ours[name].dtype == buf.dtype, name
+        # Half-precision buffers: PyTorch rounds the update once, we round the statistic to the buffer dtype first.
+        tol = dict(atol=0, rtol=0) if buf.dtype == torch.long else dict(rtol=2e-6, atol=2e-6)
+        if buf.dtype in (torch.float16, torch.bfloat16):
+            tol = dict(rtol=2 * torch.finfo(buf.dtype).eps, atol=2 * torch.finfo(buf.dtype).eps)
+        elif dtype != torch.float32:  # float32 buffers, statistics of half-precision inputs: summation order
+            tol = dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours[name], buf, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("buffers", ["float32", "input"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_running_stats_match_torch(impl, dtype, buffers, layout):
+    """Several training steps of odd-sized batches: running_mean/var and num_batches_tracked as nn.BatchNorm2d's,
+    with float32 buffers or buffers in the input dtype (a ``.half()`` model), momentum 0.1 and None."""
+    require(impl, "cpu")
+    shapes = [(3, 5, 4, 3), (2, 5, 3, 3), (5, 5, 2, 1)]
+    for momentum in (0.1, None):
+        torch.manual_seed(0)
+        reference = nn.BatchNorm2d(5, momentum=momentum)
+        ours = BatchNormAct2d(5, momentum=momentum, act="linear", impl=impl)
+        if buffers == "input":
+            reference, ours = reference.to(dtype), ours.to(dtype)
+        expected = _train_buffers(reference, shapes, dtype, layout)
+        _assert_buffers_close(_train_buffers(ours, shapes, dtype, layout), expected, dtype)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_instance_norm_running_stats_match_torch(impl, dtype, batch, layout):
+    """nn.InstanceNorm2d(track_running_stats=True): the batch average of the per-sample statistics."""
+    require(impl, "cpu")
+    shapes = [(batch, 4, 5, 3), (batch, 4, 3, 3)]
+    reference = nn.InstanceNorm2d(4, track_running_stats=True).to(dtype)
+    ours = InstanceNormAct2d(4, track_running_stats=True, act="linear", impl=impl).to(dtype)
+    _assert_buffers_close(_train_buffers(ours, shapes, dtype, layout), _train_buffers(reference, shapes, dtype,
+                                                                                       layout), dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_batch_leaves_running_stats(impl):
+    """N = 0: batch norm leaves the running statistics as nn.BatchNorm2d does (and counts the step, as it does).
+    Instance norm's kernels leave them too, where nn.InstanceNorm2d (so the ref implementation) writes NaN, the mean
+    of no samples."""
+    require(impl, "cpu")
+    bn, reference = BatchNormAct2d(3, impl=impl), nn.BatchNorm2d(3)
+    x = torch.randn(0, 3, 4, 4)
+    assert bn(x).shape == x.shape
+    reference(x)
+    _assert_buffers_close(dict(bn.named_buffers()), dict(reference.named_buffers()), torch.float32)
+    inorm = InstanceNormAct2d(3, track_running_stats=True, impl=impl)
+    assert inorm(x).shape == x.shape
+    if impl == "ref":
+        assert inorm.running_mean.isnan().all() and inorm.running_var.isnan().all()
+    else:
+        assert torch.equal(inorm.running_mean, torch.zeros(3)) and torch.equal(inorm.running_var, torch.ones(3))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket).split(".")[-1])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_training_forward_is_one_op_plus_one_update(impl):
+    """A training step's forward dispatches the norm op and one statistics update (and the step counter's add)."""
+    require(impl, "cpu")
+    suffix = _SUFFIX[impl]
+    x = torch.randn(2, 3, 4, 4)
+    for module, expected in [
+        (BatchNormAct2d(3, impl=impl), ["add_", f"norm_act{suffix}", f"norm_act_update_stats{suffix}"]),
+        (InstanceNormAct2d(3, track_running_stats=True, impl=impl), [f"norm_act{suffix}",
+                                                                       f"norm_act_update_stats{suffix}"]),
+    ]:
+        with _Ops() as mode:
+            module(x)
+        assert mode.ops == expected
+
+
+def test_torch_compile_training_step_native():
+    """torch.compile(fullgraph=True) captures the mutating update (through its fake) and gives eager's buffers."""
+    require("native", "cpu")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())
+    ours = BatchNormAct2d.from_modules(reference[0], reference[1], impl="native")
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    for step in range(3):
+        x = torch.randn(3, 4, 5, 5)
+        torch.testing.assert_close(compiled(x), reference(x), msg=lambda m, s=step: f"step {s}: {m}")
+    _assert_buffers_close(dict(ours.named_buffers()), dict(reference[0].named_buffers()), torch.float32)
+
+
+@pytest.mark.parametrize("impl", ["native", "triton"])
+def test_update_stats_opcheck(impl):
+    require(impl, "cpu")
+    update = custom_ops("norm_act", impl)[2]
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    checks = checks if impl == "triton" else (*checks, "test_aot_dispatch_dynamic")
+    gen = torch.Generator().manual_seed(0)
+    for buffers, batch in [(torch.float32, 1), (torch.float16, 3)]:
+        mean, var = torch.randn(batch * 4, generator=gen), torch.rand(batch * 4, generator=gen)
+        args = (torch.zeros(4, dtype=buffers), torch.ones(4, dtype=buffers), mean, var, 0.1, 7, batch)
+        torch.library.opcheck(update, args, test_utils=checks)

@@ -299,17 +299,18 @@ def _count(model, x) -> list[tuple[str, int]]:
     return counter.ops
 
 
-# Upper bounds measured when fastgan.optimize landed (eager: G 34, D 31 ops). The excess of the optimized models is
-# BatchNormAct2d's running-statistics update, done in PyTorch ops on [C]-sized vectors (5 per layer); folding it
-# into the norm kernel would bring both below eager. The bounds catch regressions.
-_TOTAL_BOUND = {"dcgan_g": 54, "dcgan_d": 46}
+# Totals measured (eager: G 34, D 31 ops), kept as upper bounds to catch regressions. Each BatchNormAct2d step
+# dispatches the step counter's add_, norm_act, one running-statistics update (fastgan::norm_act_update_stats, as
+# PyTorch's batch norm kernel updates them itself) and norm_act_backward (no zero gradients for the statistics).
+_TOTAL_BOUND = {"dcgan_g": 30, "dcgan_d": 28}
 
 
 @pytest.mark.parametrize("name", ["dcgan_g", "dcgan_d"])
 def test_fewer_kernels_per_step(name):
     """Eager vs optimized (native) forward+backward, counted at the dispatcher: each norm + activation pair saves
     one activation-sized forward and one backward kernel (a conv + activation pair saves none yet on the native
-    path: cuDNN has no activation epilogue, so bias_act replaces the separate activation kernel one for one)."""
+    path: cuDNN has no activation epilogue, so bias_act replaces the separate activation kernel one for one); the
+    whole step dispatches fewer ops than eager."""
     require("native", "cpu")
     original, optimized, shape = _pair(name, "native")
     x = _input(shape, 0)
@@ -322,3 +323,4 @@ def test_fewer_kernels_per_step(name):
 
     assert len(big(fused)) <= len(big(eager)) - 2 * n_norm_acts, (big(eager), big(fused))
     assert len(fused) <= _TOTAL_BOUND[name], [op for op, _ in fused]
+    assert len(fused) < len(eager), ([op for op, _ in eager], [op for op, _ in fused])

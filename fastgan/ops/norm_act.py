@@ -21,6 +21,9 @@ running statistics (evaluation, where both norms are the same per-channel affine
 - The backward's own backward (second order, for gradient penalties) is composed from the reference in PyTorch
   ops (``torch.func.vjp`` of the reference's vjp, in float32 or float64): correct and differentiable to any order,
   not fast.
+- running statistics ``norm_act_update_stats(running_mean!, running_var!, mean, var, factor, count, batch)``: one
+  small kernel updates both buffers in place (``lerp`` towards the unbiased statistics, averaged over the samples
+  for instance norm), as PyTorch's batch norm kernel does; not differentiable.
 """
 
 from __future__ import annotations
@@ -209,7 +212,7 @@ def batch_norm_act(
     forward = custom_ops("norm_act", impl)[0]
     y, mean, var = forward(x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
     if training and running_mean is not None and x.numel():
-        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1)
+        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
     return y
 
 
@@ -250,19 +253,17 @@ def instance_norm_act(
     y, mean, var = forward(x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
     if use_input_stats and running_mean is not None and x.numel():
         count = x.numel() // (x.shape[0] * x.shape[1])
-        _update_running_stats(running_mean, running_var, mean, var, float(momentum), count, x.shape[0])
+        _update_running_stats(running_mean, running_var, mean, var, float(momentum), count, x.shape[0], impl)
     return y
 
 
-@torch.no_grad()
-def _update_running_stats(running_mean, running_var, mean, var, factor: float, count: int, batch: int) -> None:
-    """``running = (1 - factor) * running + factor * stat``, with the unbiased variance, averaged over samples."""
-    unbiased = var * (count / (count - 1))
-    if batch > 1:  # instance norm: the batch average of the per-sample statistics (as F.instance_norm)
-        mean, unbiased = mean.view(batch, -1).mean(0), unbiased.view(batch, -1).mean(0)
-    # running + factor * (stat - running): one multi-tensor launch on CUDA for both buffers.
-    torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype), unbiased.to(running_var.dtype)],
-                         factor)
+def _update_running_stats(
+    running_mean, running_var, mean, var, factor: float, count: int, batch: int, impl: str
+) -> None:
+    """``running = (1 - factor) * running + factor * stat`` in place, with the unbiased variance (``count`` values per
+    group) and, for instance norm (``batch`` > 1), the batch average of the per-sample statistics (as
+    F.instance_norm): one kernel, ``fastgan::norm_act_update_stats`` (as PyTorch's own batch norm kernel does it)."""
+    custom_ops("norm_act", impl)[2](running_mean, running_var, mean, var, factor, count, batch)
 
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
@@ -306,8 +307,9 @@ def _second_order(dy, x, w, b, mean, var, args, gdx, gdw, gdb):
     return vjp2(tuple(cotangent(g, o) for g, o in zip((gdx, gdw, gdb), outs)))
 
 
-def _register(forward, backward) -> None:
-    """Fake implementations and autograd formulas for one implementation's two ops."""
+def _register(forward, backward, update_stats) -> None:
+    """Fake implementations and autograd formulas for one implementation's ops (the statistics update mutates its
+    buffers in place, returns nothing and is not differentiable)."""
 
     def fake_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha):
         groups = x.shape[0] * x.shape[1] if use_input_stats and instance else x.shape[1]
@@ -322,9 +324,12 @@ def _register(forward, backward) -> None:
         x, w, b, _, _, *ctx.args = inputs
         _, mean, var = output
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (unused) gradients
         ctx.save_for_backward(x, w, b, mean, var)
 
     def grad_forward(ctx, dy, _dmean, _dvar):
+        if dy is None:  # grads are not materialized: nothing flows back
+            return (None,) * 10
         x, w, b, mean, var = ctx.saved_tensors
         dx, dw, db = backward(dy, x, w, b, mean, var, *ctx.args)
         return (
@@ -354,6 +359,7 @@ def _register(forward, backward) -> None:
     torch.library.register_fake(backward, fake_backward)
     torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
     torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+    torch.library.register_fake(update_stats, lambda *args: None)
 
 
 def _norm_layout(x: torch.Tensor) -> torch.Tensor:
@@ -368,4 +374,4 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-declare_custom_ops("norm_act", ("norm_act", "norm_act_backward"), "norm_act", _register)
+declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)

@@ -11,6 +11,8 @@ math is bias_act's (``_act``, ``_act_grad``), the same formulas as csrc/bias_act
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -320,3 +322,115 @@ def norm_act_backward_triton(
     sums = (sum_dz, sum_dz_xhat) if use_input_stats else None
     dx = v.elementwise(True, dy, weight, bias, mean, var, sums, eps, act, alpha)
     return dx, v.per_channel(sum_dz_xhat), v.per_channel(sum_dz)
+
+
+@triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    # x rounded to nearest even in dtype as Tensor.to() does it (narrow types by way of float32); bfloat16 by hand,
+    # because the interpreter truncates.
+    if dtype == tl.float64:
+        y = x.to(tl.float64)
+    else:
+        f = x.to(tl.float32)
+        if dtype == tl.bfloat16:
+            bits = f.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            f = tl.where(f != f, f, bits.to(tl.float32, bitcast=True))
+        y = f.to(dtype)
+    return y
+
+
+@triton.jit
+def _div_rn(a, b):
+    # Correctly rounded a / b: Triton's float32 `/` is approximate on GPUs (float64's is exact, div_rn float32 only).
+    if a.dtype == tl.float64:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
+def _lerp_in_place(ptrs, stat, weight, mask, MATH: tl.constexpr):
+    # torch.lerp as PyTorch's vectorized kernel computes it (csrc/norm_act.h::lerp_like_torch), stat rounded to the
+    # buffer dtype first.
+    start = tl.load(ptrs, mask=mask, other=0.0).to(MATH)
+    end = _round_to(stat, ptrs.dtype.element_ty).to(MATH)
+    small = tl.abs(weight) < 0.5
+    out = tl.fma(tl.where(small, weight, weight - 1.0), end - start, tl.where(small, start, end))
+    tl.store(ptrs, _round_to(out, ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _update_stats_kernel(
+    rm_ptr, rv_ptr, mean_ptr, var_ptr, C, batch, stride_m, stride_v, count, factor_hi, factor_mid, factor_lo,
+    MATH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # csrc/norm_act.h::update_running_channel for a block of channels: the unbiased variance per group (one fma per
+    # sample) and the batch average in the statistics dtype, rounded to the buffer dtype, then
+    # lerp(running, stat, factor) in MATH.
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < C
+    stat = mean_ptr.dtype.element_ty
+    zero = tl.zeros([BLOCK], tl.float64)
+    # Scalars built in float64 from exact parts: on a GPU, Triton passes Python floats as float32.
+    ratio = ((zero + count) / (zero + count - 1)).to(stat)
+    weight = (zero + factor_hi + factor_mid + factor_lo).to(MATH)
+    m = tl.zeros([BLOCK], stat)
+    v = tl.zeros([BLOCK], stat)
+    for n in range(0, batch):
+        m += tl.load(mean_ptr + n * C + c, mask=mask, other=0.0)
+        v = tl.fma(tl.load(var_ptr + n * C + c, mask=mask, other=0.0), ratio, v)
+    if batch > 1:
+        m = _div_rn(m, (zero + batch).to(stat))
+        v = _div_rn(v, (zero + batch).to(stat))
+    _lerp_in_place(rm_ptr + c * stride_m, m, weight, mask, MATH)
+    _lerp_in_place(rv_ptr + c * stride_v, v, weight, mask, MATH)
+
+
+def _float32_parts(value: float) -> tuple[float, float, float]:
+    """Three float32 values (as floats) whose float64 sum is ``value`` exactly (53 bits <= 3 x 24)."""
+    parts = []
+    for _ in range(3):
+        part = struct.unpack("f", struct.pack("f", value))[0]
+        parts.append(part)
+        value -= part
+    return parts[0], parts[1], parts[2]
+
+
+@triton_op("fastgan::norm_act_update_stats_triton", mutates_args=("running_mean", "running_var"))
+def norm_act_update_stats_triton(
+    running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, factor: float,
+    count: int, batch: int,
+) -> None:
+    """In place: ``running = lerp(running, stat, factor)`` with the unbiased variance (``count`` values per group),
+    averaged over ``batch`` samples (csrc/norm_act.cpp::update_stats_cpu, the same checks)."""
+    op = "norm_act_update_stats"
+    if running_mean.dim() != 1 or running_var.shape != running_mean.shape:
+        raise ValueError(f"{op}: running_mean and running_var must be 1-D of the same length, got "
+                         f"{tuple(running_mean.shape)} and {tuple(running_var.shape)}")
+    if not running_mean.is_floating_point() or running_var.dtype != running_mean.dtype:
+        raise TypeError(f"{op}: running_mean and running_var must be floating-point tensors of one dtype, got "
+                        f"{running_mean.dtype} and {running_var.dtype}")
+    channels = running_mean.shape[0]
+    if batch < 1:
+        raise ValueError(f"{op}: batch must be >= 1, got {batch}")
+    if count <= 1:
+        raise ValueError(f"{op}: the unbiased variance needs more than 1 value per statistic group, got count = "
+                         f"{count} (PyTorch rejects batch statistics of one value too); use a larger input or "
+                         "evaluation mode")
+    if mean.dim() != 1 or var.dim() != 1 or mean.shape[0] != batch * channels or var.shape[0] != batch * channels:
+        raise ValueError(f"{op}: mean and var must be 1-D of length batch * C = {batch * channels}, got "
+                         f"{tuple(mean.shape)} and {tuple(var.shape)}")
+    if mean.dtype not in (torch.float32, torch.float64) or var.dtype != mean.dtype:
+        raise TypeError(f"{op}: mean and var must both be float32 or both float64 (the statistics norm_act returns), "
+                        f"got {mean.dtype} and {var.dtype}")
+    if any(t.device != running_mean.device for t in (running_var, mean, var)):
+        raise ValueError(f"{op}: all tensors must be on one device")
+    if channels:
+        block = 128
+        math = tl.float64 if running_mean.dtype == torch.float64 else tl.float32
+        wrap_triton(_update_stats_kernel)[(triton.cdiv(channels, block),)](
+            running_mean, running_var, mean.contiguous(), var.contiguous(), channels, batch, running_mean.stride(0),
+            running_var.stride(0), count, *_float32_parts(float(factor)), MATH=math, BLOCK=block,
+        )
