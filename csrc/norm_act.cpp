@@ -190,7 +190,12 @@ Prepared prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& w
                          bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
     const char* op = instance ? "instance_norm_act" : "batch_norm_act";
     Prepared r = prepare(op, x, w, b, use_input_stats, instance, eps, act, alpha);
-    if (use_input_stats) {
+    if (use_input_stats && running_mean.has_value() && running_mean->defined()) {
+        // x's batch statistics, reduced by the convolution that wrote x: normalize with them, skip the reduction.
+        TORCH_CHECK(!instance, op, ": precomputed batch statistics are supported for batch norm only");
+        use_running_stats(op, r, running_mean, running_var);
+        r.p.use_input_stats = false;  // the forward kernels only read this to decide whether to reduce
+    } else if (use_input_stats) {
         TORCH_CHECK(r.p.group_size != 1 || x.numel() == 0, op, ": expected more than 1 value per statistic when "
                     "normalizing with batch statistics, got input of shape ", x.sizes());
         r.mean = at::empty({r.p.groups}, x.options().dtype(r.math));
@@ -333,7 +338,7 @@ Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, con
     const c10::cuda::CUDAGuard guard(x.device());
     Prepared r = prepare_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha);
     at::Tensor partials;
-    if (use_input_stats) {
+    if (r.p.use_input_stats) {
         partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, x.options().dtype(r.math));
     }
     const int err = norm_act_cuda_forward(r.p, cuda_dtype(r.x.scalar_type()), r.mean.data_ptr(), r.var.data_ptr(),

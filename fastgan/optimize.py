@@ -5,9 +5,12 @@ What is rewritten, inside every ``nn.Sequential`` (the only container whose exec
 - ``Conv2d``/``ConvTranspose2d`` -> activation: a :class:`~fastgan.nn.FusedConv2d` /
   :class:`~fastgan.nn.FusedConvTranspose2d` at the conv's index (activation in the conv epilogue);
 - ``BatchNorm2d``/``InstanceNorm2d`` -> activation (after a conv or standalone): a
-  :class:`~fastgan.nn.BatchNormAct2d` / :class:`~fastgan.nn.InstanceNormAct2d` at the norm's index; a conv in front
-  of the norm stays as it is (its bias, if any, is already fused into cuDNN's convolution; computing the batch
-  statistics in the conv epilogue, which would make fusing it worthwhile, is future work);
+  :class:`~fastgan.nn.BatchNormAct2d` / :class:`~fastgan.nn.InstanceNormAct2d` at the norm's index;
+- ``Conv2d``/``ConvTranspose2d`` -> ``BatchNorm2d``: the conv becomes a fused conv at its index and the Sequential a
+  :class:`~fastgan.nn.FusedSequential` (its ``__class__`` is swapped, as ``torch.nn.utils.parametrize`` does), which
+  runs the conv and the norm after it as one op: on Triton the batch statistics come from the conv's epilogue. Only
+  a plain ``nn.Sequential`` is converted (a subclass may have its own ``forward``); a conv in front of an instance
+  norm stays as it is;
 - ``Linear`` -> activation: a :class:`~fastgan.nn.FusedLinear` at the Linear's index;
 
 and the activation's own index gets an ``nn.Identity``. Activations: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, ELU,
@@ -29,7 +32,7 @@ import copy
 
 from torch import nn
 
-from .nn.conv import FusedConv2d, FusedConvTranspose2d
+from .nn.conv import FusedConv2d, FusedConvTranspose2d, FusedSequential
 from .nn.linear import FusedLinear
 from .nn.norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
 
@@ -101,6 +104,10 @@ def _convertible_conv(module: nn.Module) -> bool:
     )
 
 
+def _foldable_norm(module: nn.Module | None) -> bool:
+    return type(module) is nn.BatchNorm2d and _convertible_norm(module)
+
+
 def _convertible_norm(module: nn.Module) -> bool:
     return type(module) in _NORMS and _plain(module) and not (module.affine and module.bias is None)
 
@@ -121,7 +128,23 @@ def _rewrite_sequential(seq: nn.Sequential, prefix: str, impl: str, report: list
         module = seq._modules[names[i]]
         nxt = seq._modules[names[i + 1]] if i + 1 < len(names) else None
         act = _activation(nxt)
-        if _convertible_conv(module) and act is not None:
+        if _convertible_conv(module) and type(seq) in (nn.Sequential, FusedSequential) and _foldable_norm(nxt):
+            # conv -> BatchNorm2d [-> act]: a fused conv, a BatchNormAct2d [, an Identity], run as one op.
+            after = seq._modules[names[i + 2]] if i + 2 < len(names) else None
+            act_module = after if _activation(after) is not None else None
+            conv = _adopt(_CONVS[type(module)].from_modules(module, None, None, impl), module)
+            norm = _adopt(BatchNormAct2d.from_modules(nxt, act_module, impl), nxt)
+            seq._modules[names[i]], seq._modules[names[i + 1]] = conv, norm
+            seq.__class__ = FusedSequential
+            run = [module, nxt]
+            if act_module is not None:
+                seq._modules[names[i + 2]] = nn.Identity()
+                run.append(act_module)
+            last = names[i + len(run) - 1]
+            report.append(f"{prefix}{names[i]}..{last}: {'+'.join(type(m).__name__ for m in run)} -> "
+                          f"{type(conv).__name__} + BatchNormAct2d({_describe(norm)}), one op")
+            i += len(run)
+        elif _convertible_conv(module) and act is not None:
             fused = _CONVS[type(module)].from_modules(module, None, nxt, impl)
             _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))
             i += 2

@@ -548,3 +548,25 @@ def test_update_stats_opcheck(impl):
         mean, var = torch.randn(batch * 4, generator=gen), torch.rand(batch * 4, generator=gen)
         args = (torch.zeros(4, dtype=buffers), torch.ones(4, dtype=buffers), mean, var, 0.1, 7, batch)
         torch.library.opcheck(update, args, test_utils=checks)
+
+
+@pytest.mark.parametrize("impl", ["native", "triton"])
+def test_precomputed_batch_statistics(impl):
+    """The forward op given x's own batch statistics (as a conv epilogue reduces them) skips its statistics pass but
+    returns the same output and statistics and, being in training mode, the same batch-statistics gradients."""
+    require(impl, "cpu")
+    forward = custom_ops("norm_act", impl)[0]
+    x = (torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 3)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    args = (True, False, 1e-5, ACTIVATIONS["lrelu"].index, 0.2)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, mean, var = forward(xa, w, None, None, None, *args)
+    yb, mean_b, var_b = forward(xb, w, None, mean.clone(), var.clone(), *args)
+    assert torch.equal(ya, yb) and torch.equal(mean, mean_b) and torch.equal(var, var_b)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (ga,), (gb,) = torch.autograd.grad(ya, xa, dy), torch.autograd.grad(yb, xb, dy)
+    torch.testing.assert_close(gb, ga, rtol=0, atol=0)
+    # the witness: evaluation-mode gradients (statistics as constants) differ
+    (ge,) = torch.autograd.grad(forward(xb, w, None, mean, var, False, *args[1:])[0], xb, dy)
+    assert (ge - ga).abs().max() > 1e-3

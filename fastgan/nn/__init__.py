@@ -1,7 +1,7 @@
 """Modules mirroring ``torch.nn`` that run fastgan's fused ops."""
 
 from .bias_act import BiasAct
-from .conv import FusedConv2d, FusedConvTranspose2d
+from .conv import FusedConv2d, FusedConvTranspose2d, FusedSequential
 from .linear import FusedLinear
 from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
 
@@ -11,6 +11,7 @@ __all__ = [
     "FusedConv2d",
     "FusedConvTranspose2d",
     "FusedLinear",
+    "FusedSequential",
     "InstanceNormAct2d",
     "activation_of",
 ]

@@ -5,8 +5,10 @@ initialisation, and code that inspects convolutions (DCGAN's ``weights_init``, `
 Without a norm the activation runs in the convolution's epilogue (:func:`fastgan.ops.conv2d_act`); with
 ``norm="batch"`` or ``"instance"`` the convolution (with its bias) feeds a :class:`fastgan.nn.BatchNormAct2d` /
 :class:`fastgan.nn.InstanceNormAct2d` submodule named ``norm`` that applies the activation, so a standalone module's
-state_dict holds ``weight``, ``bias`` and ``norm.*`` (``fastgan.optimize`` keeps a model's original keys another
-way: see fastgan/optimize.py). Computing the batch statistics in the convolution's epilogue is future work.
+state_dict holds ``weight``, ``bias`` and ``norm.*``. A batch norm runs in the convolution's op
+(:func:`fastgan.ops.conv2d_batch_norm_act`: on Triton in training the batch statistics come from the convolution's
+epilogue). :class:`FusedSequential` gives a fused convolution followed by a separate ``BatchNormAct2d`` the same
+treatment, which is how ``fastgan.optimize`` fuses conv -> batch norm while keeping a model's state_dict keys.
 Only groups=1, dilation=1 and zero padding are supported (the constructors and ``from_modules`` say so).
 """
 
@@ -17,9 +19,10 @@ from torch import nn
 
 from ..ops.bias_act import activation
 from ..ops.conv_act import conv2d_act, conv_transpose2d_act
+from ..ops.conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
 from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
 
-__all__ = ["FusedConv2d", "FusedConvTranspose2d"]
+__all__ = ["FusedConv2d", "FusedConvTranspose2d", "FusedSequential"]
 
 _NORMS = {"batch": BatchNormAct2d, "instance": InstanceNormAct2d}
 
@@ -109,9 +112,16 @@ class FusedConv2d(nn.Conv2d):
         return fused.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is None:
-            return conv2d_act(x, self.weight, self.bias, self.stride, self.padding, self.act, self.alpha, self.impl)
-        return self.norm(conv2d_act(x, self.weight, self.bias, self.stride, self.padding, impl=self.impl))
+        return self.forward_with_norm(x, self.norm)
+
+    def forward_with_norm(self, x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+        """The convolution feeding ``norm`` (its own ``norm``, or the BatchNormAct2d after it in a FusedSequential)."""
+        args = (x, self.weight, self.bias, self.stride, self.padding)
+        if norm is None:
+            return conv2d_act(*args, self.act, self.alpha, self.impl)
+        if isinstance(norm, BatchNormAct2d):
+            return conv2d_batch_norm_act(*args, **_batch_norm_kwargs(norm), impl=self.impl)
+        return norm(conv2d_act(*args, impl=self.impl))
 
     def extra_repr(self) -> str:
         return _extra_repr(self, super().extra_repr())
@@ -165,16 +175,56 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         return fused.train(conv.training)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return self.forward_with_norm(x, self.norm, output_size)
+
+    def forward_with_norm(
+        self, x: torch.Tensor, norm: nn.Module | None, output_size: list[int] | None = None
+    ) -> torch.Tensor:
+        """The transposed convolution feeding ``norm`` (as :meth:`FusedConv2d.forward_with_norm`)."""
         output_padding = self._output_padding(
             x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
         )
         args = (x, self.weight, self.bias, self.stride, self.padding, output_padding)
-        if self.norm is None:
+        if norm is None:
             return conv_transpose2d_act(*args, act=self.act, alpha=self.alpha, impl=self.impl)
-        return self.norm(conv_transpose2d_act(*args, impl=self.impl))
+        if isinstance(norm, BatchNormAct2d):
+            return conv_transpose2d_batch_norm_act(*args, **_batch_norm_kwargs(norm), impl=self.impl)
+        return norm(conv_transpose2d_act(*args, impl=self.impl))
 
     def extra_repr(self) -> str:
         return _extra_repr(self, super().extra_repr())
+
+
+def _batch_norm_kwargs(norm: BatchNormAct2d) -> dict:
+    return {"norm_weight": norm.weight, "norm_bias": norm.bias, **norm.functional_kwargs()}
+
+
+class FusedSequential(nn.Sequential):
+    """``nn.Sequential`` in which a :class:`FusedConv2d` / :class:`FusedConvTranspose2d` without a norm or activation
+    of its own, directly followed by a :class:`~fastgan.nn.BatchNormAct2d`, runs with that norm as one fused op
+    (batch statistics from the convolution's epilogue on Triton). Each module keeps its index, so the state_dict keys
+    are those of the plain Sequential. The pair is called through ``forward_with_norm``: forward hooks on either
+    module are not run.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            module, nxt = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            if _feeds_batch_norm(module, nxt):
+                x = module.forward_with_norm(x, nxt)
+                i += 2
+            else:
+                x = module(x)
+                i += 1
+        return x
+
+
+def _feeds_batch_norm(module: nn.Module, nxt: nn.Module | None) -> bool:
+    """A fused convolution with no norm nor activation of its own, followed by a BatchNormAct2d."""
+    conv = isinstance(module, FusedConv2d | FusedConvTranspose2d) and module.norm is None and module.act == "linear"
+    return conv and isinstance(nxt, BatchNormAct2d)
 
 
 def _extra_repr(module: nn.Module, base: str) -> str:

@@ -92,25 +92,25 @@ class BatchNormAct2d(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        return batch_norm_act(x, self.weight, self.bias, **self.functional_kwargs(), impl=self.impl)
+
+    def functional_kwargs(self) -> dict:
+        """The keyword arguments of :func:`fastgan.ops.batch_norm_act` this module passes in its current mode (a fused
+        convolution that runs this norm in its own op passes them too)."""
         # Exactly nn.BatchNorm2d's choices: batch statistics in training (or without buffers), buffers updated only
         # when tracked and training; num_batches_tracked counts the steps (momentum=None averages over them).
         tracking = self.training and self.track_running_stats
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
-        return batch_norm_act(
-            x,
-            self.weight,
-            self.bias,
-            self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None,
-            use_batch_stats,
-            self.momentum,
-            self.eps,
-            self.act,
-            self.alpha,
-            self.impl,
-            num_batches_tracked=self.num_batches_tracked if tracking else None,
-        )
+        return {
+            "running_mean": self.running_mean if use_buffers else None,
+            "running_var": self.running_var if use_buffers else None,
+            "training": self.training or (self.running_mean is None and self.running_var is None),
+            "momentum": self.momentum,
+            "eps": self.eps,
+            "act": self.act,
+            "alpha": self.alpha,
+            "num_batches_tracked": self.num_batches_tracked if tracking else None,
+        }
 
     def extra_repr(self) -> str:
         extras = [super().extra_repr(), f"act={self.act!r}"]

@@ -120,6 +120,10 @@ def _check(
     return stride_, padding_, output_padding_, alpha_
 
 
+def _cast(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    return bias.to(x.dtype) if bias is not None else None
+
+
 def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
     """Spatial output size of the convolution (``output_padding=None``) or the transposed convolution."""
     size = []
@@ -202,6 +206,8 @@ def conv2d_act(
     impl = _resolve(impl, x.device, "conv2d_act")
     if impl == "ref":
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
+    if impl == "native" and act == "linear":  # nothing to fuse: cuDNN adds the bias itself
+        return F.conv2d(x, weight, _cast(bias, x), stride_, padding_)
     if impl == "native":
         return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
     conv = custom_ops("conv_act", "triton")[0]
@@ -245,6 +251,8 @@ def conv_transpose2d_act(
     impl = _resolve(impl, x.device, op)
     if impl == "ref":
         return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
+    if impl == "native" and act == "linear":
+        return F.conv_transpose2d(x, weight, _cast(bias, x), stride_, padding_, out_pad)
     if impl == "native":
         y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
         return bias_act(y, bias, 1, act, alpha, impl="native")
@@ -283,8 +291,9 @@ def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
     return size - ((out - 1) * s - 2 * p + k)
 
 
-def _register(conv, conv_t, conv_wgrad, conv_t_wgrad) -> None:
-    """Fakes and autograd of the Triton custom ops: (conv2d, conv_transpose2d) and their weight gradients."""
+def _register(conv, conv_t, conv_wgrad, conv_t_wgrad, conv_stats, conv_t_stats) -> None:
+    """Fakes and autograd of the Triton custom ops: (conv2d, conv_transpose2d), their weight gradients, and their
+    variants returning the output's batch statistics (for fastgan/ops/conv_bn_act.py)."""
     from ..kernels.triton import conv as kernels
 
     def weight_grad(dz, x, w, stride, padding, transposed: bool) -> torch.Tensor:
@@ -334,6 +343,24 @@ def _register(conv, conv_t, conv_wgrad, conv_t_wgrad) -> None:
     torch.library.register_autograd(conv, grad_conv, setup_context=setup)
     torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
 
+    # The statistics variants: (z, mean, var) with z the linear conv output; mean/var carry no gradient (the batch
+    # norm's backward accounts for them), so z's gradient is the plain convolution's.
+    def fake_stats(x, w, b, stride, padding, output_padding=None):
+        z = kernels.empty_output(x, w, stride, padding, output_padding)
+        stat = x.new_empty(z.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        return z, stat, torch.empty_like(stat)
+
+    def setup_stats(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1], output[2])
+        setup(ctx, (*inputs, 0, 0.0), output[0])
+
+    torch.library.register_fake(conv_stats, fake_stats)
+    torch.library.register_fake(conv_t_stats, fake_stats)
+    torch.library.register_autograd(conv_stats, lambda ctx, dz, _m, _v: grad_conv(ctx, dz)[:5],
+                                    setup_context=setup_stats)
+    torch.library.register_autograd(conv_t_stats, lambda ctx, dz, _m, _v: grad_conv_t(ctx, dz)[:6],
+                                    setup_context=setup_stats)
+
     # dW(dz, x) is bilinear. For a convolution its vjp with a weight-shaped cotangent G is conv2d(x, G) w.r.t. dz and
     # conv_transpose2d(dz, G) w.r.t. x; for a transposed convolution the mirror images. Both are the Triton forward
     # ops, so every further order stays on Triton kernels.
@@ -372,6 +399,9 @@ def _register(conv, conv_t, conv_wgrad, conv_t_wgrad) -> None:
 
 # Only Triton has custom ops here: the native path is PyTorch's convolution + the native bias_act epilogue.
 declare_custom_ops(
-    "conv_act", ("conv2d_act", "conv_transpose2d_act", "conv2d_weight_grad", "conv_transpose2d_weight_grad"), "conv",
+    "conv_act",
+    ("conv2d_act", "conv_transpose2d_act", "conv2d_weight_grad", "conv_transpose2d_weight_grad", "conv2d_bn_stats",
+     "conv_transpose2d_bn_stats"),
+    "conv",
     _register,
 )

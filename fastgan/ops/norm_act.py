@@ -15,7 +15,9 @@ running statistics (evaluation, where both norms are the same per-channel affine
   in Triton, in float32 block trees on CUDA), chunks merged with Chan's formula in a fixed order: deterministic, and
   no catastrophic cancellation for data far from zero; pass 2 writes ``y = act((x - mean) * rsqrt(var + eps) * w
   + b)``.
-  ``mean``/``var`` come back so Python can update the running statistics exactly as PyTorch does.
+  ``mean``/``var`` come back so Python can update the running statistics exactly as PyTorch does. Given ``mean``
+  and ``var`` with ``use_input_stats`` (batch norm only) are x's batch statistics reduced by the convolution that
+  wrote ``x`` (fastgan/ops/conv_bn_act.py): pass 1 is skipped, the gradients stay those of batch statistics.
 - backward ``norm_act_backward(dy, x, w, b, mean, var, ...) -> (dx, dw, db)`` (``dw``/``db`` float32 per
   channel): pass 1 recomputes ``z`` and reduces ``sum(dz)`` and ``sum(dz * xhat)`` per group, pass 2 writes ``dx``.
 - The backward's own backward (second order, for gradient penalties) is composed from the reference in PyTorch
@@ -83,7 +85,7 @@ def _check(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
     if not use_input_stats and running_mean is None:
-        what = "training=False" if op == _BN else "use_input_stats=False"
+        what = "use_input_stats=False" if op == _IN else "training=False"
         raise ValueError(f"{op}: {what} normalizes with the running statistics, so running_mean/var must be given")
     if not eps > 0:
         raise ValueError(f"{op}: eps must be > 0, got {eps}")
@@ -207,8 +209,22 @@ def batch_norm_act(
         return batch_norm_act_ref(
             x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
         )
+    return _batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, spec, alpha_, impl,
+                           num_batches_tracked, None)
+
+
+def _batch_norm_act(
+    x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float, spec: Activation, alpha_: float,
+    impl: str, num_batches_tracked, batch_stats: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """``batch_norm_act`` on a custom-op implementation, arguments checked. ``batch_stats``: x's own per-channel
+    (mean, biased variance), already reduced by whoever wrote ``x`` (a convolution's epilogue), so the op skips
+    its statistics pass; the gradients are still those of batch statistics."""
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
-    stats = (None, None) if training else (running_mean, running_var)
+    if training:
+        stats = batch_stats if batch_stats is not None else (None, None)
+    else:
+        stats = (running_mean, running_var)
     forward = custom_ops("norm_act", impl)[0]
     y, mean, var = forward(x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
     if training and running_mean is not None and x.numel():

@@ -22,6 +22,15 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 
 @triton.jit
+def _round_to_bf16(v):
+    """float32 ``v`` rounded to the nearest-even bfloat16 value (still float32). Triton's interpreter casts float32
+    to bfloat16 by truncation, which biases every value toward zero; the GPU cast rounds to nearest even."""
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))  # a NaN's carry could make it infinite
+
+
+@triton.jit
 def _sigmoid(z):
     return 1.0 / (1.0 + tl.exp(-z))
 

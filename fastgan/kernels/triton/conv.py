@@ -25,12 +25,13 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..._backend import triton_interpreting
-from .bias_act import _act
+from .bias_act import _act, _round_to_bf16
+from .norm_act import merge_partials
 
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr,
     N, C, H, W, CO, OH, OW, KH, KW,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
@@ -38,13 +39,13 @@ def _conv_fwd_kernel(
     SH, SW, PH, PW,
     alpha,
     TRANSPOSED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, F64: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, STATS: tl.constexpr,  # UPCAST: bfloat16 under the interpreter
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    phase = tl.program_id(2)
     if TRANSPOSED:
-        phase = tl.program_id(2)
         py = phase // SW
         px = phase % SW
         ohp = (OH - py + SH - 1) // SH  # outputs of this phase along each axis
@@ -98,7 +99,20 @@ def _conv_fwd_kernel(
                     acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(acc_type)[None, :]
+    if STATS:
+        # Batch-norm statistics of this tile's rows per channel, from the unrounded accumulator: (count, mean, M2)
+        # (two passes over registers: no cancellation), merged over tiles in a fixed order by Chan's formula.
+        rows = m_mask[:, None]
+        count = tl.sum(m_mask.to(acc_type), 0)
+        mean = tl.sum(tl.where(rows, acc, 0.0), 0) / tl.maximum(count, 1.0)
+        dev = tl.where(rows, acc - mean[None, :], 0.0)
+        slot = (rn.to(tl.int64) * tl.num_programs(0) * tl.num_programs(2) + phase * tl.num_programs(0) + pid_m) * 3
+        tl.store(part_ptr + slot, (tl.zeros_like(mean) + count).to(tl.float64), mask=n_mask)
+        tl.store(part_ptr + slot + 1, mean.to(tl.float64), mask=n_mask)
+        tl.store(part_ptr + slot + 2, tl.sum(dev * dev, 0).to(tl.float64), mask=n_mask)
     out = _act(acc, alpha, ACT)
+    if UPCAST:
+        out = _round_to_bf16(out)
     oy = oy0 + j_h * oys
     ox = ox0 + j_w * oxs
     y_offs = (n * syn + oy.to(tl.int64) * syh + ox.to(tl.int64) * syw)[:, None] + rn[None, :].to(tl.int64) * syc
@@ -125,11 +139,13 @@ def _block(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
-def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) -> torch.Tensor:
+def _launch(
+    x, w, b, stride, padding, output_padding, act: int, alpha: float, stats: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The output, and with ``stats`` its per-channel (mean, biased variance) reduced in the epilogue (float32;
+    float64 for float64)."""
     transposed = output_padding is not None
     y = empty_output(x, w, stride, padding, output_padding)
-    if y.numel() == 0 or x.shape[1] == 0:
-        return y.zero_()
     # The weight as [kh, kw, C_in, C_out] (a small copy): each tap's [C_in, C_out] tile is then read contiguously.
     # ConvTranspose2d stores [C_in, C_out, kh, kw], Conv2d [C_out, C_in, kh, kw].
     wk = (w.permute(2, 3, 0, 1) if transposed else w.permute(2, 3, 1, 0)).contiguous()
@@ -145,19 +161,23 @@ def _launch(x, w, b, stride, padding, output_padding, act: int, alpha: float) ->
         block_m, block_n, block_k = 128, _block(n_out, 16, 128), _block(c_in, 16, 32)
         warps, stages = 4 if block_n <= 64 else 8, 3
     grid = (triton.cdiv(rows, block_m), triton.cdiv(n_out, block_n), phases)
-    bias = b.to(x.dtype).contiguous() if b is not None else x
-    wrap_triton(_conv_fwd_kernel)[grid](
-        x, wk, bias, y,
-        x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
-        *x.stride(), swo, swc, swh, sww, *y.stride(),
-        stride[0], stride[1], padding[0], padding[1],
-        float(alpha),
-        TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
-        PRECISION="ieee" if x.dtype in (torch.float32, torch.float64) else "tf32",
-        UPCAST=triton_interpreting() and x.dtype == torch.bfloat16,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-    )
-    return y
+    tiles = grid[0] * grid[2]  # row tiles per channel, each leaving one (count, mean, M2) partial
+    part = torch.zeros(n_out * tiles * 3 if stats else 0, dtype=torch.float64, device=x.device)
+    if y.numel():
+        wrap_triton(_conv_fwd_kernel)[grid](
+            x, wk, b.to(x.dtype).contiguous() if b is not None else x, y, part,
+            x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
+            *x.stride(), swo, swc, swh, sww, *y.stride(),
+            stride[0], stride[1], padding[0], padding[1],
+            float(alpha),
+            TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
+            PRECISION="ieee" if x.dtype in (torch.float32, torch.float64) else "tf32",
+            UPCAST=triton_interpreting() and x.dtype == torch.bfloat16, STATS=stats,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        )
+    if not stats:
+        return y, None
+    return y, merge_partials(part, n_out, tiles, False, torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 @triton_op("fastgan::conv2d_act_triton", mutates_args=())
@@ -165,7 +185,7 @@ def conv2d_act_triton(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int], act: int,
     alpha: float,
 ) -> torch.Tensor:
-    return _launch(x, w, b, stride, padding, None, act, alpha)
+    return _launch(x, w, b, stride, padding, None, act, alpha)[0]
 
 
 @triton_op("fastgan::conv_transpose2d_act_triton", mutates_args=())
@@ -173,7 +193,8 @@ def conv_transpose2d_act_triton(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
     output_padding: list[int], act: int, alpha: float,
 ) -> torch.Tensor:
-    return _launch(x, w, b, stride, padding, output_padding, act, alpha)
+    return _launch(x, w, b, stride, padding, output_padding, act, alpha)[0]
+
 
 # --- weight gradient -------------------------------------------------------------------------------------------------
 
@@ -244,6 +265,8 @@ def _conv_wgrad_kernel(
         else:
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dw_offs = part.to(tl.int64) * sws + kh * swh + kw * sww + rm[:, None] * swo + rn[None, :] * swc
+    if UPCAST and dw_ptr.dtype.element_ty == tl.bfloat16:  # not the float32 partials of a split reduction
+        acc = _round_to_bf16(acc)
     tl.store(dw_ptr + dw_offs, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
@@ -310,3 +333,21 @@ def conv_transpose2d_weight_grad_triton(
 ) -> torch.Tensor:
     return _launch_weight_grad(dz, x, kernel_size, stride, padding, True)
 
+
+@triton_op("fastgan::conv2d_bn_stats_triton", mutates_args=())
+def conv2d_bn_stats_triton(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``conv2d(x, w) + b`` and its per-channel batch (mean, biased variance), reduced in the kernel's epilogue."""
+    y, (mean, var) = _launch(x, w, b, stride, padding, None, 0, 0.0, stats=True)
+    return y, mean, var
+
+
+@triton_op("fastgan::conv_transpose2d_bn_stats_triton", mutates_args=())
+def conv_transpose2d_bn_stats_triton(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
+    output_padding: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``conv_transpose2d(x, w) + b`` and its per-channel batch (mean, biased variance), reduced in the epilogue."""
+    y, (mean, var) = _launch(x, w, b, stride, padding, output_padding, 0, 0.0, stats=True)
+    return y, mean, var

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..._backend import triton_interpreting
-from .bias_act import _act, _act_grad
+from .bias_act import _act, _act_grad, _round_to_bf16
 
 CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act_cuda.h::kNormActChunk)
 
@@ -221,6 +221,22 @@ def _norm_elementwise_kernel(
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def merge_partials(
+    part: torch.Tensor, groups: int, chunks: int, grad: bool, math: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group, its ``chunks`` float64 partials merged in order: (mean, biased var) from (count, mean, M2) triples,
+    or the sums of (sum dz, sum dz * xhat) pairs with ``grad``. Results in ``math`` (float32 or float64)."""
+    out0 = torch.empty(groups, dtype=math, device=part.device)
+    out1 = torch.empty_like(out0)
+    if groups:
+        block = 128
+        wrap_triton(_norm_merge_kernel)[(triton.cdiv(groups, block),)](
+            part, out0, out1, groups, chunks, GRAD=grad, MATH=tl.float64 if math == torch.float64 else tl.float32,
+            BLOCK=block,
+        )
+    return out0, out1
+
+
 class _View:
     """x as [N, C, L] in its kept layout (csrc/norm_act.cpp::prepare), and the launch constants that follow."""
 
@@ -266,14 +282,7 @@ class _View:
         return part
 
     def merge(self, grad: bool, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out0 = torch.empty(self.groups, dtype=self.math, device=self.x.device)
-        out1 = torch.empty_like(out0)
-        if self.groups:
-            block = 128
-            wrap_triton(_norm_merge_kernel)[(triton.cdiv(self.groups, block),)](
-                part, out0, out1, self.groups, self.chunks, GRAD=grad, MATH=self.tl_math, BLOCK=block
-            )
-        return out0, out1
+        return merge_partials(part, self.groups, self.chunks, grad, self.math)
 
     def elementwise(self, grad: bool, dy, w, b, mean, var, sums, eps: float, act: int, alpha: float) -> torch.Tensor:
         out = torch.empty_like(self.x)
@@ -298,9 +307,9 @@ def norm_act_triton(
     running_var: torch.Tensor | None, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     v = _View(x, use_input_stats, instance)
-    if use_input_stats:
+    if use_input_stats and running_mean is None:
         mean, var = v.merge(False, v.partials(False, v.x, v.x, None, None, v.x, v.x, eps, act, alpha))
-    else:
+    else:  # the running statistics, or x's batch statistics reduced by the convolution that wrote x
         # Copies: an op's outputs must not alias its inputs.
         mean = running_mean.to(v.math, copy=True).contiguous()
         var = running_var.to(v.math, copy=True).contiguous()
@@ -333,9 +342,7 @@ def _round_to(x, dtype: tl.constexpr):
     else:
         f = x.to(tl.float32)
         if dtype == tl.bfloat16:
-            bits = f.to(tl.uint32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            f = tl.where(f != f, f, bits.to(tl.float32, bitcast=True))
+            f = _round_to_bf16(f)
         y = f.to(dtype)
     return y
 
