@@ -16,6 +16,7 @@ or imports Triton at ``import fastgan`` time; availability is probed on first us
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib
@@ -185,7 +186,8 @@ def declare_custom_ops(key: str, names: tuple[str, ...], triton_module: str, reg
 
 
 def custom_ops(key: str, impl: str) -> tuple:
-    """The custom ops declared under ``key`` for ``impl`` ("native" or "triton"), in declaration order."""
+    """The custom ops declared under ``key`` for ``impl`` ("native" or "triton"), in declaration order and by name
+    (``custom_ops("norm_act", impl).norm_act``)."""
     _load_custom_ops(key, impl)
     return _LOADED[(key, impl)]
 
@@ -203,5 +205,5 @@ def _load_custom_ops(key: str, impl: str) -> bool:
             kernels = importlib.import_module(f"fastgan.kernels.triton.{triton_module}")
             ops = tuple(getattr(kernels, f"{name}_triton") for name in names)
         register(*ops)
-        _LOADED[(key, impl)] = ops
+        _LOADED[(key, impl)] = collections.namedtuple(f"{key}_ops", names)(*ops)
     return True

@@ -144,7 +144,7 @@ def d_loss(
     impl = resolve_impl(impl, real_logits.device, "d_loss")
     if impl == "ref":
         return d_loss_ref(real_logits, fake_logits, kind)
-    forward = custom_ops("gan_loss", impl)[0]
+    forward = custom_ops("gan_loss", impl).gan_loss
     return forward(real_logits, fake_logits, TERMS[spec.d_real].index, TERMS[spec.d_fake].index)[0]
 
 
@@ -160,7 +160,7 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating", impl: str = "
     impl = resolve_impl(impl, fake_logits.device, "g_loss")
     if impl == "ref":
         return g_loss_ref(fake_logits, kind)
-    forward = custom_ops("gan_loss", impl)[0]
+    forward = custom_ops("gan_loss", impl).gan_loss
     return forward(fake_logits, None, TERMS[spec.g_fake].index, 0)[0]
 
 

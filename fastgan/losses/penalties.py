@@ -87,7 +87,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, impl:
     impl = resolve_impl(impl, real.device, "interpolate")
     if impl == "ref":
         return interpolate_ref(real, fake, eps)
-    return custom_ops("penalty", impl)[0](real, fake, eps)
+    return custom_ops("penalty", impl).penalty_interpolate(real, fake, eps)
 
 
 def grad_norm_penalty_ref(grad: torch.Tensor, weight: float = 10.0, center: float = 1.0, scale: float = 1.0):
@@ -118,7 +118,7 @@ def grad_norm_penalty(
     impl = resolve_impl(impl, grad.device, "grad_norm_penalty")
     if impl == "ref":
         return grad_norm_penalty_ref(grad, weight, center, scale)
-    return custom_ops("penalty", impl)[1](grad, float(weight), float(center), float(scale))[0]
+    return custom_ops("penalty", impl).grad_norm_penalty(grad, float(weight), float(center), float(scale))[0]
 
 
 def _unscale(scaler) -> float:

@@ -136,7 +136,7 @@ def bias_act(
     impl = resolve_impl(impl, x.device, "bias_act")
     if impl == "ref":
         return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
-    forward = custom_ops("bias_act", impl)[0]
+    forward = custom_ops("bias_act", impl).bias_act
     return forward(x, b, dim_, spec.index, alpha_, 1.0 if gain is None else float(gain), clamp)
 
 

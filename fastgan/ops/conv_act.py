@@ -210,7 +210,7 @@ def conv2d_act(
         return F.conv2d(x, weight, _cast(bias, x), stride_, padding_)
     if impl == "native":
         return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
-    conv = custom_ops("conv_act", "triton")[0]
+    conv = custom_ops("conv_act", "triton").conv2d_act
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
     y = conv(x, weight, None, list(stride_), list(padding_), 0, 0.0)
@@ -256,7 +256,7 @@ def conv_transpose2d_act(
     if impl == "native":
         y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
         return bias_act(y, bias, 1, act, alpha, impl="native")
-    conv_t = custom_ops("conv_act", "triton")[1]
+    conv_t = custom_ops("conv_act", "triton").conv_transpose2d_act
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
     y = conv_t(x, weight, None, list(stride_), list(padding_), list(out_pad), 0, 0.0)

@@ -62,7 +62,7 @@ def conv2d_batch_norm_act(
     stride_, padding_, _, _ = _check(op, x, weight, bias, stride, padding, None, "linear", None)
     impl = _resolve(impl, x.device, op)
     if impl == "triton" and training:
-        z, *stats = custom_ops("conv_act", "triton")[4](x, weight, bias, list(stride_), list(padding_))
+        z, *stats = custom_ops("conv_act", "triton").conv2d_bn_stats(x, weight, bias, list(stride_), list(padding_))
     else:
         z, stats = conv2d_act(x, weight, bias, stride_, padding_, impl=impl), None
     return _batch_norm(op, z, stats, norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act,
@@ -98,7 +98,7 @@ def conv_transpose2d_batch_norm_act(
     stride_, padding_, out_pad, _ = _check(op, x, weight, bias, stride, padding, output_padding, "linear", None)
     impl = _resolve(impl, x.device, op)
     if impl == "triton" and training:
-        stats_op = custom_ops("conv_act", "triton")[5]
+        stats_op = custom_ops("conv_act", "triton").conv_transpose2d_bn_stats
         z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))
     else:
         z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None

@@ -225,7 +225,7 @@ def _batch_norm_act(
         stats = batch_stats if batch_stats is not None else (None, None)
     else:
         stats = (running_mean, running_var)
-    forward = custom_ops("norm_act", impl)[0]
+    forward = custom_ops("norm_act", impl).norm_act
     y, mean, var = forward(x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
     if training and running_mean is not None and x.numel():
         _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
@@ -265,7 +265,7 @@ def instance_norm_act(
             x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, act, alpha
         )
     stats = (None, None) if use_input_stats else (running_mean, running_var)
-    forward = custom_ops("norm_act", impl)[0]
+    forward = custom_ops("norm_act", impl).norm_act
     y, mean, var = forward(x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
     if use_input_stats and running_mean is not None and x.numel():
         count = x.numel() // (x.shape[0] * x.shape[1])
@@ -279,7 +279,7 @@ def _update_running_stats(
     """``running = (1 - factor) * running + factor * stat`` in place, with the unbiased variance (``count`` values per
     group) and, for instance norm (``batch`` > 1), the batch average of the per-sample statistics (as
     F.instance_norm): one kernel, ``fastgan::norm_act_update_stats`` (as PyTorch's own batch norm kernel does it)."""
-    custom_ops("norm_act", impl)[2](running_mean, running_var, mean, var, factor, count, batch)
+    custom_ops("norm_act", impl).norm_act_update_stats(running_mean, running_var, mean, var, factor, count, batch)
 
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------

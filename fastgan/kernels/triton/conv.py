@@ -162,7 +162,7 @@ def _launch(
         warps, stages = 4 if block_n <= 64 else 8, 3
     grid = (triton.cdiv(rows, block_m), triton.cdiv(n_out, block_n), phases)
     tiles = grid[0] * grid[2]  # row tiles per channel, each leaving one (count, mean, M2) partial
-    part = torch.zeros(n_out * tiles * 3 if stats else 0, dtype=torch.float64, device=x.device)
+    part = torch.zeros(n_out * tiles * 3, dtype=torch.float64, device=x.device) if stats else y  # y: unused pointer
     if y.numel():
         wrap_triton(_conv_fwd_kernel)[grid](
             x, wk, b.to(x.dtype).contiguous() if b is not None else x, y, part,
