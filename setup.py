@@ -1,15 +1,50 @@
 """Build fastgan and its compiled extension fastgan._C.
 
-C++ kernels are always built. CUDA kernels are added when the installed PyTorch has CUDA and nvcc is found
-(CUDA_HOME or PATH); set FASTGAN_CUDA=0 to skip them, TORCH_CUDA_ARCH_LIST to choose architectures, MAX_JOBS for
-parallel compilation. PyTorch extensions need the installed torch, so install with build isolation off:
+C++ kernels are always built. CUDA kernels are added when the installed PyTorch has CUDA and a CUDA toolkit (nvcc)
+is found; no GPU is needed to build them. Knobs (all optional):
+    FASTGAN_CUDA=0           skip the CUDA kernels
+    CUDA_HOME=/path          the toolkit (default: found from nvcc on PATH, then /usr/local/cuda)
+    TORCH_CUDA_ARCH_LIST     architectures (default: the visible GPUs', else sm_80 and sm_90 + PTX)
+    MAX_JOBS=N               parallel compile jobs
+PyTorch extensions need the installed torch, so install with build isolation off:
     pip install --no-build-isolation -e .
 """
 
 import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
+
+# Without a visible GPU and without TORCH_CUDA_ARCH_LIST, build for the GPUs fastgan targets: A100 (sm_80) and
+# H100/H200 (sm_90), plus PTX so newer GPUs JIT-compile the sm_90 code.
+DEFAULT_CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                      "-gencode=arch=compute_90,code=compute_90"]
+
+
+def _is_toolkit(root):
+    return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(root, "include", "cuda_runtime.h"))
+
+
+def _find_toolkit():
+    """The CUDA toolkit root: $CUDA_HOME / $CUDA_PATH if set, else the first real toolkit among nvcc's parent folder
+    (an nvcc on PATH may be a wrapper script outside the toolkit), /usr/local/cuda and /usr/local/cuda-*."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    return next((root for root in candidates if _is_toolkit(root)), None)
+
+
+# torch.utils.cpp_extension reads the toolkit location once, when it is imported: set it first (this build's
+# environment only).
+if os.environ.get("FASTGAN_CUDA", "1") != "0" and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    _toolkit = _find_toolkit()
+    if _toolkit:
+        os.environ["CUDA_HOME"] = _toolkit
 
 try:
     import torch
@@ -23,27 +58,40 @@ except ImportError as error:  # pragma: no cover - only hit when torch is missin
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _wheel_cuda_includes():
+    """Header folders of the nvidia-* wheels a CUDA PyTorch depends on (cuSPARSE, cuBLAS, ...). ATen's CUDA headers
+    include them, and a toolkit installed without those libraries lacks them. Searched after the toolkit's own."""
+    if os.path.isfile(os.path.join(CUDA_HOME, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include")))
+
+
 def _extension():
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
-    cxx_flags = ["-O3", "-std=c++17"]
+    # No -std flag: PyTorch adds the standard its headers need (C++17 up to 2.13, C++20 from 2.14).
+    cxx_flags = ["-O3"]
     with_cuda = (
         os.environ.get("FASTGAN_CUDA", "1") != "0" and torch.version.cuda is not None and CUDA_HOME is not None
     )
-    if with_cuda:
-        nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
-        return CUDAExtension(
-            "fastgan._C",
-            cpp_sources + cu_sources,
-            include_dirs=[os.path.join(HERE, "csrc")],
-            define_macros=[("FASTGAN_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        )
-    return CppExtension(
+    if not with_cuda:
+        return CppExtension("fastgan._C", cpp_sources, include_dirs=[os.path.join(HERE, "csrc")],
+                            extra_compile_args={"cxx": cxx_flags})
+    nvcc_flags = ["-O3", "-lineinfo"]
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        nvcc_flags += DEFAULT_CUDA_ARCHS
+    for include in _wheel_cuda_includes():
+        cxx_flags += ["-idirafter", include]
+    return CUDAExtension(
         "fastgan._C",
-        cpp_sources,
+        cpp_sources + cu_sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": cxx_flags},
+        define_macros=[("FASTGAN_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
     )
 
 

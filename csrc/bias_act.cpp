@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
 
+#include "glue.h"
 #include "bias_act.h"
 
 #ifdef FASTGAN_WITH_CUDA
@@ -34,8 +35,7 @@ struct Prepared {
 Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, const at::Tensor* dy_in,
                  const at::Tensor* g_in, int64_t dim, int64_t act, double alpha, double gain,
                  std::optional<double> clamp) {
-    TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "bias_act: x must be a floating-point tensor, got ",
-                x_in.scalar_type(), "; convert it with x.float()");
+    check_kernel_dtype("bias_act", "x", x_in);
     TORCH_CHECK(act >= 0 && act < kNumActs, "bias_act: unknown activation index ", act);
     const int64_t ndim = x_in.dim();
     TORCH_CHECK(ndim == 0 ? false : (dim >= -ndim && dim < ndim), "bias_act: dim=", dim,
@@ -52,8 +52,7 @@ Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, 
                     dim, "] = ", x_in.size(dim), ", got shape ", b.sizes());
         TORCH_CHECK(b.device() == x_in.device(), "bias_act: b is on ", b.device(), " but x is on ",
                     x_in.device(), "; move b to x's device");
-        TORCH_CHECK(at::isFloatingType(b.scalar_type()), "bias_act: b must be floating-point, got ",
-                    b.scalar_type());
+        check_kernel_dtype("bias_act", "b", b);
         r.b = b.to(r.x.scalar_type()).contiguous();
     }
     if (dy_in) {
@@ -163,20 +162,12 @@ at::Tensor backward2_cpu(const at::Tensor& g, const at::Tensor& dy, const at::Te
 }
 
 #ifdef FASTGAN_WITH_CUDA
-DType cuda_dtype(at::ScalarType t) {
-    switch (t) {
-        case at::kHalf: return DType::Float16;
-        case at::kBFloat16: return DType::BFloat16;
-        case at::kDouble: return DType::Float64;
-        default: return DType::Float32;
-    }
-}
 
 at::Tensor run_cuda(Prepared r, int kind) {
     const c10::cuda::CUDAGuard guard(r.x.device());
-    const int err = bias_act_cuda_launch(r.p, cuda_dtype(r.x.scalar_type()), kind,
-                                         at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == 0, "bias_act: CUDA kernel launch failed with cudaError ", err);
+    check_launch(bias_act_cuda_launch(r.p, kernel_dtype(r.x.scalar_type()), kind,
+                                      at::cuda::getCurrentCUDAStream().stream()),
+                 "bias_act");
     return r.out;
 }
 

@@ -5,8 +5,6 @@
 
 namespace fastgan {
 
-enum class DType : int { Float32 = 0, Float16, BFloat16, Float64 };
-
 // kind: 0 forward, 1 backward (dx), 2 second-derivative term. Returns a cudaError_t as int (0 = success).
 int bias_act_cuda_launch(const BiasActParams& p, DType dtype, int kind, void* stream);
 

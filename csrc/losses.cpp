@@ -8,6 +8,7 @@
 
 #include <functional>
 
+#include "glue.h"
 #include "losses.h"
 
 #ifdef FASTGAN_WITH_CUDA
@@ -38,8 +39,7 @@ at::Tensor with_layout_of(const at::Tensor& t, const at::Tensor& like) {
 }
 
 void check_logits(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "gan_loss: ", name,
-                " logits must be a floating-point tensor, got ", t.scalar_type());
+    check_kernel_dtype("gan_loss", name, t);
     TORCH_CHECK(t.numel() > 0, "gan_loss: ", name, " logits are empty (an empty batch); the mean is undefined");
 }
 
@@ -130,7 +130,7 @@ GanLossBackwardPrepared prepare_gan_loss_backward(const at::Tensor& go, const at
                                                   const at::Tensor& grad_b) {
     TORCH_CHECK(go.numel() == 1, "gan_loss_backward: the incoming gradient must be a scalar, got shape ",
                 go.sizes());
-    TORCH_CHECK(at::isFloatingType(go.scalar_type()), "gan_loss_backward: grad must be floating-point");
+    check_kernel_dtype("gan_loss_backward", "grad", go);
     const auto mt = math_dtype(go.scalar_type());
     TORCH_CHECK(grad_a.scalar_type() == mt && grad_b.scalar_type() == mt,
                 "gan_loss_backward: saved gradients must be ", mt, ", got ", grad_a.scalar_type(), " and ",
@@ -180,8 +180,7 @@ struct InterpolatePrepared {
 };
 
 InterpolatePrepared prepare_interpolate(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
-    TORCH_CHECK(at::isFloatingType(real.scalar_type()), "penalty_interpolate: real must be floating-point, got ",
-                real.scalar_type());
+    check_kernel_dtype("penalty_interpolate", "real", real);
     TORCH_CHECK(real.dim() >= 1 && real.size(0) > 0, "penalty_interpolate: real must have a non-empty batch, got ",
                 real.sizes());
     TORCH_CHECK(fake.sizes() == real.sizes(), "penalty_interpolate: fake shape ", fake.sizes(),
@@ -231,8 +230,7 @@ struct PenaltyPrepared {
 
 PenaltyPrepared prepare_penalty(const at::Tensor& g_in, const at::Tensor* go, const at::Tensor* norms,
                                 double weight, double center, double scale) {
-    TORCH_CHECK(at::isFloatingType(g_in.scalar_type()), "grad_norm_penalty: the gradient must be floating-point, got ",
-                g_in.scalar_type());
+    check_kernel_dtype("grad_norm_penalty", "the gradient", g_in);
     TORCH_CHECK(g_in.dim() >= 1 && g_in.size(0) > 0,
                 "grad_norm_penalty: the gradient must have a non-empty batch dimension, got shape ", g_in.sizes());
     PenaltyPrepared r;
@@ -312,18 +310,6 @@ at::Tensor penalty_backward_cpu(const at::Tensor& go, const at::Tensor& g, const
 }
 
 #ifdef FASTGAN_WITH_CUDA
-LossDType cuda_dtype(at::ScalarType t) {
-    switch (t) {
-        case at::kHalf: return LossDType::Float16;
-        case at::kBFloat16: return LossDType::BFloat16;
-        case at::kDouble: return LossDType::Float64;
-        default: return LossDType::Float32;
-    }
-}
-
-void check_launch(int err, const char* op) {
-    TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed with cudaError ", err);
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const at::Tensor& a, const std::optional<at::Tensor>& b,
                                                              int64_t term_a, int64_t term_b) {
@@ -331,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const at::Tensor& a
     const c10::cuda::CUDAGuard guard(r.a.device());
     const at::Tensor partials = at::empty({kGanLossMaxBlocks}, r.grad_a.options());
     r.p.partials = partials.data_ptr();
-    check_launch(gan_loss_cuda_launch(r.p, cuda_dtype(r.a.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
+    check_launch(gan_loss_cuda_launch(r.p, kernel_dtype(r.a.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
                  "gan_loss");
     return {r.loss, r.grad_a, r.grad_b};
 }
@@ -340,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cuda(const at::Tensor& go, 
                                                           const at::Tensor& grad_b) {
     GanLossBackwardPrepared r = prepare_gan_loss_backward(go, grad_a, grad_b);
     const c10::cuda::CUDAGuard guard(grad_a.device());
-    check_launch(gan_loss_backward_cuda_launch(r.p, cuda_dtype(r.go.scalar_type()),
+    check_launch(gan_loss_backward_cuda_launch(r.p, kernel_dtype(r.go.scalar_type()),
                                                at::cuda::getCurrentCUDAStream().stream()),
                  "gan_loss_backward");
     return {r.da, r.db};
@@ -349,7 +335,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cuda(const at::Tensor& go, 
 at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
     InterpolatePrepared r = prepare_interpolate(real, fake, eps);
     const c10::cuda::CUDAGuard guard(r.real.device());
-    check_launch(interpolate_cuda_launch(r.p, cuda_dtype(r.real.scalar_type()),
+    check_launch(interpolate_cuda_launch(r.p, kernel_dtype(r.real.scalar_type()),
                                          at::cuda::getCurrentCUDAStream().stream()),
                  "penalty_interpolate");
     return r.out;
@@ -358,7 +344,7 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
 std::tuple<at::Tensor, at::Tensor> penalty_cuda(const at::Tensor& g, double weight, double center, double scale) {
     PenaltyPrepared r = prepare_penalty(g, nullptr, nullptr, weight, center, scale);
     const c10::cuda::CUDAGuard guard(r.g.device());
-    check_launch(penalty_cuda_launch(r.p, cuda_dtype(r.g.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
+    check_launch(penalty_cuda_launch(r.p, kernel_dtype(r.g.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
                  "grad_norm_penalty");
     return {r.out, r.norms};
 }
@@ -367,7 +353,7 @@ at::Tensor penalty_backward_cuda(const at::Tensor& go, const at::Tensor& g, cons
                                  double center, double scale) {
     PenaltyPrepared r = prepare_penalty(g, &go, &norms, weight, center, scale);
     const c10::cuda::CUDAGuard guard(r.g.device());
-    check_launch(penalty_backward_cuda_launch(r.p, cuda_dtype(r.g.scalar_type()),
+    check_launch(penalty_backward_cuda_launch(r.p, kernel_dtype(r.g.scalar_type()),
                                               at::cuda::getCurrentCUDAStream().stream()),
                  "grad_norm_penalty_backward");
     return r.out;

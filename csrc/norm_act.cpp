@@ -12,6 +12,7 @@
 
 #include <tuple>
 
+#include "glue.h"
 #include "norm_act.h"
 
 #ifdef FASTGAN_WITH_CUDA
@@ -37,8 +38,7 @@ struct Prepared {
 Prepared prepare(const char* op, const at::Tensor& x_in, const std::optional<at::Tensor>& w_in,
                  const std::optional<at::Tensor>& b_in, bool use_input_stats, bool instance, double eps, int64_t act,
                  double alpha) {
-    TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), op, ": x must be a floating-point tensor, got ",
-                x_in.scalar_type(), "; convert it with x.float()");
+    check_kernel_dtype(op, "x", x_in);
     TORCH_CHECK(x_in.dim() >= 2, op, ": x must have shape [N, C, ...], got ", x_in.sizes());
     TORCH_CHECK(act >= 0 && act < kNumActs, op, ": unknown activation index ", act);
     TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
@@ -55,8 +55,7 @@ Prepared prepare(const char* op, const at::Tensor& x_in, const std::optional<at:
                     ", got shape ", t.sizes());
         TORCH_CHECK(t.device() == x_in.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
                     x_in.device(), "; move it to x's device");
-        TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating-point, got ",
-                    t.scalar_type());
+        check_kernel_dtype(op, name, t);
         return t.to(r.math).contiguous();
     };
     r.w = affine("weight", w_in);
@@ -268,7 +267,7 @@ PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& 
     TORCH_CHECK(running_mean.dim() == 1 && running_var.sizes() == running_mean.sizes(), op,
                 ": running_mean and running_var must be 1-D of the same length, got ", running_mean.sizes(), " and ",
                 running_var.sizes());
-    TORCH_CHECK(at::isFloatingType(running_mean.scalar_type()) &&
+    TORCH_CHECK(is_kernel_dtype(running_mean.scalar_type()) &&
                     running_var.scalar_type() == running_mean.scalar_type(), op,
                 ": running_mean and running_var must be floating-point tensors of one dtype, got ",
                 running_mean.scalar_type(), " and ", running_var.scalar_type());
@@ -323,14 +322,6 @@ void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_
 }
 
 #ifdef FASTGAN_WITH_CUDA
-DType cuda_dtype(at::ScalarType t) {
-    switch (t) {
-        case at::kHalf: return DType::Float16;
-        case at::kBFloat16: return DType::BFloat16;
-        case at::kDouble: return DType::Float64;
-        default: return DType::Float32;
-    }
-}
 
 Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
                     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
@@ -341,11 +332,10 @@ Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, con
     if (r.p.use_input_stats) {
         partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, x.options().dtype(r.math));
     }
-    const int err = norm_act_cuda_forward(r.p, cuda_dtype(r.x.scalar_type()), r.mean.data_ptr(), r.var.data_ptr(),
-                                          partials.defined() ? partials.data_ptr() : nullptr,
-                                          at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == 0, instance ? "instance_norm_act" : "batch_norm_act", ": CUDA kernel launch failed with "
-                "cudaError ", err);
+    check_launch(norm_act_cuda_forward(r.p, kernel_dtype(r.x.scalar_type()), r.mean.data_ptr(), r.var.data_ptr(),
+                                       partials.defined() ? partials.data_ptr() : nullptr,
+                                       at::cuda::getCurrentCUDAStream().stream()),
+                 instance ? "instance_norm_act" : "batch_norm_act");
     return {r.out, r.mean, r.var};
 }
 
@@ -357,11 +347,10 @@ Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optio
     at::Tensor sum_dz = at::empty({r.p.groups}, x.options().dtype(r.math));
     at::Tensor sum_dz_xhat = at::empty({r.p.groups}, x.options().dtype(r.math));
     at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 2}, x.options().dtype(r.math));
-    const int err = norm_act_cuda_backward(r.p, cuda_dtype(r.x.scalar_type()), sum_dz.data_ptr(),
-                                           sum_dz_xhat.data_ptr(), partials.data_ptr(),
-                                           at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == 0, instance ? "instance_norm_act" : "batch_norm_act", ": CUDA backward kernel launch failed "
-                "with cudaError ", err);
+    check_launch(norm_act_cuda_backward(r.p, kernel_dtype(r.x.scalar_type()), sum_dz.data_ptr(),
+                                        sum_dz_xhat.data_ptr(), partials.data_ptr(),
+                                        at::cuda::getCurrentCUDAStream().stream()),
+                 instance ? "instance_norm_act_backward" : "batch_norm_act_backward");
     return finish_backward(r, sum_dz, sum_dz_xhat);
 }
 #endif
@@ -371,10 +360,10 @@ void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running
                        const at::Tensor& var, double factor, int64_t count, int64_t batch) {
     const c10::cuda::CUDAGuard guard(running_mean.device());
     const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
-    const int err = norm_act_cuda_update_stats(r.p, cuda_dtype(running_mean.scalar_type()),
-                                               r.mean.scalar_type() == at::kDouble,
-                                               at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == 0, "norm_act_update_stats: CUDA kernel launch failed with cudaError ", err);
+    check_launch(norm_act_cuda_update_stats(r.p, kernel_dtype(running_mean.scalar_type()),
+                                            r.mean.scalar_type() == at::kDouble,
+                                            at::cuda::getCurrentCUDAStream().stream()),
+                 "norm_act_update_stats");
 }
 #endif
 

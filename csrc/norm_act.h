@@ -113,7 +113,7 @@ FASTGAN_HD T lerp_like_torch(T start, T end, T weight) {
 // A statistic rounded to the buffer type as Tensor.to() does it: half and bfloat16 by way of float.
 template <typename B, typename S>
 struct RoundTo {
-    FASTGAN_HD static B from(S v) { return static_cast<B>(static_cast<float>(v)); }
+    FASTGAN_HD static B from(S v) { return cast_to<B>(static_cast<float>(v)); }
 };
 template <typename S>
 struct RoundTo<double, S> {
@@ -142,8 +142,8 @@ FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c) {
     B* rm = static_cast<B*>(p.running_mean) + c * p.stride_mean;
     B* rv = static_cast<B*>(p.running_var) + c * p.stride_var;
     const M weight = static_cast<M>(p.factor);
-    *rm = static_cast<B>(lerp_like_torch<M>(static_cast<M>(*rm), static_cast<M>(RoundTo<B, S>::from(m)), weight));
-    *rv = static_cast<B>(lerp_like_torch<M>(static_cast<M>(*rv), static_cast<M>(RoundTo<B, S>::from(v)), weight));
+    *rm = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rm), cast_to<M>(RoundTo<B, S>::from(m)), weight));
+    *rv = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rv), cast_to<M>(RoundTo<B, S>::from(v)), weight));
 }
 
 }  // namespace fastgan

@@ -9,13 +9,7 @@
 namespace fastgan {
 namespace {
 
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
 
-// __half and __nv_bfloat16 convert to and from float on the device; math runs in float (double for float64).
-template <typename T> __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
-    return static_cast<typename MathType<T>::type>(p[i]);
-}
 
 template <typename T, int Kind>
 __global__ void bias_act_kernel(BiasActParams p) {
@@ -39,7 +33,7 @@ __global__ void bias_act_kernel(BiasActParams p) {
         } else {
             v = bias_act_backward2<M>(p.act, z, load(dy, i), load(g, i), alpha, gain, clamp);
         }
-        out[i] = static_cast<T>(v);
+        out[i] = cast_to<T>(v);
     }
 }
 

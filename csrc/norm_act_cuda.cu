@@ -12,12 +12,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
 
-template <typename T> __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
-    return static_cast<typename MathType<T>::type>(p[i]);
-}
 
 // Sum of (a, b) over the block, in a fixed tree order (warp shuffles, then one warp over the warp sums).
 template <typename M>
@@ -98,7 +93,7 @@ __global__ void apply_kernel(NormActParams p, int64_t numel) {
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
         const int64_t g = element_group(p, i), c = g % p.C;
         const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[c] : M(1), b ? b[c] : M(0));
-        y[i] = static_cast<T>(act_forward<M>(p.act, z, alpha));
+        y[i] = cast_to<T>(act_forward<M>(p.act, z, alpha));
     }
 }
 
@@ -161,7 +156,7 @@ __global__ void dx_kernel(NormActParams p, int64_t numel) {
         const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
         const M xhat = (load(x, i) - mean[g]) * invstd;
         const M dz = load(dy, i) * act_grad<M>(p.act, xhat * wc + bc, alpha);
-        dx[i] = static_cast<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
+        dx[i] = cast_to<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
     }
 }
 

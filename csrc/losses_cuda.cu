@@ -9,12 +9,7 @@
 namespace fastgan {
 namespace {
 
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
 
-template <typename T> __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
-    return static_cast<typename MathType<T>::type>(p[i]);
-}
 
 // Sum of v over the block (blockDim.x a power of two <= kMaxThreads); the result is valid in thread 0.
 constexpr int kMaxThreads = 1024;
@@ -59,7 +54,7 @@ __global__ void gan_loss_kernel(GanLossParams p) {
     const M total = block_sum<M>(acc, shared);
     if (threadIdx.x != 0) return;
     if (gridDim.x == 1) {
-        *static_cast<T*>(p.loss) = static_cast<T>(total);
+        *static_cast<T*>(p.loss) = cast_to<T>(total);
     } else {
         static_cast<M*>(p.partials)[blockIdx.x] = total;
     }
@@ -72,7 +67,7 @@ __global__ void gan_loss_finalize_kernel(GanLossParams p, int blocks) {
     __shared__ M shared[kMaxThreads];
     const M v = static_cast<int>(threadIdx.x) < blocks ? static_cast<const M*>(p.partials)[threadIdx.x] : M(0);
     const M total = block_sum<M>(v, shared);
-    if (threadIdx.x == 0) *static_cast<T*>(p.loss) = static_cast<T>(total);
+    if (threadIdx.x == 0) *static_cast<T*>(p.loss) = cast_to<T>(total);
 }
 
 template <typename T>
@@ -87,9 +82,9 @@ __global__ void gan_loss_backward_kernel(GanLossBackwardParams p) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
         if (i < p.numel_a) {
-            da[i] = static_cast<T>(go * grad_a[i]);
+            da[i] = cast_to<T>(go * grad_a[i]);
         } else {
-            db[i - p.numel_a] = static_cast<T>(go * grad_b[i - p.numel_a]);
+            db[i - p.numel_a] = cast_to<T>(go * grad_b[i - p.numel_a]);
         }
     }
 }
@@ -104,7 +99,7 @@ __global__ void interpolate_kernel(InterpolateParams p) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
         const M e = static_cast<const M*>(p.eps)[i / p.per_sample];
-        out[i] = static_cast<T>(interpolate_value<M>(e, load(real, i), load(fake, i)));
+        out[i] = cast_to<T>(interpolate_value<M>(e, load(real, i), load(fake, i)));
     }
 }
 
@@ -134,7 +129,7 @@ __global__ void penalty_kernel(PenaltyParams p) {
         acc += penalty_term<M>(norms[i], M(p.scale), M(p.center));
     }
     const M total = block_sum<M>(acc, shared);
-    if (threadIdx.x == 0) *static_cast<T*>(p.out) = static_cast<T>(M(p.weight) * total / static_cast<M>(p.batch));
+    if (threadIdx.x == 0) *static_cast<T*>(p.out) = cast_to<T>(M(p.weight) * total / static_cast<M>(p.batch));
 }
 
 template <typename T>
@@ -148,7 +143,7 @@ __global__ void penalty_backward_kernel(PenaltyParams p) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
         const M coef = penalty_coef<M>(norms[i / p.per_sample], go, M(p.weight), M(p.center), M(p.scale), p.batch);
-        out[i] = static_cast<T>(coef * load(g, i));
+        out[i] = cast_to<T>(coef * load(g, i));
     }
 }
 
@@ -206,35 +201,35 @@ int launch_penalty_backward(const PenaltyParams& p, cudaStream_t s) {
 
 }  // namespace
 
-#define FASTGAN_DISPATCH_LOSS_DTYPE(LAUNCH, P, DTYPE, STREAM)                                          \
-    switch (DTYPE) {                                                                                   \
-        case LossDType::Float16: return LAUNCH<__half>(P, static_cast<cudaStream_t>(STREAM));          \
-        case LossDType::BFloat16: return LAUNCH<__nv_bfloat16>(P, static_cast<cudaStream_t>(STREAM));  \
-        case LossDType::Float64: return LAUNCH<double>(P, static_cast<cudaStream_t>(STREAM));          \
-        default: return LAUNCH<float>(P, static_cast<cudaStream_t>(STREAM));                           \
+#define FASTGAN_DISPATCH_LOSS_DTYPE(LAUNCH, P, DTYPE, STREAM)                                     \
+    switch (DTYPE) {                                                                              \
+        case DType::Float16: return LAUNCH<__half>(P, static_cast<cudaStream_t>(STREAM));         \
+        case DType::BFloat16: return LAUNCH<__nv_bfloat16>(P, static_cast<cudaStream_t>(STREAM)); \
+        case DType::Float64: return LAUNCH<double>(P, static_cast<cudaStream_t>(STREAM));         \
+        default: return LAUNCH<float>(P, static_cast<cudaStream_t>(STREAM));                      \
     }
 
-int gan_loss_cuda_launch(const GanLossParams& p, LossDType dtype, void* stream) {
+int gan_loss_cuda_launch(const GanLossParams& p, DType dtype, void* stream) {
     if (p.numel_a == 0) return 0;
     FASTGAN_DISPATCH_LOSS_DTYPE(launch_gan_loss, p, dtype, stream)
 }
 
-int gan_loss_backward_cuda_launch(const GanLossBackwardParams& p, LossDType dtype, void* stream) {
+int gan_loss_backward_cuda_launch(const GanLossBackwardParams& p, DType dtype, void* stream) {
     if (p.numel_a == 0) return 0;
     FASTGAN_DISPATCH_LOSS_DTYPE(launch_gan_loss_backward, p, dtype, stream)
 }
 
-int interpolate_cuda_launch(const InterpolateParams& p, LossDType dtype, void* stream) {
+int interpolate_cuda_launch(const InterpolateParams& p, DType dtype, void* stream) {
     if (p.batch * p.per_sample == 0) return 0;
     FASTGAN_DISPATCH_LOSS_DTYPE(launch_interpolate, p, dtype, stream)
 }
 
-int penalty_cuda_launch(const PenaltyParams& p, LossDType dtype, void* stream) {
+int penalty_cuda_launch(const PenaltyParams& p, DType dtype, void* stream) {
     if (p.batch == 0) return 0;
     FASTGAN_DISPATCH_LOSS_DTYPE(launch_penalty, p, dtype, stream)
 }
 
-int penalty_backward_cuda_launch(const PenaltyParams& p, LossDType dtype, void* stream) {
+int penalty_backward_cuda_launch(const PenaltyParams& p, DType dtype, void* stream) {
     if (p.batch * p.per_sample == 0) return 0;
     FASTGAN_DISPATCH_LOSS_DTYPE(launch_penalty_backward, p, dtype, stream)
 }
