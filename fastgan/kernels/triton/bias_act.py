@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from ..._layout import dense, like
+from .launch import launch
 
 # Activation indices: fastgan/ops/bias_act.py::ACTIVATIONS and csrc/bias_act.h::Act.
 LINEAR, RELU, LRELU, TANH, SIGMOID, ELU, SELU, SOFTPLUS, SILU = range(9)
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
+SELU_ALPHA = tl.constexpr(1.6732632423543772848170429916717)  # a plain global cannot be read by a compiled kernel
+SELU_SCALE = tl.constexpr(1.0507009873554804934193349852946)
 
 
 @triton.jit
@@ -160,7 +161,8 @@ def _launch(kind: int, x, b, dy, g, dim: int, act: int, alpha: float, gain: floa
     # The interpreter pays per program, not per element: large blocks keep CPU tests fast.
     block = 8192 if triton_interpreting() else 1024
     grid = (triton.cdiv(numel, block),)
-    wrap_triton(_bias_act_kernel)[grid](
+    launch(
+        _bias_act_kernel, grid,
         x, bias, dy, g, out,
         numel, x.shape[dim], max(x.stride(dim), 1),
         float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,

@@ -22,10 +22,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from .bias_act import _act, _round_to_bf16
+from .launch import launch
 from .norm_act import merge_partials
 
 
@@ -95,8 +96,8 @@ def _conv_fwd_kernel(
                             mask=c_ok[:, None] & n_mask[None, :], other=0.0)
                 if UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
                     acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:  # float64 operands accumulate in float64 (acc's type)
-                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                else:  # out_dtype: float64 operands accumulate in float64 (Triton 3.6 defaults it to float32)
+                    acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc_type)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(acc_type)[None, :]
     if STATS:
@@ -164,7 +165,8 @@ def _launch(
     tiles = grid[0] * grid[2]  # row tiles per channel, each leaving one (count, mean, M2) partial
     part = torch.zeros(n_out * tiles * 3, dtype=torch.float64, device=x.device) if stats else y  # y: unused pointer
     if y.numel():
-        wrap_triton(_conv_fwd_kernel)[grid](
+        launch(
+            _conv_fwd_kernel, grid,
             x, wk, b.to(x.dtype).contiguous() if b is not None else x, y, part,
             x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
             *x.stride(), swo, swc, swh, sww, *y.stride(),
@@ -263,7 +265,7 @@ def _conv_wgrad_kernel(
         if UPCAST:  # the interpreter's dot mishandles bfloat16; bf16 products are exact in float32
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc_type)
     dw_offs = part.to(tl.int64) * sws + kh * swh + kw * sww + rm[:, None] * swo + rn[None, :] * swc
     if UPCAST and dw_ptr.dtype.element_ty == tl.bfloat16:  # not the float32 partials of a split reduction
         acc = _round_to_bf16(acc)
@@ -299,7 +301,8 @@ def _launch_weight_grad(dz, x, kernel_size, stride, padding, transposed: bool, s
     strides = out.stride()[-4:]
     swo, swc = (strides[1], strides[0]) if transposed else (strides[0], strides[1])
     grid = (triton.cdiv(co, block_m), triton.cdiv(c, block_n), kh * kw * split)
-    wrap_triton(_conv_wgrad_kernel)[grid](
+    launch(
+        _conv_wgrad_kernel, grid,
         dz, x, out,
         n, c, x.shape[2], x.shape[3], co, oh, ow, kw, kh * kw,
         *dz.stride(), *x.stride(),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from ..._layout import dense, like
+from .launch import check_int32_elements, launch
 
 
 def _math(dtype: torch.dtype) -> torch.dtype:
@@ -216,6 +217,7 @@ _MAX_PROGRAMS = 256
 def gan_loss_triton(
     a: torch.Tensor, b: torch.Tensor | None, term_a: int, term_b: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_int32_elements("gan_loss", a, *([b] if b is not None else []))
     a = dense(a)
     mt = _math(a.dtype)
     loss = a.new_empty(())
@@ -229,13 +231,14 @@ def gan_loss_triton(
     block = _block(max(a.numel(), b.numel() if b is not None else 0), 4096)
     programs = 1 if total <= _SINGLE_PROGRAM_MAX else min(_MAX_PROGRAMS, triton.cdiv(total, block))
     partials = a.new_empty(programs, dtype=mt)
-    wrap_triton(_gan_loss_fwd_kernel)[(programs,)](
+    launch(
+        _gan_loss_fwd_kernel, (programs,),
         a, b if b is not None else a, loss, partials, grad_a, grad_b if b is not None else grad_a,
         a.numel(), b.numel() if b is not None else 0,
         TERM_A=term_a, TERM_B=term_b, HAS_B=b is not None, MATH=_tl_math(a.dtype), BLOCK=block, num_warps=8,
     )
     if programs > 1:
-        wrap_triton(_sum_partials_kernel)[(1,)](partials, loss, programs, BLOCK=triton.next_power_of_2(programs))
+        launch(_sum_partials_kernel, (1,), partials, loss, programs, BLOCK=triton.next_power_of_2(programs))
     return loss, grad_a, grad_b
 
 
@@ -243,6 +246,7 @@ def gan_loss_triton(
 def gan_loss_backward_triton(
     go: torch.Tensor, grad_a: torch.Tensor, grad_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_int32_elements("gan_loss_backward", grad_a, grad_b)
     go = go.reshape(())
     da = torch.empty_like(grad_a, dtype=go.dtype)
     db = torch.empty_like(grad_b, dtype=go.dtype)
@@ -250,7 +254,8 @@ def gan_loss_backward_triton(
     programs_a = triton.cdiv(grad_a.numel(), block)
     programs = programs_a + triton.cdiv(grad_b.numel(), block)
     if programs:
-        wrap_triton(_gan_loss_bwd_kernel)[(programs,)](
+        launch(
+            _gan_loss_bwd_kernel, (programs,),
             go, grad_a, grad_b, da, db, grad_a.numel(), grad_b.numel(), programs_a,
             MATH=_tl_math(grad_a.dtype), BLOCK=block,
         )
@@ -259,6 +264,7 @@ def gan_loss_backward_triton(
 
 @triton_op("fastgan::penalty_interpolate_triton", mutates_args=())
 def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    check_int32_elements("penalty_interpolate", real)
     real = sample_major(real)
     fake = like(fake, real)
     eps = eps.to(_math(real.dtype)).contiguous()
@@ -266,7 +272,8 @@ def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torc
     numel = real.numel()
     if numel:
         block = _block(numel)
-        wrap_triton(_interpolate_kernel)[(triton.cdiv(numel, block),)](
+        launch(
+            _interpolate_kernel, (triton.cdiv(numel, block),),
             real, fake, eps, out, numel, numel // real.shape[0], MATH=_tl_math(real.dtype), BLOCK=block,
         )
     return out
@@ -282,8 +289,9 @@ def grad_norm_penalty_triton(
     out = g.new_empty(())
     math = _tl_math(g.dtype)
     per_sample = g.numel() // batch
-    wrap_triton(_sample_norm_kernel)[(batch,)](g, norms, per_sample, MATH=math, BLOCK=_block(per_sample))
-    wrap_triton(_penalty_kernel)[(1,)](
+    launch(_sample_norm_kernel, (batch,), g, norms, per_sample, MATH=math, BLOCK=_block(per_sample))
+    launch(
+        _penalty_kernel, (1,),
         norms, out, batch, float(weight), float(center), float(scale), MATH=math, BLOCK=_block(batch)
     )
     return out, norms
@@ -293,12 +301,14 @@ def grad_norm_penalty_triton(
 def grad_norm_penalty_backward_triton(
     go: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, weight: float, center: float, scale: float
 ) -> torch.Tensor:
+    check_int32_elements("grad_norm_penalty_backward", g)
     g = sample_major(g)
     out = torch.empty_like(g)
     numel = g.numel()
     if numel:
         block = _block(numel)
-        wrap_triton(_penalty_bwd_kernel)[(triton.cdiv(numel, block),)](
+        launch(
+            _penalty_bwd_kernel, (triton.cdiv(numel, block),),
             go.reshape(()), g, norms.contiguous(), out, numel, numel // g.shape[0], g.shape[0],
             float(weight), float(center), float(scale), MATH=_tl_math(g.dtype), BLOCK=block,
         )

@@ -16,10 +16,11 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from .bias_act import _act, _act_grad, _round_to_bf16
+from .launch import launch
 
 CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act_cuda.h::kNormActChunk)
 
@@ -104,12 +105,14 @@ def _norm_partial_cl_kernel(
 ):
     # _norm_partial_kernel for channels_last (channel stride 1): a [rows, channels] tile per step, so a warp reads
     # consecutive channels (coalesced) instead of one group's values C apart. Same partials, same order of merging.
+    # One flat grid of (sample, channel block, chunk) programs: a 2-D grid would cap one of them at 65,535.
     cblocks = tl.cdiv(C, BLOCK_C)
-    sample = tl.program_id(0) // cblocks
-    c = (tl.program_id(0) % cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tile = tl.program_id(0) // chunks
+    k = tl.program_id(0) % chunks
+    sample = tile // cblocks
+    c = (tile % cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     g = sample.to(tl.int64) * C + c if INSTANCE else c.to(tl.int64)
-    k = tl.program_id(1)
     j0 = k.to(tl.int64) * CHUNK_SIZE
     base = sample.to(tl.int64) * sN if INSTANCE else 0
     a = tl.zeros([BLOCK_R, BLOCK_C], tl.float64)
@@ -230,7 +233,8 @@ def merge_partials(
     out1 = torch.empty_like(out0)
     if groups:
         block = 128
-        wrap_triton(_norm_merge_kernel)[(triton.cdiv(groups, block),)](
+        launch(
+            _norm_merge_kernel, (triton.cdiv(groups, block),),
             part, out0, out1, groups, chunks, GRAD=grad, MATH=tl.float64 if math == torch.float64 else tl.float32,
             BLOCK=block,
         )
@@ -266,14 +270,16 @@ class _View:
         if self.group_size and self.groups and self.sC == 1 and self.C > 1:
             block_c, block_r = 32, (128 if triton_interpreting() else 16)
             samples = self.N if self.instance else 1
-            wrap_triton(_norm_partial_cl_kernel)[(samples * triton.cdiv(self.C, block_c), self.chunks)](
+            launch(
+                _norm_partial_cl_kernel, (samples * triton.cdiv(self.C, block_c) * self.chunks,),
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
                 self.group_size, self.chunks, self.C, self.L, self.sN, self.sL, float(eps), float(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
                 MATH=self.tl_math, CHUNK_SIZE=CHUNK, BLOCK_R=block_r, BLOCK_C=block_c,
             )
         elif self.group_size and self.groups:
-            wrap_triton(_norm_partial_kernel)[(self.groups * self.chunks,)](
+            launch(
+                _norm_partial_kernel, (self.groups * self.chunks,),
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
                 self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL, float(eps), float(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
@@ -289,7 +295,8 @@ class _View:
         numel = self.x.numel()
         if numel:
             sdz, sdzx = sums if sums is not None else (mean, mean)
-            wrap_triton(_norm_elementwise_kernel)[(triton.cdiv(numel, self.block),)](
+            launch(
+                _norm_elementwise_kernel, (triton.cdiv(numel, self.block),),
                 self.x, dy if dy is not None else self.x, out, self.affine(w), self.affine(b), mean, var, sdz, sdzx,
                 numel, self.group_size, self.C, self.sN, self.sC, float(eps), float(alpha),
                 GRAD=grad, TRAINING=sums is not None, INSTANCE=self.instance, HAS_W=w is not None,
@@ -437,7 +444,8 @@ def norm_act_update_stats_triton(
     if channels:
         block = 128
         math = tl.float64 if running_mean.dtype == torch.float64 else tl.float32
-        wrap_triton(_update_stats_kernel)[(triton.cdiv(channels, block),)](
+        launch(
+            _update_stats_kernel, (triton.cdiv(channels, block),),
             running_mean, running_var, mean.contiguous(), var.contiguous(), channels, batch, running_mean.stride(0),
             running_var.stride(0), count, *_float32_parts(float(factor)), MATH=math, BLOCK=block,
         )
