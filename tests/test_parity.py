@@ -22,7 +22,9 @@ def _params():
             for device in DEVICES:
                 for dtype in case.dtypes:
                     for layout in case.layouts:
-                        for shape in case.shapes:
+                        # impl="ref" is the specification itself: its rows prove only that it keeps the dtype and
+                        # the layout, which its first shape shows.
+                        for shape in case.shapes[:1] if impl == "ref" else case.shapes:
                             if layout == "channels_last" and len(shape) != 4:
                                 continue
                             size = "x".join(map(str, shape))

@@ -158,7 +158,10 @@ def test_autocast_penalty_is_float32_and_finite(impl, dtype):
     with torch.autocast("cpu", dtype=dtype):
         ours = gradient_penalty(critic, real, fake, eps=eps, impl=impl, scaler=scaler)
     assert ours.dtype == torch.float32 and torch.isfinite(ours)
-    torch.testing.assert_close(ours, truth, rtol=0.05, atol=0.05)
+    with torch.autocast("cpu", dtype=dtype):  # PyTorch's own error with the critic in this dtype
+        torch_low = textbook_gradient_penalty(critic, real, fake, eps).float()
+    tol = 2 * (torch_low - truth).abs().item() + 4 * torch.finfo(dtype).eps * max(1.0, truth.abs().item())
+    assert (ours - truth).abs().item() <= tol, (ours.item(), truth.item(), torch_low.item())
     critic.zero_grad(set_to_none=True)
     (scaler.scale(ours) if scaler else ours).backward()
     assert all(torch.isfinite(p.grad).all() for p in critic.parameters() if p.grad is not None)
@@ -253,8 +256,6 @@ def test_gradient_penalty_through_fastgan_layers_matches_textbook(impl):
     require(impl, "cpu")
     import fastgan
 
-    if not hasattr(fastgan, "optimize"):
-        pytest.skip("fastgan.optimize is not in this checkout")
     torch.manual_seed(0)
     critic = nn.Sequential(
         nn.Conv2d(3, 4, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(4, 6, 3, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(),

@@ -104,8 +104,9 @@ def test_a_different_seed_gives_a_different_run(tmp_path, unpaired_root):
     for run in runs:
         run.fit()
     a, b = (_state_tensors(run) for run in runs)
-    assert not torch.equal(a["G.net.0.conv.weight"] if "G.net.0.conv.weight" in a else next(iter(a.values())),
-                           b["G.net.0.conv.weight"] if "G.net.0.conv.weight" in b else next(iter(b.values())))
+    weights = [k for k in a if k.startswith("G.") and k.endswith("weight")]
+    assert weights, f"no generator weight among {list(a)[:8]}"
+    assert all(not torch.equal(a[k], b[k]) for k in weights)
 
 
 def test_wgan_clips_every_critic_weight(tmp_path, unpaired_root):
@@ -216,7 +217,6 @@ def test_batch_stream_is_a_resumable_permutation():
     dataset = [(torch.full((1, 2, 2), float(i)), i) for i in range(10)]
     stream = BatchStream(dataset, 3, seed=0, device=torch.device("cpu"))
     epoch0 = torch.cat([next(stream)[:, 0, 0, 0] for _ in range(3)])
-    assert sorted(epoch0.tolist()) != list(range(9)) or True
     assert len(set(epoch0.tolist())) == 9  # three full batches, no repeats, the tenth image dropped
     state = stream.state_dict()
     following = [next(stream) for _ in range(4)]

@@ -1,38 +1,8 @@
-"""File helpers shared by the data layer: atomic writes and the lazy Pillow import."""
+"""The lazy Pillow import shared by the data layer."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
-from typing import BinaryIO
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for binary writing; move it onto ``path`` only on success.
-
-    Readers never see a half-written file, and a failure (an exception, a full disk) leaves no temporary file
-    behind. The temporary file is created with ``open(..., "xb")`` rather than ``mkstemp`` so the result gets
-    the usual umask-based permissions instead of 0600. ``fsync=True`` also survives a power loss (downloads
-    use it; image grids do not, since thousands of fsyncs would dominate sample dumps).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            yield handle
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def require_pil(what: str) -> ModuleType:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._io import atomic_writer
+from .._io import atomic_writer
 from .download import DownloadError, default_cache_dir, download_file
 from .idx import read_idx
 from .images import read_image

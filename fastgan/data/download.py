@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._io import atomic_writer
+from .._io import atomic_writer
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._io import atomic_writer, require_pil
+from .._io import atomic_writer
+from ._io import require_pil
 
 _PNG_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._dtypes import check_dtype, math_dtype
 
 __all__ = ["LOSS_KINDS", "GANLoss", "d_loss", "d_loss_ref", "g_loss", "g_loss_ref"]
 
@@ -76,8 +77,7 @@ def _kind(kind: str, op: str) -> LossKind:
 def _check_logits(t: torch.Tensor, name: str, op: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+    check_dtype(op, name, t)
     if t.dim() == 0:
         raise ValueError(f"{op}: {name} must have a batch dimension ([B], [B, 1] or [B, 1, H, W]), got a scalar")
     if t.numel() == 0:
@@ -209,9 +209,6 @@ def _add(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
 
 def _register(forward, backward) -> None:
     """Fake implementations and autograd formulas for one implementation's two ops."""
-
-    def math_dtype(dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
 
     def fake_forward(a, b, term_a, term_b):
         mt = math_dtype(a.dtype)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._dtypes import check_dtype, math_dtype
 
 __all__ = [
     "GradientPenalty",
@@ -39,8 +40,7 @@ __all__ = [
 def _check_batch(t: torch.Tensor, name: str, op: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+    check_dtype(op, name, t)
     if t.dim() == 0 or t.shape[0] == 0:
         raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}: it needs a non-empty batch dimension")
 
@@ -311,9 +311,6 @@ def _penalty_grad2(gg, go, g, weight, center, scale):
 
 def _register(interp, penalty, penalty_backward) -> None:
     """Fake implementations and autograd formulas for one implementation's three ops."""
-
-    def math_dtype(dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
 
     def fake_interp(real, fake, eps):
         return torch.empty_like(real)

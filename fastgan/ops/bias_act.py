@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._dtypes import check_dtype
 from .._layout import dense
 
 __all__ = ["ACTIVATIONS", "activation", "bias_act", "bias_act_ref"]
@@ -64,8 +65,7 @@ def _check(
     """Validate arguments the same way for every implementation; return (activation, dim >= 0, alpha)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"bias_act: x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
+    check_dtype("bias_act", "x", x)
     spec, alpha_ = activation("bias_act", act, alpha)
     if x.dim() == 0 or not -x.dim() <= dim < x.dim():
         raise IndexError(f"bias_act: dim={dim} is out of range for x of shape {tuple(x.shape)}")
@@ -76,8 +76,7 @@ def _check(
             raise ValueError(f"bias_act: b must be 1-D of length x.shape[{dim}] = {x.shape[dim]}, got {shape}")
         if b.device != x.device:
             raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}; move b to x's device")
-        if not b.is_floating_point():
-            raise TypeError(f"bias_act: b must be a floating-point tensor, got {b.dtype}")
+        check_dtype("bias_act", "b", b)
     if clamp is not None and not clamp >= 0:
         raise ValueError(f"bias_act: clamp must be >= 0 (or None), got {clamp}")
     return spec, dim, alpha_

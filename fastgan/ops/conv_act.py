@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
+from .._dtypes import check_dtype, math_dtype
 from .bias_act import ACTIVATIONS, activation, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
@@ -81,8 +82,7 @@ def _check(
             layout = "[C_in, C_out, kH, kW]" if transposed else "[C_out, C_in, kH, kW]"
             want = "[N, C_in, H, W]" if name == "x" else layout
             raise ValueError(f"{op}: {name} must be 4-D {want}, got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+        check_dtype(op, name, t)
     if weight.device != x.device:
         raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}; move weight to x's device")
     if weight.dtype != x.dtype:
@@ -100,8 +100,7 @@ def _check(
             raise ValueError(f"{op}: bias must be 1-D of length {out_channels} (output channels), got {shape}")
         if bias.device != x.device:
             raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}; move bias to x's device")
-        if not bias.is_floating_point():
-            raise TypeError(f"{op}: bias must be a floating-point tensor, got {bias.dtype}")
+        check_dtype(op, "bias", bias)
     stride_, padding_ = _pair(stride, "stride", op), _pair(padding, "padding", op)
     output_padding_ = _pair(output_padding, "output_padding", op) if transposed else (0, 0)
     if min(stride_) < 1:
@@ -347,7 +346,7 @@ def _register(conv, conv_t, conv_wgrad, conv_t_wgrad, conv_stats, conv_t_stats) 
     # norm's backward accounts for them), so z's gradient is the plain convolution's.
     def fake_stats(x, w, b, stride, padding, output_padding=None):
         z = kernels.empty_output(x, w, stride, padding, output_padding)
-        stat = x.new_empty(z.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        stat = x.new_empty(z.shape[1], dtype=math_dtype(x.dtype))
         return z, stat, torch.empty_like(stat)
 
     def setup_stats(ctx, inputs, output):

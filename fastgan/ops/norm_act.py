@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._dtypes import check_dtype, math_dtype
 from .bias_act import ACTIVATIONS, Activation, activation
 
 __all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
@@ -53,8 +54,7 @@ def _check_vector(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
         raise ValueError(f"{op}: {name} must be 1-D of length x.shape[1] = {x.shape[1]} (channels), got {shape}")
     if t.device != x.device:
         raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; move it to x's device")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    check_dtype(op, name, t)
 
 
 def _check(
@@ -72,8 +72,7 @@ def _check(
     """Validate arguments the same way for every implementation; return (activation, alpha)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}; convert it with x.float()")
+    check_dtype(op, "x", x)
     min_dim = 3 if op == _IN else 2
     if x.dim() < min_dim:
         raise ValueError(
@@ -288,13 +287,18 @@ _NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
 
 
 def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float):
-    """The reference forward in x's dtype: batch statistics from ``x``, else ``mean``/``var`` as constants."""
+    """The reference forward in x's dtype: batch statistics from ``x``, else ``mean``/``var`` as constants.
+
+    Built from elementary ops, not F.batch_norm / F.instance_norm, so the second order built on it is itself
+    differentiable: PyTorch's batch_norm has a wrong third derivative up to 2.13 (gradcheck fails) and refuses one
+    from 2.14."""
+    shape = [1, -1] + [1] * (x.dim() - 2)
     if use_input_stats:
-        # A batch of 1 goes through F.batch_norm, the same function, for the reason given in instance_norm_act_ref.
-        norm = F.instance_norm if instance and x.shape[0] > 1 else F.batch_norm
-        z = norm(x, None, None, w, b, True, 0.0, eps)
+        dims = [d for d in range(x.dim()) if d != 1 and not (instance and d == 0)]
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).square().mean(dims, keepdim=True)
+        z = (x - mean) * torch.rsqrt(var + eps) * w.view(shape) + b.view(shape)
     else:
-        shape = [1, -1] + [1] * (x.dim() - 2)
         z = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps) * w.view(shape) + b.view(shape)
     return ACTIVATIONS[_NAMES[act]].fn(z, alpha)
 
@@ -305,7 +309,7 @@ def _second_order(dy, x, w, b, mean, var, args, gdx, gdw, gdb):
     In training mode the statistics are recomputed from ``x`` inside the reference, so the x-gradient is the total
     derivative; built from PyTorch ops, so it is itself differentiable (any order).
     """
-    math = torch.float64 if x.dtype == torch.float64 else torch.float32
+    math = math_dtype(x.dtype)
     channels = x.shape[1]
     w_ = w.to(math) if w is not None else torch.ones(channels, dtype=math, device=x.device)
     b_ = b.to(math) if b is not None else torch.zeros(channels, dtype=math, device=x.device)
@@ -329,11 +333,11 @@ def _register(forward, backward, update_stats) -> None:
 
     def fake_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha):
         groups = x.shape[0] * x.shape[1] if use_input_stats and instance else x.shape[1]
-        stat = x.new_empty(groups, dtype=_stat_dtype(x))
+        stat = x.new_empty(groups, dtype=math_dtype(x.dtype))
         return torch.empty_like(_norm_layout(x)), stat, torch.empty_like(stat)
 
     def fake_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha):
-        dw = x.new_empty(x.shape[1], dtype=_stat_dtype(x))
+        dw = x.new_empty(x.shape[1], dtype=math_dtype(x.dtype))
         return torch.empty_like(_norm_layout(x)), dw, torch.empty_like(dw)
 
     def setup_forward(ctx, inputs, output):
@@ -383,11 +387,6 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
     if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
         return x
     return x.contiguous()
-
-
-def _stat_dtype(x: torch.Tensor) -> torch.dtype:
-    """Statistics and per-channel gradients are float32 (float64 for float64 inputs, for gradcheck)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)

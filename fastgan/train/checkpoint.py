@@ -7,11 +7,12 @@ it over the target (atomic on POSIX and Windows) and fsyncs the folder so the re
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import atomic_writer
 
 LAST = "last.pt"
 
@@ -20,32 +21,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     """Write ``state`` with ``torch.save`` to ``path`` atomically; return the path. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_writer(path, fsync=True) as handle:
+        torch.save(state, handle)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename in ``folder`` (not possible on Windows, where os.replace is already durable enough)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import make_dataset, save_image_grid
+from ..losses import d_loss, g_loss, gradient_penalty
 from ..models import build_networks
-from . import objectives
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import FAMILIES, TrainConfig, resolve_device
@@ -152,14 +152,14 @@ class Trainer:
                 fake = G(self._z(real.shape[0]))
             self.optimizers["D"].zero_grad(set_to_none=True)
             with self._autocast():
-                loss_d = objectives.d_loss(D(real), D(fake.detach()), family.loss, config.impl)
+                loss_d = d_loss(D(real), D(fake.detach()), family.loss, impl=config.impl)
             losses = {"loss_d": loss_d}
             if config.gp_weight > 0:
                 eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
                 scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
                 with self._autocast():
-                    penalty = objectives.gradient_penalty(
-                        D, real, fake.detach(), config.gp_weight, eps, config.impl, scaler
+                    penalty = gradient_penalty(
+                        D, real, fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
                     )
                 losses["penalty"] = penalty
                 loss_d = loss_d + penalty
@@ -172,7 +172,7 @@ class Trainer:
         D.requires_grad_(False)  # the generator step needs gradients through D, not for D's weights
         self.optimizers["G"].zero_grad(set_to_none=True)
         with self._autocast():
-            loss_g = objectives.g_loss(D(fake), family.loss, config.impl)
+            loss_g = g_loss(D(fake), family.loss, impl=config.impl)
         self._update("G", loss_g)
         D.requires_grad_(True)
         losses["loss_g"] = loss_g
@@ -187,7 +187,7 @@ class Trainer:
         self.optimizers["G"].zero_grad(set_to_none=True)
         with self._autocast():
             fake_b, fake_a = G_AB(real_a), G_BA(real_b)
-            loss_adv = objectives.g_loss(D_B(fake_b), kind, impl) + objectives.g_loss(D_A(fake_a), kind, impl)
+            loss_adv = g_loss(D_B(fake_b), kind, impl=impl) + g_loss(D_A(fake_a), kind, impl=impl)
             loss_cycle = config.lambda_cycle * (
                 F.l1_loss(G_BA(fake_b).float(), real_a.float()) + F.l1_loss(G_AB(fake_a).float(), real_b.float())
             )
@@ -207,8 +207,8 @@ class Trainer:
         with self._autocast():
             # Halved, as in the paper's code: slows the discriminators relative to the generators.
             loss_d = 0.5 * (
-                objectives.d_loss(D_A(real_a), D_A(pooled_a), kind, impl)
-                + objectives.d_loss(D_B(real_b), D_B(pooled_b), kind, impl)
+                d_loss(D_A(real_a), D_A(pooled_a), kind, impl=impl)
+                + d_loss(D_B(real_b), D_B(pooled_b), kind, impl=impl)
             )
         self._update("D", loss_d)
         self.images_seen += real_a.shape[0]

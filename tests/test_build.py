@@ -1,0 +1,191 @@
+"""What the shipped build promises without a GPU: CUDA kernels registered for every native op (when built with CUDA),
+every Triton kernel reachable by the ahead-of-time compile check, dtypes and sizes the kernels cannot take refused by
+name, and Triton launches made on the tensors' device."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgan._backend import native_extension
+from fastgan.losses import d_loss, g_loss, gradient_penalty, r1_penalty
+from fastgan.ops import (
+    batch_norm_act,
+    bias_act,
+    conv2d_act,
+    conv2d_batch_norm_act,
+    conv_transpose2d_act,
+    instance_norm_act,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRITON_DIR = ROOT / "fastgan" / "kernels" / "triton"
+
+
+def _native_ops() -> list[str]:
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastgan::") and "triton" not in n)
+
+
+def test_every_native_op_has_a_cuda_kernel():
+    """Run by .ci/run's CUDA-build stage with FASTGAN_REQUIRE_CUDA_BUILD=1, where a build without CUDA fails."""
+    module, reason = native_extension()
+    if module is None:
+        pytest.skip(reason)
+    if not module.with_cuda():
+        if os.environ.get("FASTGAN_REQUIRE_CUDA_BUILD") == "1":
+            pytest.fail("FASTGAN_REQUIRE_CUDA_BUILD=1 but fastgan._C was built without CUDA kernels")
+        pytest.skip("fastgan._C was built without CUDA kernels (CPU PyTorch); .ci/run's CUDA-build stage runs this")
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    with_cpu = [name for name in _native_ops() if has_kernel(name, "CPU")]
+    assert len(with_cpu) >= 11, with_cpu
+    assert [name for name in with_cpu if not has_kernel(name, "CUDA")] == []
+
+
+def _jit_kernels() -> set[str]:
+    """Names of the @triton.jit functions in fastgan/kernels/triton named *_kernel (the ones launched)."""
+    names = set()
+    for path in TRITON_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel") and any(
+                ast.unparse(d).endswith("triton.jit") for d in node.decorator_list
+            ):
+                names.add(node.name)
+    return names
+
+
+def test_aot_check_reaches_every_triton_kernel():
+    """The compile check records what the ops launch with GPU tile sizes (no interpreter): every kernel is among them,
+    and the tile sizes are the GPU's, not the interpreter's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = (
+        "import json, collections\n"
+        "from fastgan.kernels.triton import aot\n"
+        "specs = aot.specializations()\n"
+        "conv = [s[2] for s in specs if s[0].__name__ == '_conv_fwd_kernel']\n"
+        "print(json.dumps({'kernels': sorted({s[0].__name__ for s in specs}), 'count': len(specs),\n"
+        "                  'conv_block_m': sorted({c['BLOCK_M'] for c in conv}),\n"
+        "                  'int64': any(s[2].get('INT64') for s in specs)}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(found["kernels"]) == _jit_kernels()
+    assert found["conv_block_m"] == [128], "the GPU conv tile (128 rows), not the interpreter's"
+    assert found["int64"], "no 64-bit-offset branch recorded"
+    assert found["count"] > 300
+
+
+def test_aot_check_refuses_the_interpreter(monkeypatch):
+    from fastgan.kernels.triton import aot
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="unset TRITON_INTERPRET"):
+        aot.specializations()
+
+
+# --- dtypes the kernels cannot take ---------------------------------------------------------------------------------
+
+FLOAT8 = getattr(torch, "float8_e4m3fn", None)
+
+
+def _f8(*shape):
+    return torch.zeros(*shape).to(FLOAT8)
+
+
+CALLS = {
+    "bias_act": lambda impl: bias_act(_f8(2, 3), impl=impl),
+    "batch_norm_act": lambda impl: batch_norm_act(_f8(2, 3, 4), None, None, None, None, True, impl=impl),
+    "instance_norm_act": lambda impl: instance_norm_act(_f8(2, 3, 4), impl=impl),
+    "conv2d_act": lambda impl: conv2d_act(_f8(1, 2, 4, 4), _f8(3, 2, 3, 3), impl=impl),
+    "conv_transpose2d_act": lambda impl: conv_transpose2d_act(_f8(1, 2, 4, 4), _f8(2, 3, 3, 3), impl=impl),
+    "conv2d_batch_norm_act": lambda impl: conv2d_batch_norm_act(
+        _f8(2, 2, 4, 4), _f8(3, 2, 3, 3), None, norm_weight=None, norm_bias=None, running_mean=None,
+        running_var=None, training=True, impl=impl),
+    "d_loss": lambda impl: d_loss(_f8(4), _f8(4), impl=impl),
+    "g_loss": lambda impl: g_loss(_f8(4), impl=impl),
+    "gradient_penalty": lambda impl: gradient_penalty(torch.nn.Identity(), _f8(2, 3), _f8(2, 3), impl=impl),
+    "r1_penalty": lambda impl: r1_penalty(_f8(2), _f8(2, 3), impl=impl),
+}
+
+
+@pytest.mark.skipif(FLOAT8 is None, reason="this PyTorch has no float8 dtype")
+@pytest.mark.parametrize("impl", ["ref", "native"])
+@pytest.mark.parametrize("op", sorted(CALLS))
+def test_float8_refused_by_name(op, impl):
+    with pytest.raises(TypeError, match=rf"{op}.*float32, float16, bfloat16 or float64"):
+        CALLS[op](impl)
+
+
+NATIVE_CALLS = {
+    "bias_act": lambda: torch.ops.fastgan.bias_act(_f8(2, 3), None, 1, 0, 0.0, 1.0, None),
+    "batch_norm_act": lambda: torch.ops.fastgan.norm_act(_f8(2, 3, 4), None, None, None, None, True, False, 1e-5, 0,
+                                                         0.0),
+    "gan_loss": lambda: torch.ops.fastgan.gan_loss(_f8(4), None, 0, 0),
+    "penalty_interpolate": lambda: torch.ops.fastgan.penalty_interpolate(_f8(2, 3), _f8(2, 3), torch.zeros(2)),
+    "grad_norm_penalty": lambda: torch.ops.fastgan.grad_norm_penalty(_f8(2, 3), 1.0, 1.0, 1.0),
+}
+
+
+@pytest.mark.skipif(FLOAT8 is None, reason="this PyTorch has no float8 dtype")
+@pytest.mark.parametrize("op", sorted(NATIVE_CALLS))
+def test_float8_refused_by_the_compiled_kernels(op):
+    """The C++ glue checks too: a float8 tensor reaching a kernel would be read as 4-byte floats (out of bounds)."""
+    module, reason = native_extension()
+    if module is None:
+        pytest.skip(reason)
+    with pytest.raises(RuntimeError, match=rf"{op}.*float32, float16, bfloat16 or float64"):
+        NATIVE_CALLS[op]()
+
+
+# --- sizes and devices of Triton launches ---------------------------------------------------------------------------
+
+
+def test_triton_losses_refuse_sizes_past_int32_offsets():
+    pytest.importorskip("triton")
+    from fastgan.kernels.triton import losses
+
+    huge = torch.zeros(1).expand(2**31)  # 2^31 elements, no memory
+    with pytest.raises(ValueError, match="gan_loss: the Triton kernel indexes in 32 bits"):
+        losses.gan_loss_triton(huge, None, 0, 0)
+    with pytest.raises(ValueError, match="penalty_interpolate: the Triton kernel indexes in 32 bits"):
+        losses.penalty_interpolate_triton(huge.view(2, -1), huge.view(2, -1), torch.zeros(2))
+    with pytest.raises(ValueError, match="grad_norm_penalty_backward: the Triton kernel indexes in 32 bits"):
+        losses.grad_norm_penalty_backward_triton(torch.ones(()), huge.view(2, -1), torch.ones(2), 1.0, 1.0, 1.0)
+
+
+def test_triton_launch_runs_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device; launch() makes the tensors' device current first."""
+    pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgan.kernels.triton import launch as launch_module
+
+    current = ["cuda:0"]
+    launched_on = []
+
+    @contextlib.contextmanager
+    def device(d):
+        previous, current[0] = current[0], str(d)
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched_on.append(current[0])
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(launch_module, "wrap_triton", lambda kernel: Kernel())
+    with FakeTensorMode():
+        x = torch.empty(4, device="cuda:1")
+    launch_module.launch(object(), (1,), x, 4, BLOCK=4)
+    assert launched_on == ["cuda:1"] and current[0] == "cuda:0"
