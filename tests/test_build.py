@@ -161,6 +161,17 @@ def test_triton_losses_refuse_sizes_past_int32_offsets():
         losses.grad_norm_penalty_backward_triton(torch.ones(()), huge.view(2, -1), torch.ones(2), 1.0, 1.0, 1.0)
 
 
+def test_triton_convs_refuse_pixel_counts_past_int32():
+    pytest.importorskip("triton")
+    from fastgan.kernels.triton import conv
+
+    x = torch.empty(2**25 + 1, 1, 8, 8, device="meta")  # 2^31 + 64 output pixels, no memory
+    with pytest.raises(ValueError, match="conv2d_act: .* output pixels exceed the Triton kernel's 32-bit"):
+        conv.conv2d_act_triton(x, torch.empty(1, 1, 3, 3, device="meta"), None, [1, 1], [1, 1], 0, 0.0)
+    with pytest.raises(ValueError, match="conv2d_weight_grad: .* output pixels exceed"):
+        conv.conv2d_weight_grad_triton(x, x, [1, 1], [1, 1], [0, 0])
+
+
 def test_triton_launch_runs_on_the_tensors_device(monkeypatch):
     """Triton launches on the current CUDA device; launch() makes the tensors' device current first."""
     pytest.importorskip("triton")

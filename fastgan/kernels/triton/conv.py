@@ -26,7 +26,7 @@ from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from .bias_act import _act, _round_to_bf16
-from .launch import launch
+from .launch import INT32_MAX_ELEMENTS, launch
 from .norm_act import merge_partials
 
 
@@ -140,6 +140,16 @@ def _block(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
+_MAX_GRID_YZ = 65535  # CUDA's limit on a grid's second and third axes
+
+
+def _check_rows(op: str, rows: int) -> None:
+    """The kernels index output pixels (per phase) in int32: refuse, naming the op, what would overflow."""
+    if rows > INT32_MAX_ELEMENTS:
+        raise ValueError(f"{op}: {rows} output pixels exceed the Triton kernel's 32-bit pixel index; use "
+                         "impl='native' or split the batch")
+
+
 def _launch(
     x, w, b, stride, padding, output_padding, act: int, alpha: float, stats: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -155,6 +165,7 @@ def _launch(
     oh, ow = y.shape[2], y.shape[3]
     phases = stride[0] * stride[1] if transposed else 1
     rows = x.shape[0] * (triton.cdiv(oh, stride[0]) * triton.cdiv(ow, stride[1]) if transposed else oh * ow)
+    _check_rows("conv_transpose2d_act" if transposed else "conv2d_act", rows)
     if triton_interpreting():  # the interpreter pays per program: few, large ones
         block_m, block_n, block_k = _block(rows, 16, 256), _block(n_out, 16, 64), _block(c_in, 16, 64)
         warps, stages = 4, 1
@@ -285,6 +296,7 @@ def _launch_weight_grad(dz, x, kernel_size, stride, padding, transposed: bool, s
         return dz.new_zeros(shape)
     oh, ow = dz.shape[2], dz.shape[3]
     rows = n * (triton.cdiv(oh, stride[0]) * triton.cdiv(ow, stride[1]) if transposed else oh * ow)
+    _check_rows("conv_transpose2d_weight_grad" if transposed else "conv2d_weight_grad", rows)
     if triton_interpreting():  # the interpreter pays per program: few, large ones
         split = split or 1
         block_m, block_n, block_k = _block(co, 16, 64), _block(c, 16, 64), _block(triton.cdiv(rows, split), 16, 256)
@@ -294,6 +306,7 @@ def _launch_weight_grad(dz, x, kernel_size, stride, padding, transposed: bool, s
     if split is None:  # on a GPU: enough programs to fill ~2 waves, each reducing >= 8 blocks of pixels
         tiles = triton.cdiv(co, block_m) * triton.cdiv(c, block_n) * kh * kw
         split = max(1, min(triton.cdiv(264, tiles), rows // (8 * block_k)))
+    split = max(1, min(split, _MAX_GRID_YZ // (kh * kw)))  # the grid's third axis holds taps x split
     chunk = triton.cdiv(triton.cdiv(rows, split), block_k) * block_k
     split = triton.cdiv(rows, chunk)
     acc_dtype = torch.float64 if dz.dtype == torch.float64 else torch.float32
