@@ -1,4 +1,5 @@
-"""The ``fastgan`` command line. ``fastgan info`` reports versions, devices and the implementation table."""
+"""The ``fastgan`` command line. ``fastgan info`` reports versions, devices, the implementation table and the
+measured choices of ``impl="auto"``."""
 
 from __future__ import annotations
 
@@ -76,7 +77,24 @@ def info(args: argparse.Namespace) -> int:
     for impl, devices in fastgan.available_impls().items():
         for device, (usable, reason) in devices.items():
             print(f"  {impl:<8}{device:<6}{'yes' if usable else 'no: ' + reason}")
+    _autotune_info()
     return 0
+
+
+def _autotune_info() -> None:
+    """The measured choices of impl="auto" (fastgan/_autotune.py), per GPU and versions."""
+    from . import _autotune
+
+    state = "on" if _autotune.enabled() else "off (FASTGAN_AUTOTUNE=0: fixed order)"
+    devices = ", ".join(sorted(_autotune.TUNED_DEVICES))
+    print(f"autotune ({devices}): {state}; cache {_autotune.cache_path()}")
+    scopes = _autotune.entries()
+    if not scopes:
+        print("  no measured choices yet")
+    for scope, entries in scopes.items():
+        print(f"  {scope}")
+        for key, entry in sorted(entries.items()):
+            print(f"    {key} -> {_autotune.describe(entry)}")
 
 
 # Subcommands defined beside their code register themselves with @command when imported.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._autotune import autotuned
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 
@@ -112,6 +113,7 @@ def g_loss_ref(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.
     return TERMS[spec.g_fake].fn(fake_logits).mean()
 
 
+@autotuned("d_loss")
 def d_loss(
     real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "nonsaturating", impl: str = "auto"
 ) -> torch.Tensor:
@@ -148,6 +150,7 @@ def d_loss(
     return forward(real_logits, fake_logits, TERMS[spec.d_real].index, TERMS[spec.d_fake].index)[0]
 
 
+@autotuned("g_loss")
 def g_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating", impl: str = "auto") -> torch.Tensor:
     """Generator loss, a scalar, with its gradient computed in the same kernel.
 

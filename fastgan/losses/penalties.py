@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._autotune import autotuned, measures
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 
@@ -71,6 +72,7 @@ def interpolate_ref(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -
     return e * real + (1 - e) * fake.to(real.dtype)
 
 
+@autotuned("interpolate")
 def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """WGAN-GP's interpolation ``x_hat_i = eps_i * real_i + (1 - eps_i) * fake_i`` in one kernel.
 
@@ -97,6 +99,7 @@ def grad_norm_penalty_ref(grad: torch.Tensor, weight: float = 10.0, center: floa
     return weight * (scale * norms - center).square().mean()
 
 
+@autotuned("grad_norm_penalty")
 def grad_norm_penalty(
     grad: torch.Tensor, weight: float = 10.0, center: float = 1.0, scale: float = 1.0, impl: str = "auto"
 ) -> torch.Tensor:
@@ -191,7 +194,8 @@ def gradient_penalty(
     """
     eps = _eps(real, eps)
     _check_interpolate(real, fake, eps, "gradient_penalty")
-    impl = resolve_impl(impl, real.device, "gradient_penalty")
+    # Where "auto" measures, the interpolation and the penalty op each choose their own implementation.
+    impl = "auto" if measures(impl, real.device) else resolve_impl(impl, real.device, "gradient_penalty")
     if impl == "ref":
         return gradient_penalty_ref(critic, real, fake, weight, center, eps, scaler)
     x_hat = interpolate(real, fake, eps, impl=impl)
@@ -241,7 +245,7 @@ def r1_penalty(
         A 0-dim tensor in the gradient's dtype; ``.backward()`` trains the critic.
     """
     _check_r1(real_logits, real)
-    impl = resolve_impl(impl, real.device, "r1_penalty")
+    impl = "auto" if measures(impl, real.device) else resolve_impl(impl, real.device, "r1_penalty")
     if impl == "ref":
         return r1_penalty_ref(real_logits, real, gamma, scaler)
     grad = _input_gradient(real_logits, real, scaler, "r1_penalty")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._autotune import autotuned
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype
 from .._layout import dense
@@ -103,6 +104,7 @@ def bias_act_ref(
     return y
 
 
+@autotuned("bias_act")
 def bias_act(
     x: torch.Tensor,
     b: torch.Tensor | None = None,

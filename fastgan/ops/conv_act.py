@@ -20,8 +20,9 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   activations whose derivative needs the pre-activation (elu, selu, softplus, silu) run the kernel without epilogue
   activation followed by ``bias_act``.
 
-``impl="auto"`` picks ``native`` on CUDA and CPU (cuDNN plus the epilogue kernel; the Triton kernel is not tuned yet:
-the benchmarks in benchmarks/bench_conv.py decide when it becomes the default).
+``impl="auto"`` on CUDA measures every implementation on the first call of each shape class and keeps the fastest
+correct one (fastgan/_autotune.py). Its fixed order (on CPU, with ``FASTGAN_AUTOTUNE=0``, or inside torch.compile
+before anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) over the Triton kernel.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .._autotune import autotuned
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import ACTIVATIONS, activation, bias_act, bias_act_ref
@@ -174,6 +176,7 @@ def conv_transpose2d_act_ref(
     return bias_act_ref(y, bias, 1, act, alpha)
 
 
+@autotuned("conv2d_act")
 def conv2d_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -216,6 +219,7 @@ def conv2d_act(
     return bias_act(y, bias, 1, act, alpha, impl="triton")
 
 
+@autotuned("conv_transpose2d_act")
 def conv_transpose2d_act(
     x: torch.Tensor,
     weight: torch.Tensor,

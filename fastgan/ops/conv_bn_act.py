@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .._autotune import autotuned
 from .._backend import custom_ops
 from .conv_act import IntPair, _autocast, _check, _resolve, conv2d_act, conv_transpose2d_act
 from .norm_act import _batch_norm_act, batch_norm_act_ref
@@ -25,6 +26,7 @@ from .norm_act import _check as _check_norm
 __all__ = ["conv2d_batch_norm_act", "conv_transpose2d_batch_norm_act"]
 
 
+@autotuned("conv2d_batch_norm_act")
 def conv2d_batch_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -69,6 +71,7 @@ def conv2d_batch_norm_act(
                        alpha, num_batches_tracked, impl)
 
 
+@autotuned("conv_transpose2d_batch_norm_act")
 def conv_transpose2d_batch_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor,

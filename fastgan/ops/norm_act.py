@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._autotune import autotuned
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import ACTIVATIONS, Activation, activation
@@ -167,6 +168,7 @@ def instance_norm_act_ref(
 # --- public ops -------------------------------------------------------------------------------------------------
 
 
+@autotuned("batch_norm_act")
 def batch_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -231,6 +233,7 @@ def _batch_norm_act(
     return y
 
 
+@autotuned("instance_norm_act")
 def instance_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,

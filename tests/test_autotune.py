@@ -1,0 +1,214 @@
+"""impl="auto" by measurement (fastgan/_autotune.py), proven on CPU: injected candidates (a wrong one, one that
+raises, a slow one), the real ops with a broken implementation, the memory and disk cache, FASTGAN_AUTOTUNE=0, and
+no measurement inside torch.compile or a CUDA-graph capture."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import pytest
+import torch
+
+import fastgan
+from fastgan import _autotune, _backend
+from fastgan.losses import gradient_penalty
+from fastgan.ops import batch_norm_act, bias_act
+
+CALLS: list[str] = []
+
+
+def _toy_candidates(device):
+    return ("wrong", "raises", "slow", "fast", "ref")
+
+
+@_autotune.autotuned("toy", candidates=_toy_candidates, devices=lambda: frozenset({"cpu"}))
+def toy(x: torch.Tensor, scale: float = 2.0, impl: str = "auto") -> torch.Tensor:
+    """x * scale; every implementation but "wrong" and "raises" computes it."""
+    CALLS.append(impl)
+    if impl == "auto":  # the fixed order
+        return x * scale
+    if impl == "wrong":
+        return x * scale + 1
+    if impl == "raises":
+        raise RuntimeError("kernel exploded")
+    if impl in ("slow", "ref"):  # the reference is a candidate too: slower than "fast" here
+        time.sleep(0.02 if impl == "slow" else 0.005)
+    return x * scale
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
+    monkeypatch.delenv("FASTGAN_AUTOTUNE", raising=False)
+    monkeypatch.delenv("FASTGAN_IMPL", raising=False)
+    monkeypatch.setattr(_autotune, "_warned", set())
+    _autotune.clear()
+    CALLS.clear()
+    yield tmp_path / "autotune.json"
+    _autotune.clear()
+
+
+def test_picks_the_fastest_correct_candidate_and_disables_the_others_with_one_warning(fresh_cache):
+    x = torch.randn(5, 3)
+    with pytest.warns(RuntimeWarning) as record:
+        y = toy(x)
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("toy: impl='raises' disabled") and "RuntimeError: kernel exploded" in messages[0]
+    assert messages[1].startswith("toy: impl='wrong' disabled") and "disagrees with the reference" in messages[1]
+    torch.testing.assert_close(y, x * 2)
+    assert CALLS[-1] == "fast"  # the real call ran the choice
+    (scope, entries), = _autotune.entries().items()
+    (key, entry), = entries.items()
+    assert key == "toy(f32[8,4], float)" and entry["impl"] == "fast"
+    assert set(entry["ms"]) == {"slow", "fast", "ref"} and entry["ms"]["slow"] >= 20
+    assert set(entry["rejected"]) == {"wrong", "raises"}
+    assert json.loads(fresh_cache.read_text())[scope][key]["impl"] == "fast"  # on disk too
+
+    CALLS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per (op, implementation, key): not again
+        toy(torch.randn(7, 4))  # the same shape class: no measurement
+    assert CALLS == ["fast"]
+    with pytest.warns(RuntimeWarning):
+        toy(torch.randn(9, 4))  # another class: measured again
+    assert "slow" in CALLS and CALLS[-1] == "fast"
+
+
+def test_explicit_impl_process_default_and_autotune_off_use_no_measurement(monkeypatch):
+    x = torch.randn(4)
+    toy(x, impl="slow")
+    with fastgan.use_impl("ref"):
+        toy(x)  # the op resolves the process default itself
+    assert CALLS == ["slow", "auto"]
+    monkeypatch.setenv("FASTGAN_AUTOTUNE", "0")
+    toy(x)
+    assert CALLS == ["slow", "auto", "auto"]  # the op's fixed order, nothing measured
+    assert _autotune.entries() == {}
+
+
+def test_the_disk_cache_survives_the_process_and_is_scoped_by_gpu_and_versions(monkeypatch):
+    x = torch.randn(4, 4)
+    with pytest.warns(RuntimeWarning):
+        toy(x)
+    _autotune.clear()  # a new process: memory empty, the file stays
+    CALLS.clear()
+    toy(x)
+    assert CALLS == ["fast"]
+    real_scope = _autotune.scope
+    _autotune.clear()  # a new process with another torch: the file holds no choice for it
+    monkeypatch.setattr(_autotune, "scope", lambda device: real_scope(device).replace("torch", "torch-next"))
+    monkeypatch.setattr(_autotune, "_warned", set())
+    with pytest.warns(RuntimeWarning):
+        toy(x)  # other versions: measured again
+    assert "slow" in CALLS
+    assert len(_autotune.entries()) == 2
+
+
+def test_no_measurement_inside_torch_compile_it_uses_the_cached_choice():
+    x = torch.randn(4, 4)
+    compiled = torch.compile(lambda t: toy(t), backend="aot_eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(x), x * 2)
+    assert CALLS == ["auto"]  # traced once: nothing cached, so the fixed order, and no candidate ran
+    assert _autotune.entries() == {}
+    with pytest.warns(RuntimeWarning):
+        toy(x)  # eager: measures
+    CALLS.clear()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: toy(t), backend="aot_eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(x), x * 2)
+    assert CALLS == ["fast"]
+
+
+def test_no_measurement_during_a_cuda_graph_capture(monkeypatch):
+    monkeypatch.setattr(_autotune, "_capturing", lambda device: True)
+    toy(torch.randn(3))
+    assert CALLS == ["auto"] and _autotune.entries() == {}
+
+
+def test_an_input_the_reference_refuses_raises_the_ops_own_error_and_caches_nothing(monkeypatch):
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    with pytest.raises(ValueError, match="bias_act: unknown activation"):
+        bias_act(torch.randn(2, 3), act="nope")
+    assert _autotune.entries() == {}
+
+
+def test_real_op_with_a_broken_implementation_is_disabled_and_the_result_is_right(monkeypatch):
+    """bias_act measured on CPU (as on CUDA) with its native kernel replaced by a wrong one."""
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    real = sys_module("fastgan.ops.bias_act").custom_ops
+
+    class Broken:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def __getattr__(self, name):
+            op = getattr(self.ops, name)
+            return (lambda *a: op(*a) * 1.5) if name == "bias_act" else op
+
+    monkeypatch.setattr(sys_module("fastgan.ops.bias_act"), "custom_ops",
+                        lambda key, impl: Broken(real(key, impl)) if impl == "native" else real(key, impl))
+    x = torch.randn(4, 8, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"bias_act: impl='native' disabled for bias_act\(f32\[4,8,4,4\] grad"):
+        y = bias_act(x, b, act="lrelu", alpha=0.2)
+    torch.testing.assert_close(y, torch.nn.functional.leaky_relu(x + b.view(1, -1, 1, 1), 0.2))
+    (entries,) = _autotune.entries().values()
+    (entry,) = entries.values()
+    assert entry["impl"] == "ref" and "native" in entry["rejected"]
+
+
+def test_measurement_leaves_the_callers_tensors_alone(monkeypatch):
+    """Running statistics are updated once, by the real call: the measurement works on copies."""
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    x = torch.randn(6, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    stats = [torch.zeros(4), torch.ones(4)]
+    expected = [t.clone() for t in stats]
+    ref = batch_norm_act(x, None, None, *expected, True, act="relu", impl="ref")
+    y = batch_norm_act(x, None, None, *stats, True, act="relu")
+    torch.testing.assert_close(y, ref)
+    for got, want in zip(stats, expected):
+        torch.testing.assert_close(got, want)
+    assert x.grad is None
+    (entries,) = _autotune.entries().values()
+    (key,) = entries
+    assert key.startswith("batch_norm_act(f32[8,4,8,8] cl grad, None, None, f32[4], f32[4], True")
+    assert set(entries[key]["ms"]) <= {"native", "ref"} and not entries[key]["rejected"]
+
+
+def test_gradient_penalty_lets_its_ops_choose(monkeypatch):
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    real, fake = torch.randn(3, 3, 2, 2), torch.randn(3, 3, 2, 2)
+    penalty = gradient_penalty(critic, real, fake, eps=torch.rand(3))
+    penalty.backward()
+    (entries,) = _autotune.entries().values()
+    assert {key.split("(")[0] for key in entries} == {"interpolate", "grad_norm_penalty"}
+
+
+def test_fastgan_info_shows_the_cache(capsys):
+    with pytest.warns(RuntimeWarning):
+        toy(torch.randn(2, 2))
+    from fastgan.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert _autotune.cache_path() in out
+    assert "toy(f32[2,2], float)" in out and "-> fast" in out and "wrong disabled" in out
+
+
+def test_cpu_auto_keeps_its_fixed_order():
+    """Without a tuned device, "auto" on CPU is native, then ref, as before: no measurement, no cache."""
+    assert "cpu" not in _autotune.TUNED_DEVICES
+    bias_act(torch.randn(2, 3), act="relu")
+    assert _autotune.entries() == {}
+    expected = "native" if _backend.available_impls()["native"]["cpu"][0] else "ref"
+    assert _backend.resolve_impl("auto", torch.device("cpu"), "bias_act") == expected
+
+
+def sys_module(name):
+    import sys
+
+    return sys.modules[name]
