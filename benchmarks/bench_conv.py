@@ -69,7 +69,7 @@ def _provider_fn(provider, eager, fused, compile_mode="default"):
     if provider == "eager":
         return eager
     if provider == "compile":
-        return compiled(eager) if compile_mode == "default" else torch.compile(eager, mode=compile_mode)
+        return compiled(eager, mode=None if compile_mode == "default" else compile_mode)
     return fused
 
 

@@ -3,7 +3,8 @@
 A benchmark file parametrizes over ``PROVIDERS`` x ``MODES`` x shapes and calls :func:`measure`. Providers:
 
 - ``eager``: the same computation written in plain PyTorch (what a user has today);
-- ``compile``: that PyTorch code under ``torch.compile``;
+- ``compile``: that PyTorch code under ``torch.compile``, compiled afresh for each shape (``compiled``), its compile
+  time recorded apart (``compile_s``), timed where a recompile raises rather than silently running eager;
 - ``triton`` / ``native``: fastgan with ``impl=`` set.
 
 Modes follow a GAN step: ``fwd``; ``fwd_bwd`` (loss.backward()); ``double_bwd`` (a gradient penalty: the input
@@ -16,7 +17,8 @@ pytest-benchmark; each call synchronises the device so asynchronous kernels are 
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -57,27 +59,62 @@ def require_provider(provider: str) -> None:
             pytest.skip("the Triton interpreter is a correctness tool; timing it means nothing")
 
 
-@functools.cache
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)``, cached so every benchmark of one function shares a compilation."""
-    return torch.compile(fn, dynamic=False)
+class CompileFellBack(RuntimeError):
+    """torch.compile produced no graph for a call (Dynamo fell back to eager): its timing would not be compile's."""
+
+
+def compiled(fn: Callable, mode: str | None = None, backend: str = "inductor") -> Callable:
+    """A fresh ``torch.compile(fn)`` for one shape: Dynamo's caches are reset first, so no other shape's graph is
+    reused and its recompile limit is never reached (past it, Dynamo silently runs eager: every "vs compile" ratio
+    would then be eager's). Hitting the limit anyway raises instead of falling back."""
+    torch._dynamo.reset()
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(fn, dynamic=False, mode=mode, backend=backend)
+
+
+def compile_first_call(run: Callable[[], None], sync: Callable[[], None] = lambda: None) -> float:
+    """Run a compiled ``run`` once (Dynamo traces, Inductor compiles) and return the seconds it took; raise
+    ``CompileFellBack`` when Dynamo compiled no graph."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    start = time.perf_counter()
+    run()
+    sync()
+    seconds = time.perf_counter() - start
+    if counters["stats"]["unique_graphs"] == before:
+        raise CompileFellBack("torch.compile compiled no graph for this call (Dynamo ran it eagerly)")
+    return seconds
+
+
+def no_recompile():
+    """Within the block a compiled function that would recompile raises (the timed calls must run the graph
+    compiled for this shape)."""
+    return torch.compiler.set_stance("fail_on_recompile")
 
 
 def step(mode: str, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
-    """A closure running one ``mode`` step of ``fn`` on ``inputs`` (float tensors; all get gradients)."""
+    """A closure running one ``mode`` step of ``fn`` on ``inputs`` (float tensors; all get gradients). The output
+    gradient is drawn on the first run, so a compiled ``fn`` compiles in that first run, not here."""
     leaves = [t.detach().requires_grad_(mode != "fwd") for t in inputs]
-    grad_out = torch.randn_like(fn(*leaves)) if mode != "fwd" else None
+    grad_out: list[torch.Tensor] = []
+
+    def seed(out: torch.Tensor) -> torch.Tensor:
+        if not grad_out:
+            grad_out.append(torch.randn_like(out))
+        return grad_out[0]
 
     def fwd():
         with torch.no_grad():
             fn(*leaves)
 
     def fwd_bwd():
-        fn(*leaves).backward(grad_out)
+        out = fn(*leaves)
+        out.backward(seed(out))
 
     def double_bwd():
         out = fn(*leaves)
-        (grad,) = torch.autograd.grad(out, leaves[0], grad_out, create_graph=True)
+        (grad,) = torch.autograd.grad(out, leaves[0], seed(out), create_graph=True)
         grad.square().sum().backward()
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd, "double_bwd": double_bwd}[mode]
@@ -91,19 +128,26 @@ def measure(benchmark, run: Callable[[], None], *, bytes_moved: int = 0, flops: 
         run()
         sync()
 
+    is_compiled = str(info.get("provider", "")).startswith("compile")
     try:
-        timed()  # the first call compiles, autotunes, fills the allocator
+        # The first call compiles (reported apart as compile_s for torch.compile), autotunes, fills the allocator.
+        first = compile_first_call(timed) if is_compiled else None
+        if not is_compiled:
+            timed()
     except RuntimeError as error:
         if "create_graph" not in str(error):
             raise
         # torch.compile's AOT autograd refuses double backward: recorded as a skip, not a failure.
         pytest.skip(f"unsupported: {str(error).splitlines()[0][:200]}")
-    for _ in range(2):
-        timed()
     benchmark.extra_info.update(device=DEVICE, bytes=bytes_moved, flops=flops, **info)
+    if first is not None:
+        benchmark.extra_info["compile_s"] = round(first, 3)
     if ON_GPU:
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
-    benchmark.pedantic(timed, rounds=20 if ON_GPU else 5, iterations=1, warmup_rounds=1)
+    with no_recompile() if is_compiled else contextlib.nullcontext():
+        for _ in range(2):
+            timed()
+        benchmark.pedantic(timed, rounds=20 if ON_GPU else 5, iterations=1, warmup_rounds=1)
     if benchmark.stats is None:  # --benchmark-disable: ran once as a smoke test, nothing timed
         return
     median = benchmark.stats.stats.median
