@@ -71,16 +71,21 @@ class Workload:
     flops: int = 0
     checks: tuple[Check, ...] = ()
     count_kernels: bool = False
-    essential: bool = True  # run in --quick
+    tier: int = 1  # 1: each goal's main shape (--quick runs these); 2: G3's max-autotune baseline; 3: more shapes
     est_s: float = 10.0  # on an H100/H200, compile included
     info: dict = field(default_factory=dict)
+
+    @property
+    def essential(self) -> bool:
+        return self.tier == 1
 
 
 # --- the workloads ----------------------------------------------------------------------------------------------------
 
 
 def workloads(tiny: bool = False) -> list[Workload]:
-    """Every workload, in the order they run: each goal's main shape first, the rest after."""
+    """Every workload, in the order they run: one main shape of every goal first (tier 1), then G3's max-autotune
+    baseline (tier 2), then the other shapes (tier 3), so a short window still measures every goal."""
     dtype = "float32" if tiny else "bfloat16"
     elt = 4 if tiny else 2
     fast = ("triton", "native", "auto")
@@ -104,17 +109,17 @@ def workloads(tiny: bool = False) -> list[Workload]:
     # G7: each adversarial loss, forward+backward, on PatchGAN logits (past 65,536: the multi-program reduction).
     logits = (2, 1, 4, 4) if tiny else (batch, 1, 30, 30)
     for kind in LOSS_KINDS:
-        out.append(_loss_workload(kind, logits, True, tiny))
+        out.append(_loss_workload(kind, logits, 1, tiny))
 
     # G2: conv + bias + leaky ReLU, DCGAN-64 discriminator layers at batch 128.
     for i, (c, h, o) in enumerate(_shrink(D_LAYERS, tiny)):
-        out.append(_conv_workload(batch, c, h, o, dtype, elt, essential=i < 2))
+        out.append(_conv_workload(batch, c, h, o, dtype, elt, tier=1 if i == 1 else 3))
 
     # G3: conv-transpose + batch norm + ReLU forward+backward, DCGAN-64 generator layers; the raw conv-transpose.
     for i, (c, h, o) in enumerate(_shrink(G_LAYERS, tiny)):
-        out.append(_convt_workload(batch, c, h, o, dtype, essential=i < 1, max_autotune=False))
-    for i, (c, h, o) in enumerate(_shrink(G_LAYERS, tiny)):
-        out.append(_raw_convt_workload(batch, c, h, o, dtype, essential=i < 1))
+        out.append(_convt_workload(batch, c, h, o, dtype, tier=1 if i == 0 else 3, max_autotune=False))
+        out.append(_convt_workload(batch, c, h, o, dtype, tier=2 if i == 0 else 3, max_autotune=True))
+        out.append(_raw_convt_workload(batch, c, h, o, dtype, tier=1 if i == 0 else 3))
 
     # G4: batch norm + ReLU alone (training), forward+backward.
     for i, shape in enumerate([(2, 8, 8, 8), (2, 16, 4, 4)] if tiny else [(64, 256, 64, 64), (128, 128, 16, 16)]):
@@ -128,14 +133,12 @@ def workloads(tiny: bool = False) -> list[Workload]:
             bytes_moved=8 * numel * elt,
             checks=(Check(">= 70% of copy bandwidth", "bandwidth", "auto", target=0.70),
                     Check(">= 1.5x eager", "ratio", "auto", "eager", 1.5)),
-            essential=i == 0, est_s=15))
+            tier=1 if i == 0 else 3, est_s=15))
 
-    # Extended (after the main shapes): max-autotune for G3, the launch-bound [B] logits for G7.
-    for i, (c, h, o) in enumerate(_shrink(G_LAYERS, tiny)):
-        out.append(_convt_workload(batch, c, h, o, dtype, essential=False, max_autotune=True, main=i == 0))
+    # G7 again on launch-bound [B] logits.
     for kind in LOSS_KINDS:
-        out.append(_loss_workload(kind, (batch,), False, tiny))
-    return out
+        out.append(_loss_workload(kind, (batch,), 3, tiny))
+    return sorted(out, key=lambda w: w.tier)  # stable: goal order within a tier
 
 
 def _sid(shape: Sequence[int]) -> str:
@@ -147,7 +150,7 @@ def _shrink(layers, tiny: bool):
         if tiny else layers
 
 
-def _loss_workload(kind: str, shape, essential: bool, tiny: bool) -> Workload:
+def _loss_workload(kind: str, shape, tier: int, tiny: bool) -> Workload:
     numel = math.prod(shape)
     return Workload(
         "G7", f"d_loss[{kind}] fwd_bwd {_sid(shape)} float32", "fwd_bwd",
@@ -156,10 +159,10 @@ def _loss_workload(kind: str, shape, essential: bool, tiny: bool) -> Workload:
         checks=(Check("<= 2 kernels", "kernels", "auto", target=2),
                 Check(">= 3x eager", "ratio", "auto", "eager", 3.0),
                 Check(">= 1.0x compile", "ratio", "auto", "compile", 1.0)),
-        count_kernels=not tiny, essential=essential, est_s=8)
+        count_kernels=not tiny, tier=tier, est_s=8)
 
 
-def _conv_workload(batch, c, h, o, dtype, elt, essential: bool) -> Workload:
+def _conv_workload(batch, c, h, o, dtype, elt, tier: int) -> Workload:
     flops = 2 * batch * (h // 2) ** 2 * c * o * 16
     return Workload(
         "G2", f"conv_bias_lrelu fwd_bwd {batch}x{c}x{h}x{h}->{o} k4s2p1 {dtype} channels_last", "fwd_bwd",
@@ -167,10 +170,10 @@ def _conv_workload(batch, c, h, o, dtype, elt, essential: bool) -> Workload:
         grad_inputs=(0, 1, 2), flops=3 * flops,  # forward, input gradient, weight gradient
         checks=(Check(">= 1.3x eager", "ratio", "auto", "eager", 1.3),
                 Check(">= 1.15x compile", "ratio", "auto", "compile", 1.15)),
-        essential=essential, est_s=15)
+        tier=tier, est_s=15)
 
 
-def _convt_workload(batch, c, h, o, dtype, essential: bool, max_autotune: bool, main: bool = False) -> Workload:
+def _convt_workload(batch, c, h, o, dtype, tier: int, max_autotune: bool) -> Workload:
     flops = 2 * batch * h * h * c * o * 16
     if max_autotune:
         providers = ("compile-max-autotune", "auto")
@@ -182,17 +185,17 @@ def _convt_workload(batch, c, h, o, dtype, essential: bool, max_autotune: bool, 
     return Workload(
         "G3", f"convt_bn_relu fwd_bwd {batch}x{c}x{h}x{h}->{o} k4s2p1 {dtype} channels_last", "fwd_bwd",
         providers, lambda dev: _convt_bn(dev, batch, c, h, o, dtype), grad_inputs=(0, 1, 2, 3), flops=3 * flops,
-        checks=checks, essential=essential, est_s=90 if max_autotune else 15,
+        checks=checks, tier=tier, est_s=90 if max_autotune else 15,
         info={"compile_mode": "max-autotune"} if max_autotune else {})
 
 
-def _raw_convt_workload(batch, c, h, o, dtype, essential: bool) -> Workload:
+def _raw_convt_workload(batch, c, h, o, dtype, tier: int) -> Workload:
     return Workload(
         "G3", f"raw conv_transpose2d fwd {batch}x{c}x{h}x{h}->{o} k4s2p1 {dtype} channels_last", "fwd",
         ("cudnn", "triton"), lambda dev: _raw_convt(dev, batch, c, h, o, dtype), grad_inputs=(),
         flops=2 * batch * h * h * c * o * 16,
         checks=(Check("raw Triton conv-transpose >= 0.85x cuDNN", "ratio", "triton", "cudnn", 0.85),),
-        essential=essential, est_s=5)
+        tier=tier, est_s=5)
 
 
 def _torch():
@@ -435,6 +438,8 @@ class Runner:
         from benchmarks.harness import compile_first_call, no_recompile
 
         first = None
+        if provider == "triton" and not self.on_gpu:
+            raise RuntimeError("not timed: on CPU Triton runs only in its interpreter, a correctness tool")
         if provider == "copy":
             src, dst = inputs[0], self.torch.empty_like(inputs[0])
 
@@ -500,10 +505,17 @@ def judge(workload: Workload, rows: dict[str, dict], copy_gbs: float | None) -> 
     return {"type": "goal", "goal": workload.goal, "workload": workload.name, "checks": results}
 
 
-def autotune_record() -> dict:
+def autotune_record(seen: set[tuple[str, str]]) -> dict:
+    """The impl="auto" choices not reported yet (``seen`` holds the (scope, key) pairs already reported)."""
     from fastgan import _autotune
 
-    return {"type": "autotune", "entries": _autotune.entries()}
+    new: dict[str, dict] = {}
+    for scope, entries in _autotune.entries().items():
+        for key, entry in entries.items():
+            if (scope, key) not in seen:
+                seen.add((scope, key))
+                new.setdefault(scope, {})[key] = entry
+    return {"type": "autotune", "entries": new}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -528,13 +540,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     deadline = args.deadline if args.deadline is not None else math.inf
     runner = Runner(args.out, device, deadline, args.compile_backend, target_s=0.25 if device == "cuda" else 0.02)
+    seen: set[tuple[str, str]] = set()
     for w in selected:
-        if time.time() + min(w.est_s, 20) > deadline:
+        if time.time() + w.est_s / 2 > deadline:  # would most likely be killed half-way: leave the time to others
             runner.emit({"type": "bench", "goal": w.goal, "workload": w.name, "skipped": "budget: deadline reached"})
             continue
         print(f"{w.goal} {w.name}", flush=True)
-        runner.run(w)
-    runner.emit(autotune_record())
+        try:
+            runner.run(w)
+        except Exception as error:  # building the inputs failed (out of memory, say): a result too
+            runner.emit({"type": "bench", "goal": w.goal, "workload": w.name, "provider": "-",
+                         "error": f"{type(error).__name__}: {str(error).strip()[:600]}",
+                         "traceback": traceback.format_exc()[-1500:]})
+        runner.emit(autotune_record(seen))  # the choices made so far, kept even if the stage is killed later
     return 0
 
 
