@@ -54,7 +54,7 @@ _warned: set[tuple[str, str, str]] = set()
 
 def enabled() -> bool:
     """Whether ``impl="auto"`` measures (``FASTGAN_AUTOTUNE`` unset or not ``0``)."""
-    return os.environ.get("FASTGAN_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+    return os.environ.get("FASTGAN_AUTOTUNE", "1") not in ("0", "false", "off", "no", "False", "OFF", "NO")
 
 
 def cache_path() -> str:
@@ -126,7 +126,7 @@ def key_of(op: str, values: Sequence[Any], device: torch.device) -> str:
 
 def _exact(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return (value.shape, value.stride(), value.dtype, value.device, value.requires_grad)
+        return (value.shape, value.stride(), value.dtype, value.requires_grad)  # the device is the call's
     if isinstance(value, list):
         return tuple(_exact(v) for v in value)
     return value
@@ -412,14 +412,20 @@ def autotuned(
             device = _first_device(args, kwargs)
             if device is None or device.type not in (devices() if devices else TUNED_DEVICES):
                 return fn(*args, **kwargs)
-            # Every argument but impl, in declaration order, defaults filled in: one key however the call is spelled.
-            values = [args[i] if i < len(args) else kwargs.get(name, defaults[i])
-                      for i, name in enumerate(names) if i != position]
             if torch.compiler.is_compiling():
                 index = device.index if device.index is not None else -1
-                chosen = _cached_impl(device.type, index, key_of(op, values, device))
+                chosen = _cached_impl(device.type, index, key_of(op, _values(args, kwargs), device))
                 return call(chosen, args, kwargs) if chosen else fn(*args, **kwargs)
-            return call(_choose(op, call, args, kwargs, values, device, candidates), args, kwargs)
+            exact = _exact_call(op, device, args, kwargs)
+            chosen = _fast.get(exact) if exact is not None else None  # the hot path: this call was seen before
+            if chosen is None:
+                chosen = _choose(op, call, args, kwargs, _values(args, kwargs), device, candidates, exact)
+            return call(chosen, args, kwargs)
+
+        def _values(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+            """Every argument but impl, in declaration order, defaults filled in: one key however a call is spelled."""
+            return [args[i] if i < len(args) else kwargs.get(name, defaults[i])
+                    for i, name in enumerate(names) if i != position]
 
         wrapper.autotuned_op = op  # type: ignore[attr-defined]
         return wrapper
@@ -427,16 +433,30 @@ def autotuned(
     return decorate
 
 
-def _choose(op, call, args, kwargs, values, device, candidates) -> str:
-    """The implementation for this call: memoized, cached, or measured now."""
+def _exact_call(op: str, device: torch.device, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple | None:
+    """A hashable fingerprint of a call (shapes, strides, dtypes, modes; None if an argument is unhashable). It is
+    computed on every call of a measuring op, so it is kept cheap (flat, no helper calls per argument)."""
+    parts: list[Any] = [op, device.index, torch.is_grad_enabled(), torch.is_autocast_enabled(device.type)]
+    for value in (*args, *kwargs.items()):
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):  # a keyword argument
+            parts.append(value[0])
+            value = value[1]
+        if isinstance(value, torch.Tensor):
+            parts += (value.shape, value.stride(), value.dtype, value.requires_grad)
+        elif isinstance(value, list):
+            parts.append(tuple(value))
+        else:
+            parts.append(value)
+    exact = tuple(parts)
     try:
-        exact = (op, device, torch.is_grad_enabled(), torch.is_autocast_enabled(device.type),
-                 tuple(_exact(a) for a in args), tuple(sorted((k, _exact(v)) for k, v in kwargs.items())))
         hash(exact)
     except TypeError:
-        exact = None
-    if exact is not None and exact in _fast:
-        return _fast[exact]
+        return None
+    return exact
+
+
+def _choose(op, call, args, kwargs, values, device, candidates, exact) -> str:
+    """The implementation for this call: cached, or measured now (then memoized under ``exact``)."""
     key = key_of(op, values, device)
     scope_ = scope(device)
     with _lock:
