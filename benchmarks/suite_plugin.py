@@ -6,8 +6,8 @@ Options:
 
 - ``--suite-results FILE``: the JSON-lines file each test's outcome is appended to (one ``write`` per line).
 - ``--suite-select gpu``: keep only GPU tests (marker ``gpu``, a parameter equal to ``"cuda"``, ``tests/test_gpu.py``,
-  or "cuda"/"gpu" in the test function's name). ``--suite-quick`` also drops the parity matrix's ``ref`` rows (PyTorch
-  checking itself) and its non-contiguous layouts.
+  "cuda" in the test function's name or a name ending in "_gpu"). ``--suite-quick`` also drops the parity matrix's
+  ``ref`` rows (PyTorch checking itself) and its non-contiguous layouts.
 - ``--suite-shard I --suite-shards N``: run the I-th of N shards. Tests are ordered by priority (GPU-only branches,
   then the Triton-specific and other GPU tests, then parity triton, native, ref), cut into blocks of neighbours (which
   share Triton kernels, so a shard compiles each once) dealt round-robin to the shards; ``bigmem`` tests all go to
@@ -55,7 +55,7 @@ def is_gpu_test(item) -> bool:
     if callspec is not None and any(isinstance(v, str) and v == "cuda" for v in callspec.params.values()):
         return True
     name = getattr(item, "originalname", item.name).lower()
-    return "cuda" in name or "gpu" in name
+    return "cuda" in name or name.endswith("_gpu")  # test_..._cuda_kernel, test_..._needs_gpu
 
 
 def priority(item) -> int:

@@ -122,7 +122,7 @@ def test_no_measurement_inside_torch_compile_it_uses_the_cached_choice():
     assert CALLS == ["fast"]
 
 
-def test_no_measurement_during_a_cuda_graph_capture(monkeypatch):
+def test_no_measurement_during_a_graph_capture(monkeypatch):
     monkeypatch.setattr(_autotune, "_capturing", lambda device: True)
     toy(torch.randn(3))
     assert CALLS == ["auto"] and _autotune.entries() == {}

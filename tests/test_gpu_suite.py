@@ -169,7 +169,7 @@ def test_after():
 '''
 
 
-def test_test_stage_restarts_shards_after_sticky_cuda_errors_crashes_and_hangs(tmp_path):
+def test_test_stage_restarts_shards_after_sticky_device_errors_crashes_and_hangs(tmp_path):
     tests = tmp_path / "fake"
     tests.mkdir()
     (tests / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: gpu\n")
