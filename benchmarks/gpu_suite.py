@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -118,6 +119,18 @@ def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def kill_children_on_sigterm(children: Callable[[], list[subprocess.Popen]]) -> None:
+    """When this stage is terminated (its timeout), take down the process groups it started in sessions of their
+    own (pip and its compilers, the pytest shards) rather than leave them running into the next stage."""
+
+    def handler(signum, frame):
+        for proc in children():
+            kill_group(proc, grace=1.0)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def log_tail(log: Path, since: int, lines: int = 40) -> str:
@@ -340,18 +353,23 @@ def run_build(out: Path, deadline: float, dry_run: bool) -> int:
     tail: collections.deque[str] = collections.deque(maxlen=60)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True)
-    status = "ok"
+    kill_children_on_sigterm(lambda: [proc])
+    timed_out = threading.Event()
+
+    def watchdog():  # the deadline holds even when pip prints nothing
+        if proc.poll() is None:
+            timed_out.set()
+            kill_group(proc)
+
+    timer = threading.Timer(max(deadline - time.time(), 0.0), watchdog)
+    timer.start()
     assert proc.stdout is not None
     for line in proc.stdout:  # the log streams to suite.log as it comes
         sys.stdout.write(line)
         tail.append(line.rstrip())
-        if time.time() > deadline:
-            status = "timeout"
-            kill_group(proc)
-            break
     rc = proc.wait()
-    if status == "ok" and rc != 0:
-        status = "failed"
+    timer.cancel()
+    status = "timeout" if timed_out.is_set() else "ok" if rc == 0 else "failed"
     check = subprocess.run([sys.executable, "-c", "import fastgan._C as c; print(c.with_cuda())"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120, check=False)
     native_cuda = check.returncode == 0 and check.stdout.strip().endswith("True")
@@ -414,6 +432,7 @@ def run_tests(out: Path, deadline: float, dry_run: bool, quick: bool, shards: in
         emit(out, {"type": "tests-restart", "shard": i, "rc": rc, "reason": why, "after": culprit})
         start(i)
 
+    kill_children_on_sigterm(lambda: list(procs.values()))
     for i in range(shards):
         start(i)
     while procs:
@@ -770,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "update the README's table")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tests", default="tests", help=argparse.SUPPRESS)  # the test stage's test path
     args = parser.parse_args(argv)
     if args.publish:
         dest = publish(args.publish)
@@ -780,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bodies = {
             "env": lambda: run_env(out),
             "build": lambda: run_build(out, deadline, args.dry_run),
-            "tests": lambda: run_tests(out, deadline, args.dry_run, args.quick, args.shards),
+            "tests": lambda: run_tests(out, deadline, args.dry_run, args.quick, args.shards, args.tests),
             "bench": lambda: run_bench(out, deadline, args.dry_run, args.quick),
             "summary": lambda: run_summary(out),
         }

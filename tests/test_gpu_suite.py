@@ -194,6 +194,35 @@ def test_test_stage_restarts_shards_after_sticky_device_errors_crashes_and_hangs
     assert summary["not_run"] == 0 and summary["restarts"] == {"0": 3}
 
 
+def test_a_test_stage_killed_at_its_timeout_takes_its_shards_down(tmp_path):
+    """The shards run in sessions of their own; killing the stage (its timeout) must not leave them running."""
+    tests = tmp_path / "fake"
+    tests.mkdir()
+    (tests / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: gpu\n")
+    pid_file = tmp_path / "shard.pid"
+    (tests / "test_hang.py").write_text(textwrap.dedent(f"""
+        import os, time, pytest
+
+        @pytest.mark.gpu
+        def test_hang():
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(120)
+        """))
+    out = tmp_path / "out"
+
+    def command(ctx, deadline):
+        return [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--stage", "tests", "--out", str(ctx.out),
+                "--deadline", str(time.time() + 600), "--shards", "1", "--tests", str(tests)]
+
+    stage = Stage("tests", "hangs", command, 1, weight=1, min_s=1, max_s=4)
+    run_suite([stage], Context(out=out, budget_s=30), echo=lambda line: None)
+    (record,) = [r for r in records(out) if r.get("type") == "stage"]
+    assert record["status"] == "timeout"
+    assert pid_file.exists(), record.get("log_tail")
+    time.sleep(0.5)
+    assert not _alive(int(pid_file.read_text())), "the shard outlived its stage"
+
+
 class _Item:
     """Just enough of a pytest item for the plugin's ordering and sharding."""
 
