@@ -664,6 +664,9 @@ def _autotune_section(recs: list[dict]) -> list[str]:
         for key, entry in sorted(keyed.items()):
             times = ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(entry.get("ms", {}).items(), key=lambda x: x[1]))
             rejected = "; ".join(f"{k} disabled: {v[:120]}" for k, v in entry.get("rejected", {}).items())
+            if not entry.get("impl"):
+                lines.append(f"  - `{key}` -> fixed order (not measured: {entry.get('unmeasured', '')[:160]})")
+                continue
             lines.append(f"  - `{key}` -> **{entry['impl']}** ({times}){' [' + rejected + ']' if rejected else ''}")
     return lines
 

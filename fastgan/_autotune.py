@@ -322,9 +322,10 @@ def _capturing(device: torch.device) -> bool:
 
 
 def _measure(op: str, key: str, call: Callable[[str, Sequence[Any], dict[str, Any]], Any], args, kwargs,
-             candidates: Iterable[str], device: torch.device) -> dict | None:
-    """Check and time each candidate on this input; the cache entry, or None when the reference itself refuses the
-    input (the op's own error is then raised by the real call)."""
+             candidates: Iterable[str], device: torch.device) -> dict:
+    """Check and time each candidate on this input; the cache entry, or one with no choice (``impl`` '') when the
+    reference itself cannot run: the input is invalid (the real call then raises the op's own error) or the float64
+    reference does not fit in memory (the fixed order is used for this key from then on, without trying again)."""
     seed = zlib.crc32(key.encode())
 
     def run(impl: str, dtype: torch.dtype | None = None) -> _Run:
@@ -334,8 +335,9 @@ def _measure(op: str, key: str, call: Callable[[str, Sequence[Any], dict[str, An
         low = run("ref")()
         with torch.autocast(device.type, enabled=False):
             truth = run("ref", torch.float64)()
-    except Exception:
-        return None
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        return {"impl": "", "ms": {}, "rejected": {}, "unmeasured": f"{type(error).__name__}: {first[:300]}"}
     timer = _timer(device)
     times: dict[str, float] = {}
     rejected: dict[str, str] = {}
@@ -464,10 +466,12 @@ def _choose(op, call, args, kwargs, values, device, candidates, exact) -> str:
         entry = _memory.get(scope_, {}).get(key)
         if entry is None and not _capturing(device):
             entry = _measure(op, key, call, args, kwargs, candidates(device), device)
-            if entry is not None:
+            if entry["impl"]:
                 _store(scope_, key, entry)
+            else:  # kept in memory only: another process (with more memory, valid input) may measure it
+                _memory.setdefault(scope_, {})[key] = entry
         chosen = entry["impl"] if entry else ""
-    if not chosen:  # the reference refused the input, or a capture is running with nothing cached: fixed order
+    if not chosen:  # the reference could not run, or a capture is running with nothing cached: fixed order
         return "auto"
     if exact is not None:
         _fast[exact] = chosen
@@ -478,5 +482,7 @@ def describe(entry: dict) -> str:
     """One line for ``fastgan info``: the choice, each candidate's time and why others were disabled."""
     times = ", ".join(f"{impl} {ms:.4g} ms" for impl, ms in sorted(entry.get("ms", {}).items(), key=lambda x: x[1]))
     rejected = "; ".join(f"{impl} disabled: {why}" for impl, why in entry.get("rejected", {}).items())
+    if not entry.get("impl"):
+        return f"fixed order (not measured: {entry.get('unmeasured', '')})"
     return f"{entry.get('impl')}" + (f"  ({times})" if times else "") + (f"  [{rejected}]" if rejected else "")
 

@@ -128,11 +128,35 @@ def test_no_measurement_during_a_graph_capture(monkeypatch):
     assert CALLS == ["auto"] and _autotune.entries() == {}
 
 
-def test_an_input_the_reference_refuses_raises_the_ops_own_error_and_caches_nothing(monkeypatch):
+def test_an_input_the_reference_refuses_raises_the_ops_own_error_and_caches_nothing_on_disk(monkeypatch,
+                                                                                           fresh_cache):
     monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
     with pytest.raises(ValueError, match="bias_act: unknown activation"):
         bias_act(torch.randn(2, 3), act="nope")
-    assert _autotune.entries() == {}
+    assert not fresh_cache.exists()
+
+
+def test_a_reference_out_of_memory_falls_back_to_the_fixed_order_once(monkeypatch, fresh_cache):
+    """When the float64 reference does not fit, the call runs the fixed order, and the key is not tried again."""
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    real_clone = _autotune._clone
+    attempts = []
+
+    def clone(value, dtype=None):
+        if dtype == torch.float64:
+            attempts.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_clone(value, dtype)
+
+    monkeypatch.setattr(_autotune, "_clone", clone)
+    x = torch.randn(3, 4)
+    for _ in range(3):
+        torch.testing.assert_close(bias_act(x, act="relu"), torch.relu(x))
+    assert len(attempts) == 1
+    (entries,) = _autotune.entries().values()
+    (entry,) = entries.values()
+    assert entry["impl"] == "" and "OutOfMemoryError" in entry["unmeasured"]
+    assert not fresh_cache.exists()  # memory only
 
 
 def test_real_op_with_a_broken_implementation_is_disabled_and_the_result_is_right(monkeypatch):
