@@ -397,7 +397,10 @@ def default_shards() -> int:
 
 
 def run_tests(out: Path, deadline: float, dry_run: bool, quick: bool, shards: int | None, tests: str = "tests",
-              test_limit_s: float = TEST_LIMIT_S, max_restarts: int = 4) -> int:
+              test_limit_s: float = TEST_LIMIT_S, max_restarts: int = 25) -> int:
+    """The GPU tests in ``shards`` concurrent pytest processes until done or ``deadline``. A shard that dies (a
+    sticky CUDA error makes the plugin exit it; a crash) or runs one test past ``test_limit_s`` is restarted without
+    the tests it finished and the one it died in (recorded as ``crashed`` / ``timeout``), while time is left."""
     shards = shards or default_shards()
     if dry_run:
         cmd = _shard_cmd(out, 0, shards, quick, Path("TMP"), tests)
