@@ -342,8 +342,14 @@ def run_env(out: Path) -> int:
     return 0
 
 
+BUILD_COMMAND = ["-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "-e", "."]  # after python
+NATIVE_CHECK = ["-c", "import fastgan._C as c; print(c.with_cuda())"]  # prints True when the CUDA kernels load
+
+
 def run_build(out: Path, deadline: float, dry_run: bool) -> int:
-    cmd = [sys.executable, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "-e", "."]
+    """The editable install (the C++/CUDA extension), within ``deadline``; the record says whether the CUDA kernels
+    load, and if not, the log tail and that the suite goes on with Triton and the reference."""
+    cmd = [sys.executable, *BUILD_COMMAND]
     if dry_run:
         emit(out, {"type": "build", "dry_run": True, "command": " ".join(cmd[1:])})
         print("dry run:", " ".join(cmd))
@@ -370,8 +376,8 @@ def run_build(out: Path, deadline: float, dry_run: bool) -> int:
     rc = proc.wait()
     timer.cancel()
     status = "timeout" if timed_out.is_set() else "ok" if rc == 0 else "failed"
-    check = subprocess.run([sys.executable, "-c", "import fastgan._C as c; print(c.with_cuda())"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120, check=False)
+    check = subprocess.run([sys.executable, *NATIVE_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           check=False)
     native_cuda = check.returncode == 0 and check.stdout.strip().endswith("True")
     record = {"type": "build", "status": status, "rc": rc, "seconds": round(time.monotonic() - start, 1),
               "native_cuda": native_cuda, "log_tail": "\n".join(list(tail)[-(60 if status != "ok" else 8):])}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,25 @@ def test_dry_run_walks_every_stage_and_writes_the_files(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and "## Benchmarks (planned)" in summary
     ET.parse(out / "junit.xml")
+
+
+@pytest.mark.parametrize("failure", ["fails", "hangs"])
+def test_a_failed_or_hung_build_records_its_log_tail_and_the_fallback(tmp_path, monkeypatch, failure):
+    code = ("import sys; print('ninja: build stopped: nvcc error: no kernel image', flush=True); sys.exit(1)"
+            if failure == "fails" else "import time; print('compiling', flush=True); time.sleep(60)")
+    monkeypatch.setattr(gpu_suite, "BUILD_COMMAND", ["-c", code])
+    monkeypatch.setattr(gpu_suite, "NATIVE_CHECK", ["-c", "raise SystemExit('No module named fastgan._C')"])
+    handler = signal.getsignal(signal.SIGTERM)
+    start = time.monotonic()
+    try:
+        assert gpu_suite.run_build(tmp_path, time.time() + 2, dry_run=False) == 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert time.monotonic() - start < 30
+    (record,) = records(tmp_path)
+    assert record["status"] == ("failed" if failure == "fails" else "timeout")
+    assert ("nvcc error" if failure == "fails" else "compiling") in record["log_tail"]
+    assert record["native_cuda"] is False and record["fallback"] == "Triton and the reference only"
 
 
 FAKE_TESTS = '''
