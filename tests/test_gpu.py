@@ -75,12 +75,15 @@ def test_the_gpu_shapes_reach_the_gpu_branches(monkeypatch):
     """With the GPU tile choices (TRITON_INTERPRET unset), recorded launches on meta tensors show each shape of this
     file taking the branch it is meant to test."""
     pytest.importorskip("triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    # Imported first, as the session has them: Triton decides at import whether a kernel is interpreted, and a kernel
+    # module imported here without TRITON_INTERPRET would stay compiled-for-GPU for every later test of this process.
     from fastgan.kernels.triton import bias_act as bias_act_k
     from fastgan.kernels.triton import conv as conv_k
     from fastgan.kernels.triton import losses as losses_k
     from fastgan.kernels.triton import norm_act as norm_k
     from fastgan.kernels.triton.launch import recording
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the launchers pick the GPU tile sizes
 
     def meta(*shape, dtype=torch.bfloat16):
         return torch.empty(shape, dtype=dtype, device="meta")

@@ -198,8 +198,12 @@ def test_test_stage_restarts_shards_after_sticky_device_errors_crashes_and_hangs
     out = tmp_path / "out"
     out.mkdir()
     start = time.monotonic()
-    rc = gpu_suite.run_tests(out, time.time() + 60, dry_run=False, quick=False, shards=1, tests=str(tests),
-                             test_limit_s=2)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        rc = gpu_suite.run_tests(out, time.time() + 60, dry_run=False, quick=False, shards=1, tests=str(tests),
+                                 test_limit_s=2)
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # run_tests installs the stage's own (kills its shards, exits)
     assert rc == 1
     assert time.monotonic() - start < 45
     recs = records(out)
