@@ -44,8 +44,9 @@ Prepared prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, 
     TORCH_CHECK(!clamp.has_value() || *clamp >= 0, "bias_act: clamp must be >= 0, got ", clamp.value_or(0));
 
     Prepared r;
-    // Kernels walk memory linearly, so x must be dense; channels_last and other dense layouts are kept as given.
-    r.x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+    // Kernels walk memory linearly, so x must be dense; channels_last and other dense layouts are kept as given, and
+    // anything else is copied densely in its own dimension order (as PyTorch's elementwise ops lay out a result).
+    r.x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.clone(at::MemoryFormat::Preserve);
     if (b_in.has_value() && b_in->defined()) {
         const at::Tensor& b = *b_in;
         TORCH_CHECK(b.dim() == 1 && b.size(0) == x_in.size(dim), "bias_act: b must be 1-D of length x.shape[",

@@ -1,9 +1,10 @@
 // bias_act: y = clamp(act(x + b) * gain, -clamp, clamp), with b broadcast along one dimension.
 //
 // The activation table lives here once, as host-and-device functions, so the CPU kernels tested on every
-// commit run exactly the formulas the CUDA kernels run. Each activation has f (forward), f' and f''; the
-// derivatives follow PyTorch's conventions at the kinks (relu'(0) = 0, lrelu'(0) = alpha, elu'(0) = alpha but
-// elu''(0) = 0, softplus is linear above its threshold of 20 and its f'' vanishes from 20 on) so that results match torch.nn.functional bit for bit in float64.
+// commit run exactly the formulas the CUDA kernels run. Each activation has f (forward), its backward and its double
+// backward, written as PyTorch's kernels write them, so conventions at the kinks (relu'(0) = 0, lrelu'(0) = alpha,
+// elu'(0) = alpha but elu''(0) = 0, softplus linear above its threshold of 20) and NaN/inf propagation are
+// torch.nn.functional's.
 #pragma once
 
 #include <stdint.h>
@@ -43,7 +44,7 @@ FASTGAN_HD T sigmoid_of(T z) { return T(1) / (T(1) + exp(-z)); }
 template <typename T>
 FASTGAN_HD T act_forward(int act, T z, T alpha) {
     switch (static_cast<Act>(act)) {
-        case Act::Relu: return z > T(0) ? z : T(0);
+        case Act::Relu: return z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu (max(z, 0) would drop it)
         case Act::Lrelu: return z > T(0) ? z : z * alpha;
         case Act::Tanh: return tanh(z);
         case Act::Sigmoid: return sigmoid_of(z);
@@ -55,35 +56,53 @@ FASTGAN_HD T act_forward(int act, T z, T alpha) {
     }
 }
 
+// dL/dz given d = dL/d f(z), written as PyTorch's own backward kernels write it (threshold_backward,
+// leaky_relu_backward, tanh_backward, sigmoid_backward, elu_backward, softplus_backward, silu_backward): the same
+// selects and the same products in the same order, so NaN and inf propagate exactly as in torch.nn.functional
+// (relu passes d at z = NaN; a piecewise branch that is not taken never multiplies d).
 template <typename T>
-FASTGAN_HD T act_grad(int act, T z, T alpha) {  // f'(z)
+FASTGAN_HD T act_backward(int act, T z, T d, T alpha) {
     switch (static_cast<Act>(act)) {
-        case Act::Relu: return z > T(0) ? T(1) : T(0);
-        case Act::Lrelu: return z > T(0) ? T(1) : alpha;
-        case Act::Tanh: { T t = tanh(z); return T(1) - t * t; }
-        case Act::Sigmoid: { T s = sigmoid_of(z); return s * (T(1) - s); }
-        case Act::Elu: return z > T(0) ? T(1) : alpha * exp(z);
-        case Act::Selu: return z > T(0) ? T(kSeluScale) : T(kSeluScale * kSeluAlpha) * exp(z);
-        case Act::Softplus: return z > T(kSoftplusThreshold) ? T(1) : sigmoid_of(z);
-        case Act::Silu: { T s = sigmoid_of(z); return s * (T(1) + z * (T(1) - s)); }
-        default: return T(1);
+        case Act::Relu: return z <= T(0) ? T(0) : d;
+        case Act::Lrelu: return z > T(0) ? d : d * alpha;
+        case Act::Tanh: { T t = tanh(z); return d * (T(1) - t * t); }
+        case Act::Sigmoid: { T s = sigmoid_of(z); return d * (T(1) - s) * s; }
+        // elu_backward tests z <= 0; at a NaN z its vectorized CPU kernel, which every tensor but a short tail goes
+        // through, gives NaN (its scalar tail and the CUDA kernel pass d): the NaN is kept here, everywhere.
+        case Act::Elu: return z > T(0) ? d : d * alpha * exp(z);
+        case Act::Selu: return z > T(0) ? d * T(kSeluScale) : d * T(kSeluAlpha * kSeluScale) * exp(z);
+        case Act::Softplus: {
+            if (z > T(kSoftplusThreshold)) return d;
+            T e = exp(z);
+            return d * e / (e + T(1));
+        }
+        case Act::Silu: { T s = sigmoid_of(z); return d * s * (T(1) + z * (T(1) - s)); }
+        default: return d;
     }
 }
 
+// d/dz of <g, act_backward(z, d)> (second order), as PyTorch's double-backward formulas compute it: tanh and sigmoid
+// through their backward's output derivative, elu/selu as elu_backward(g * d) masked by a multiply with [z < 0] (so
+// elu''(0) = 0), softplus masked below its threshold by a multiply (a NaN z stays NaN). Zero for the
+// piecewise-linear activations, whose backward's z-derivative PyTorch defines as zeros.
 template <typename T>
-FASTGAN_HD T act_grad2(int act, T z, T alpha) {  // f''(z); zero for the piecewise-linear activations
+FASTGAN_HD T act_double_backward(int act, T z, T d, T g, T alpha) {
     switch (static_cast<Act>(act)) {
-        case Act::Tanh: { T t = tanh(z); return T(-2) * t * (T(1) - t * t); }
-        case Act::Sigmoid: { T s = sigmoid_of(z); return s * (T(1) - s) * (T(1) - T(2) * s); }
-        case Act::Elu: return z < T(0) ? alpha * exp(z) : T(0);
-        case Act::Selu: return z < T(0) ? T(kSeluScale * kSeluAlpha) * exp(z) : T(0);
-        case Act::Softplus: { if (!(z < T(kSoftplusThreshold))) return T(0); T s = sigmoid_of(z); return s * (T(1) - s); }
-        case Act::Silu: { T s = sigmoid_of(z); return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
+        case Act::Tanh: { T t = tanh(z); return g * (T(-2) * t * d) * (T(1) - t * t); }
+        case Act::Sigmoid: { T s = sigmoid_of(z); return g * d * (T(-2) * s + T(1)) * (T(1) - s) * s; }
+        case Act::Elu: return act_backward<T>(act, z, g * d, alpha) * (z < T(0) ? T(1) : T(0));
+        case Act::Selu: return act_backward<T>(act, z, g * d, alpha) * (z < T(0) ? T(1) : T(0));
+        case Act::Softplus: {
+            T s = sigmoid_of(z);
+            return g * d * (T(1) - s) * s * (z < T(kSoftplusThreshold) ? T(1) : T(0));
+        }
+        case Act::Silu: { T s = sigmoid_of(z); return g * d * s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
         default: return T(0);
     }
 }
 
-// Gradients pass the clamp where |act(z) * gain| <= clamp, as torch.clamp's backward does (bounds inclusive).
+// Gradients pass the clamp where |act(z) * gain| <= clamp, as torch.clamp's backward does (bounds inclusive; a NaN
+// output passes nothing).
 template <typename T>
 FASTGAN_HD bool clamp_passes(int act, T z, T alpha, T gain, T clamp) {
     if (clamp < T(0)) return true;
@@ -92,15 +111,16 @@ FASTGAN_HD bool clamp_passes(int act, T z, T alpha, T gain, T clamp) {
 }
 
 template <typename T>
-FASTGAN_HD T clamp_value(T v, T clamp) {
+FASTGAN_HD T clamp_value(T v, T clamp) {  // NaN stays NaN, as torch.clamp
     if (clamp < T(0)) return v;
     return v < -clamp ? -clamp : (v > clamp ? clamp : v);
 }
 
-// The three elementwise maps every implementation computes, in the math type T (float, or double for float64):
+// The three elementwise maps every implementation computes, in the math type T (float, or double for float64), in
+// the order autograd runs the reference's backward (clamp's select, gain's product, the activation's backward):
 //   forward:   y   = clamp(f(z) * gain)
-//   backward:  dx  = dy * f'(z) * gain * [clamp passes]
-//   backward2: d2x = g * dy * f''(z) * gain * [clamp passes]   (d/dz of <g, dx>)
+//   backward:  dx  = act_backward(z, d),            d = [clamp passes ? dy : 0] * gain
+//   backward2: d2x = act_double_backward(z, d, g)   (d/dz of <g, dx>)
 template <typename T>
 FASTGAN_HD T bias_act_forward(int act, T z, T alpha, T gain, T clamp) {
     return clamp_value(act_forward(act, z, alpha) * gain, clamp);
@@ -108,12 +128,14 @@ FASTGAN_HD T bias_act_forward(int act, T z, T alpha, T gain, T clamp) {
 
 template <typename T>
 FASTGAN_HD T bias_act_backward(int act, T z, T dy, T alpha, T gain, T clamp) {
-    return clamp_passes(act, z, alpha, gain, clamp) ? dy * act_grad(act, z, alpha) * gain : T(0);
+    const T d = (clamp_passes(act, z, alpha, gain, clamp) ? dy : T(0)) * gain;
+    return act_backward(act, z, d, alpha);
 }
 
 template <typename T>
 FASTGAN_HD T bias_act_backward2(int act, T z, T dy, T g, T alpha, T gain, T clamp) {
-    return clamp_passes(act, z, alpha, gain, clamp) ? g * dy * act_grad2(act, z, alpha) * gain : T(0);
+    const T d = (clamp_passes(act, z, alpha, gain, clamp) ? dy : T(0)) * gain;
+    return act_double_backward(act, z, d, g, alpha);
 }
 
 }  // namespace fastgan

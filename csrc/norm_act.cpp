@@ -75,9 +75,9 @@ Prepared prepare(const char* op, const at::Tensor& x_in, const std::optional<at:
     p.use_input_stats = use_input_stats;
     p.groups = p.instance ? N * C : C;
     p.group_size = p.instance ? L : N * L;
-    p.eps = static_cast<float>(eps);
+    p.eps = eps;
     p.act = static_cast<int>(act);
-    p.alpha = static_cast<float>(alpha);
+    p.alpha = alpha;
     r.out = at::empty_like(r.x);
     p.out = r.out.data_ptr();
     return r;
@@ -111,13 +111,13 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
     scalar_t* y = static_cast<scalar_t*>(p.out);
     const M* w = static_cast<const M*>(p.w);
     const M* b = static_cast<const M*>(p.b);
-    const M alpha = p.alpha, eps = p.eps;
+    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
     at::parallel_for(0, p.groups, 1, [&](int64_t begin, int64_t end) {
         for (int64_t g = begin; g < end; ++g) {
             M mean, var;
             if (p.use_input_stats) {
                 double s1 = 0, s2 = 0;
-                const double shift = p.group_size ? static_cast<double>(x[group_offset(p, g, 0)]) : 0.0;
+                const double shift = p.group_size ? shift_of(static_cast<double>(x[group_offset(p, g, 0)])) : 0.0;
                 for (int64_t j = 0; j < p.group_size; ++j) {
                     const double d = static_cast<double>(x[group_offset(p, g, j)]) - shift;
                     s1 += d;
@@ -153,7 +153,7 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
     scalar_t* dx = static_cast<scalar_t*>(p.out);
     const M* w = static_cast<const M*>(p.w);
     const M* b = static_cast<const M*>(p.b);
-    const M alpha = p.alpha, eps = p.eps;
+    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
     at::parallel_for(0, p.groups, 1, [&](int64_t begin, int64_t end) {
         for (int64_t g = begin; g < end; ++g) {
             const int64_t c = g % p.C;
@@ -164,7 +164,7 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
             for (int64_t j = 0; j < p.group_size; ++j) {
                 const int64_t i = group_offset(p, g, j);
                 const M xhat = (static_cast<M>(x[i]) - mean) * invstd;
-                const M dz = static_cast<M>(dy[i]) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+                const M dz = act_backward<M>(p.act, xhat * wc + bc, static_cast<M>(dy[i]), alpha);
                 s_dz += dz;
                 s_dzx += dz * xhat;
                 if (!p.use_input_stats) dx[i] = static_cast<scalar_t>(norm_dx<M>(false, dz, xhat, wc, invstd, 0, 0, 1));
@@ -177,7 +177,7 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
             for (int64_t j = 0; j < p.group_size; ++j) {
                 const int64_t i = group_offset(p, g, j);
                 const M xhat = (static_cast<M>(x[i]) - mean) * invstd;
-                const M dz = static_cast<M>(dy[i]) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+                const M dz = act_backward<M>(p.act, xhat * wc + bc, static_cast<M>(dy[i]), alpha);
                 dx[i] = static_cast<scalar_t>(norm_dx<M>(true, dz, xhat, wc, invstd, sdz, sdzx, count));
             }
         }

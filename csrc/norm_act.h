@@ -30,9 +30,9 @@ struct NormActParams {
     int64_t group_size;   // values per group: N * L, or L
     bool instance;        // groups are (sample, channel) pairs
     bool use_input_stats; // training: dx carries the mean/variance terms
-    float eps;
+    double eps;           // double, so float64 kernels see the exact values (cast to the math type)
     int act;
-    float alpha;
+    double alpha;
 };
 
 FASTGAN_HD int64_t group_offset(const NormActParams& p, int64_t g, int64_t j) {
@@ -57,21 +57,38 @@ struct Moments {
     FASTGAN_HD void merge(T n_b, T mean_b, T m2_b) {
         if (n_b == T(0)) return;
         const T n = count + n_b;
+        if (!isfinite(mean) || !isfinite(mean_b)) {
+            // Non-finite data: the mean is +-inf or NaN as sum(x) / n is (inf + inf = inf, inf - inf = NaN), and
+            // m2 is already NaN (PyTorch's variance of data holding an inf or a NaN).
+            mean += mean_b;
+            m2 += m2_b;
+            count = n;
+            return;
+        }
         const T delta = mean_b - mean;
         mean += delta * (n_b / n);
-        m2 += m2_b + delta * delta * (count * n_b / n);
+        m2 += m2_b + delta * (delta * (count * n_b / n));  // not delta^2 first: inf * 0 on the first merge
         count = n;
     }
 };
 
 // Moments of a chunk from sums of shifted values d = x - shift: with the shift a value of the data, the sums stay
 // of the order of the spread, so m2 = s2 - s1^2 / n does not cancel catastrophically (x = 1000 + randn is fine).
+// Data holding an inf or a NaN give the mean sum(x) / n gives (+-inf or NaN) and a NaN m2, as PyTorch's batch norm:
+// the shift is then finite (shift_of), and a NaN m2 is not clamped to 0; finite data too large to square give inf.
 template <typename T>
 FASTGAN_HD void shifted_moments(T n, T shift, T s1, T s2, T& mean, T& m2) {
     mean = shift + s1 / n;
     const T m = s2 - s1 * (s1 / n);
-    m2 = m > T(0) ? m : T(0);
+    m2 = m < T(0) ? T(0) : m;
+    // Finite data whose squares overflow: the variance overflows too (inf, not the NaN of inf - inf).
+    if (isfinite(s1) && isinf(s2)) m2 = s2;
 }
+
+// The shift of a group's sums: its first value, or 0 if that is not finite (an inf shift would turn the sums of
+// data holding another inf into NaN, where PyTorch's mean is inf).
+template <typename T>
+FASTGAN_HD T shift_of(T first) { return isfinite(first) ? first : T(0); }
 
 template <typename T>
 FASTGAN_HD T inv_std(T var, T eps) { return T(1) / sqrt(var + eps); }
@@ -110,19 +127,10 @@ FASTGAN_HD T lerp_like_torch(T start, T end, T weight) {
     return fma(small ? weight : weight - T(1), end - start, small ? start : end);
 }
 
-// A statistic rounded to the buffer type as Tensor.to() does it: half and bfloat16 by way of float.
-template <typename B, typename S>
-struct RoundTo {
-    FASTGAN_HD static B from(S v) { return cast_to<B>(static_cast<float>(v)); }
-};
-template <typename S>
-struct RoundTo<double, S> {
-    FASTGAN_HD static double from(S v) { return static_cast<double>(v); }
-};
-
-// Channel c of `running = lerp(running, stat, factor)` for both buffers, as fastgan.ops.norm_act's former PyTorch
-// ops did: the unbiased variance per group and the batch average in the statistics type S (samples in order), the
-// statistic rounded to the buffer type B, the lerp in B's math type M (float for half/bfloat16/float). The variance
+// Channel c of `running = lerp(running, stat, factor)` for both buffers: the unbiased variance per group and the
+// batch average in the statistics type S (samples in order), the lerp in B's math type M (float for half/bfloat16/
+// float) and one rounding to the buffer type B, as PyTorch's batch norm updates its buffers (a statistic beyond the
+// range of a float16 buffer, such as a variance of 1e5, is not rounded to inf before the lerp). The variance
 // sum takes one explicit fma per sample, so compilers that contract (nvcc, Triton) cannot make the CPU, CUDA and
 // Triton results differ; with one sample (batch norm) that is the rounded product the former ops computed.
 template <typename B, typename S, typename M>
@@ -142,8 +150,8 @@ FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c) {
     B* rm = static_cast<B*>(p.running_mean) + c * p.stride_mean;
     B* rv = static_cast<B*>(p.running_var) + c * p.stride_var;
     const M weight = static_cast<M>(p.factor);
-    *rm = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rm), cast_to<M>(RoundTo<B, S>::from(m)), weight));
-    *rv = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rv), cast_to<M>(RoundTo<B, S>::from(v)), weight));
+    *rm = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rm), static_cast<M>(m), weight));
+    *rv = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rv), static_cast<M>(v), weight));
 }
 
 }  // namespace fastgan

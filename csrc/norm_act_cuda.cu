@@ -46,7 +46,7 @@ __global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type
     const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
     const int64_t j0 = k * kNormActChunk;
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const M shift = load(x, group_offset(p, g, 0));
+    const M shift = shift_of(load(x, group_offset(p, g, 0)));
     M s1 = 0, s2 = 0;
     for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
         const M d = load(x, group_offset(p, g, j)) - shift;
@@ -88,7 +88,7 @@ __global__ void apply_kernel(NormActParams p, int64_t numel) {
     const M* b = static_cast<const M*>(p.b);
     const M* mean = static_cast<const M*>(p.mean);
     const M* var = static_cast<const M*>(p.var);
-    const M alpha = p.alpha, eps = p.eps;
+    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
         const int64_t g = element_group(p, i), c = g % p.C;
@@ -108,12 +108,12 @@ __global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type*
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
     const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
     const M wc = p.w ? static_cast<const M*>(p.w)[c] : M(1), bc = p.b ? static_cast<const M*>(p.b)[c] : M(0);
-    const M alpha = p.alpha;
+    const M alpha = static_cast<M>(p.alpha);
     M s_dz = 0, s_dzx = 0;
     for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
         const int64_t i = group_offset(p, g, j);
         const M xhat = (load(x, i) - mean) * invstd;
-        const M dz = load(dy, i) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
         s_dz += dz;
         s_dzx += dz * xhat;
     }
@@ -149,13 +149,13 @@ __global__ void dx_kernel(NormActParams p, int64_t numel) {
     const M* var = static_cast<const M*>(p.var);
     const M* sum_dz = static_cast<const M*>(p.sum_dz);
     const M* sum_dz_xhat = static_cast<const M*>(p.sum_dz_xhat);
-    const M alpha = p.alpha, eps = p.eps, count = static_cast<M>(p.group_size);
+    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps), count = static_cast<M>(p.group_size);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
         const int64_t g = element_group(p, i), c = g % p.C;
         const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
         const M xhat = (load(x, i) - mean[g]) * invstd;
-        const M dz = load(dy, i) * act_grad<M>(p.act, xhat * wc + bc, alpha);
+        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
         dx[i] = cast_to<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
     }
 }

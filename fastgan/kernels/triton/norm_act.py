@@ -6,7 +6,7 @@ channels_last); a statistic group is a channel (batch norm) or a (sample, channe
 run one program per (group, chunk of CHUNK values) with float64 sums of shifted values (a [rows, channels] tile for
 channels_last, so loads stay coalesced), then one merge per group over its chunks in a fixed order (Chan's formula),
 so they are deterministic; the elementwise kernels write y and dx. The activation
-math is bias_act's (``_act``, ``_act_grad``), the same formulas as csrc/bias_act.h.
+math is bias_act's (``_act``, ``_act_backward``), the same formulas as csrc/bias_act.h.
 """
 
 from __future__ import annotations
@@ -19,10 +19,26 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ..._backend import triton_interpreting
-from .bias_act import _act, _act_grad, _round_to_bf16
+from .bias_act import _act, _act_backward, _round_to_bf16
 from .launch import launch
+from .scalars import f64_from_halves, f64_halves
 
 CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act_cuda.h::kNormActChunk)
+
+
+@triton.jit
+def _finite_or_zero(v):
+    """csrc/norm_act.h::shift_of: a group's first value as the shift of its sums, 0 if it is inf or NaN."""
+    return tl.where(v - v == 0, v, 0.0)
+
+
+@triton.jit
+def _chunk_m2(s1, s2, n):
+    """csrc/norm_act.h::shifted_moments' m2: max(s2 - s1^2 / n, 0), NaN kept (data holding an inf or a NaN: PyTorch's
+    variance is NaN), inf where finite data overflow their squares."""
+    m = s2 - s1 * (s1 / n)
+    m = tl.where(m < 0, 0.0, m)
+    return tl.where((s1 - s1 == 0) & (s2 == float("inf")), s2, m)
 
 
 @triton.jit
@@ -46,11 +62,13 @@ def _element_groups(i, C, sN, sC, INSTANCE: tl.constexpr):
 @triton.jit
 def _norm_partial_kernel(
     x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, part_ptr,
-    group_size, chunks, C, L, sN, sC, sL, eps, alpha,
+    group_size, chunks, C, L, sN, sC, sL, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
     MATH: tl.constexpr, INT64: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # GRAD=0: shifted sums -> (count, mean, m2) of the chunk. GRAD=1: sums of dz and dz * xhat.
+    eps = f64_from_halves(eps_hi, eps_lo).to(MATH)  # float64 halves (scalars.py): exact for float64 math
+    alpha = f64_from_halves(alpha_hi, alpha_lo).to(MATH)
     pid = tl.program_id(0)
     if INT64:
         pid = pid.to(tl.int64)
@@ -67,7 +85,7 @@ def _norm_partial_kernel(
         w = tl.load(w_ptr + c).to(MATH) if HAS_W else 1.0
         b = tl.load(b_ptr + c).to(MATH) if HAS_B else 0.0
     else:
-        shift = tl.load(x_ptr + _group_offsets(g, 0, C, L, sN, sC, sL, INSTANCE)).to(MATH)
+        shift = _finite_or_zero(tl.load(x_ptr + _group_offsets(g, 0, C, L, sN, sC, sL, INSTANCE)).to(MATH))
     for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK):
         j = j0 + start + lanes
         mask = j < group_size
@@ -76,7 +94,7 @@ def _norm_partial_kernel(
         if GRAD:
             xhat = (x - mean) * invstd
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
-            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0).to(tl.float64)
+            dz = tl.where(mask, _act_backward(xhat * w + b, dy, alpha, ACT), 0.0).to(tl.float64)
             a += dz
             s += dz * xhat
         else:
@@ -90,7 +108,7 @@ def _norm_partial_kernel(
         tl.store(part_ptr + pid * 2 + 1, s2)
     else:
         n = tl.minimum(group_size - j0, CHUNK_SIZE).to(tl.float64)
-        m2 = tl.maximum(s2 - s1 * (s1 / n), 0.0)
+        m2 = _chunk_m2(s1, s2, n)
         tl.store(part_ptr + pid * 3, n)
         tl.store(part_ptr + pid * 3 + 1, shift.to(tl.float64) + s1 / n)
         tl.store(part_ptr + pid * 3 + 2, m2)
@@ -99,13 +117,15 @@ def _norm_partial_kernel(
 @triton.jit
 def _norm_partial_cl_kernel(
     x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, part_ptr,
-    group_size, chunks, C, L, sN, sL, eps, alpha,
+    group_size, chunks, C, L, sN, sL, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
     MATH: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # _norm_partial_kernel for channels_last (channel stride 1): a [rows, channels] tile per step, so a warp reads
     # consecutive channels (coalesced) instead of one group's values C apart. Same partials, same order of merging.
     # One flat grid of (sample, channel block, chunk) programs: a 2-D grid would cap one of them at 65,535.
+    eps = f64_from_halves(eps_hi, eps_lo).to(MATH)
+    alpha = f64_from_halves(alpha_hi, alpha_lo).to(MATH)
     cblocks = tl.cdiv(C, BLOCK_C)
     tile = tl.program_id(0) // chunks
     k = tl.program_id(0) % chunks
@@ -123,7 +143,7 @@ def _norm_partial_cl_kernel(
         w = tl.load(w_ptr + c, mask=cmask, other=1.0).to(MATH) if HAS_W else 1.0
         b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(MATH) if HAS_B else 0.0
     else:
-        shift = tl.load(x_ptr + base + c, mask=cmask, other=0.0).to(MATH)
+        shift = _finite_or_zero(tl.load(x_ptr + base + c, mask=cmask, other=0.0).to(MATH))
     for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK_R):
         j = j0 + start + tl.arange(0, BLOCK_R)
         rows = base + j * sL if INSTANCE else (j // L) * sN + (j % L) * sL
@@ -133,7 +153,7 @@ def _norm_partial_cl_kernel(
         if GRAD:
             xhat = (x - mean[None, :]) * invstd[None, :]
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH)
-            dz = tl.where(mask, dy * _act_grad(xhat * w + b, alpha, ACT), 0.0).to(tl.float64)
+            dz = tl.where(mask, _act_backward(xhat * w + b, dy, alpha, ACT), 0.0).to(tl.float64)
             a += dz
             s += dz * xhat
         else:
@@ -150,7 +170,7 @@ def _norm_partial_cl_kernel(
         n = tl.minimum(group_size - j0, CHUNK_SIZE).to(tl.float64)
         tl.store(part_ptr + slot * 3, tl.zeros([BLOCK_C], tl.float64) + n, mask=cmask)
         tl.store(part_ptr + slot * 3 + 1, shift.to(tl.float64) + s1 / n, mask=cmask)
-        tl.store(part_ptr + slot * 3 + 2, tl.maximum(s2 - s1 * (s1 / n), 0.0), mask=cmask)
+        tl.store(part_ptr + slot * 3 + 2, _chunk_m2(s1, s2, n), mask=cmask)
 
 
 @triton.jit
@@ -176,9 +196,12 @@ def _norm_merge_kernel(
             m2_b = tl.load(p + 2, mask=mask, other=0.0).to(tl.float64)
             n = count + n_b
             ratio = tl.where(n > 0, n_b / tl.where(n > 0, n, 1.0), 0.0)
-            delta = mean_b - mean
-            mean += delta * ratio
-            m2 += m2_b + delta * delta * count * ratio
+            # csrc/norm_act.h::Moments::merge: a non-finite mean adds (inf + inf = inf, inf - inf = NaN), with m2
+            # already NaN there; finite ones merge by Chan's formula.
+            finite = (mean - mean == 0) & (mean_b - mean_b == 0)
+            delta = tl.where(finite, mean_b - mean, 0.0)
+            mean = tl.where(finite, mean + delta * ratio, mean + mean_b)
+            m2 += m2_b + delta * (delta * (count * ratio))  # not delta^2 first: inf * 0 on the first merge
             count = n
     if GRAD:
         tl.store(out0_ptr + g, count.to(MATH), mask=mask)
@@ -191,11 +214,13 @@ def _norm_merge_kernel(
 @triton.jit
 def _norm_elementwise_kernel(
     x_ptr, dy_ptr, out_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, sdz_ptr, sdzx_ptr,
-    numel, group_size, C, sN, sC, eps, alpha,
+    numel, group_size, C, sN, sC, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, TRAINING: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     ACT: tl.constexpr, MATH: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # GRAD=0: y = act(z). GRAD=1: dx (TRAINING adds the mean and variance terms).
+    eps = f64_from_halves(eps_hi, eps_lo).to(MATH)
+    alpha = f64_from_halves(alpha_hi, alpha_lo).to(MATH)
     pid = tl.program_id(0)
     if INT64:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -212,7 +237,7 @@ def _norm_elementwise_kernel(
     xhat = (x - mean) * invstd
     z = xhat * w + b
     if GRAD:
-        dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH) * _act_grad(z, alpha, ACT)
+        dz = _act_backward(z, tl.load(dy_ptr + offs, mask=mask, other=0.0).to(MATH), alpha, ACT)
         if TRAINING:
             sdz = tl.load(sdz_ptr + g, mask=mask, other=0.0).to(MATH)
             sdzx = tl.load(sdzx_ptr + g, mask=mask, other=0.0).to(MATH)
@@ -257,9 +282,11 @@ class _View:
         self.math = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.tl_math = tl.float64 if x.dtype == torch.float64 else tl.float32
         self.int64 = x.numel() >= 2**31 - CHUNK
-        # The interpreter pays per program, not per element: large blocks keep CPU tests fast.
-        self.block = 4096 if triton_interpreting() else 1024
-        self.reduce_block = 1024 if triton_interpreting() else 512
+        # The interpreter pays per program and per element of a block: blocks of just the size needed (up to 4096 and
+        # 1024) keep CPU tests fast.
+        numel = max(x.numel(), 1)
+        self.block = min(4096, triton.next_power_of_2(numel)) if triton_interpreting() else 1024
+        self.reduce_block = min(1024, triton.next_power_of_2(max(self.group_size, 1))) if triton_interpreting() else 512
 
     def affine(self, t: torch.Tensor | None) -> torch.Tensor:
         return t.to(self.math).contiguous() if t is not None else self.x
@@ -273,7 +300,7 @@ class _View:
             launch(
                 _norm_partial_cl_kernel, (samples * triton.cdiv(self.C, block_c) * self.chunks,),
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
-                self.group_size, self.chunks, self.C, self.L, self.sN, self.sL, float(eps), float(alpha),
+                self.group_size, self.chunks, self.C, self.L, self.sN, self.sL, *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
                 MATH=self.tl_math, CHUNK_SIZE=CHUNK, BLOCK_R=block_r, BLOCK_C=block_c,
             )
@@ -281,7 +308,8 @@ class _View:
             launch(
                 _norm_partial_kernel, (self.groups * self.chunks,),
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
-                self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL, float(eps), float(alpha),
+                self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL,
+                *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
                 MATH=self.tl_math, INT64=self.int64, CHUNK_SIZE=CHUNK, BLOCK=self.reduce_block,
             )
@@ -298,7 +326,7 @@ class _View:
             launch(
                 _norm_elementwise_kernel, (triton.cdiv(numel, self.block),),
                 self.x, dy if dy is not None else self.x, out, self.affine(w), self.affine(b), mean, var, sdz, sdzx,
-                numel, self.group_size, self.C, self.sN, self.sC, float(eps), float(alpha),
+                numel, self.group_size, self.C, self.sN, self.sC, *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, TRAINING=sums is not None, INSTANCE=self.instance, HAS_W=w is not None,
                 HAS_B=b is not None, ACT=act, MATH=self.tl_math, INT64=self.int64, BLOCK=self.block,
             )
@@ -366,10 +394,10 @@ def _div_rn(a, b):
 
 @triton.jit
 def _lerp_in_place(ptrs, stat, weight, mask, MATH: tl.constexpr):
-    # torch.lerp as PyTorch's vectorized kernel computes it (csrc/norm_act.h::lerp_like_torch), stat rounded to the
-    # buffer dtype first.
+    # torch.lerp as PyTorch's vectorized kernel computes it (csrc/norm_act.h::lerp_like_torch) in MATH, rounded once
+    # to the buffer dtype.
     start = tl.load(ptrs, mask=mask, other=0.0).to(MATH)
-    end = _round_to(stat, ptrs.dtype.element_ty).to(MATH)
+    end = stat.to(MATH)
     small = tl.abs(weight) < 0.5
     out = tl.fma(tl.where(small, weight, weight - 1.0), end - start, tl.where(small, start, end))
     tl.store(ptrs, _round_to(out, ptrs.dtype.element_ty), mask=mask)
@@ -381,8 +409,8 @@ def _update_stats_kernel(
     MATH: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # csrc/norm_act.h::update_running_channel for a block of channels: the unbiased variance per group (one fma per
-    # sample) and the batch average in the statistics dtype, rounded to the buffer dtype, then
-    # lerp(running, stat, factor) in MATH.
+    # sample) and the batch average in the statistics dtype, then lerp(running, stat, factor) in MATH, rounded once
+    # to the buffer dtype.
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = c < C
     stat = mean_ptr.dtype.element_ty
