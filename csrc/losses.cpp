@@ -32,6 +32,14 @@ at::Tensor sample_major(const at::Tensor& t) {
     return ok ? t : t.contiguous();
 }
 
+// The interpolation's result in the layout PyTorch's elementwise ops give `e * real + (1 - e) * fake`: real's own when
+// real is dense, else dense in real's dimension order (empty_like's preserve_format). The kernel computes sample-major.
+at::Tensor in_layout_of_real(const at::Tensor& out, const at::Tensor& real) {
+    at::Tensor target = at::empty_like(real);
+    if (target.strides() == out.strides()) return out;
+    return target.copy_(out);
+}
+
 // `t` laid out exactly like `like` (same shape), copying only when the strides differ.
 at::Tensor with_layout_of(const at::Tensor& t, const at::Tensor& like) {
     if (t.strides() == like.strides()) return t;
@@ -220,7 +228,7 @@ at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const
             }
         });
     });
-    return r.out;
+    return in_layout_of_real(r.out, real);
 }
 
 struct PenaltyPrepared {
@@ -338,7 +346,7 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
     check_launch(interpolate_cuda_launch(r.p, kernel_dtype(r.real.scalar_type()),
                                          at::cuda::getCurrentCUDAStream().stream()),
                  "penalty_interpolate");
-    return r.out;
+    return in_layout_of_real(r.out, real);
 }
 
 std::tuple<at::Tensor, at::Tensor> penalty_cuda(const at::Tensor& g, double weight, double center, double scale) {

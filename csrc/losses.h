@@ -28,13 +28,18 @@ enum class LossTerm : int {
 };
 constexpr int kNumLossTerms = static_cast<int>(LossTerm::Square) + 1;
 
+// Linear above PyTorch's softplus threshold of 20 (F.softplus returns u there, and its gradient is exactly 1).
+constexpr double kLossSoftplusThreshold = 20.0;
+
 template <typename T>
 FASTGAN_HD T stable_softplus(T u) {
+    if (u > T(kLossSoftplusThreshold)) return u;
     return (u > T(0) ? u : T(0)) + log1p(exp(-fabs(u)));
 }
 
 template <typename T>
-FASTGAN_HD T stable_sigmoid(T u) {
+FASTGAN_HD T stable_sigmoid(T u) {  // softplus'(u)
+    if (u > T(kLossSoftplusThreshold)) return T(1);
     const T e = exp(-fabs(u));  // in (0, 1]: never overflows
     return u >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
@@ -45,8 +50,8 @@ FASTGAN_HD T loss_term_value(int term, T z) {
         case LossTerm::SoftplusNeg: return stable_softplus(-z);
         case LossTerm::Softplus: return stable_softplus(z);
         case LossTerm::NegSoftplus: return -stable_softplus(z);
-        case LossTerm::HingeReal: return T(1) - z > T(0) ? T(1) - z : T(0);
-        case LossTerm::HingeFake: return T(1) + z > T(0) ? T(1) + z : T(0);
+        case LossTerm::HingeReal: return T(1) - z < T(0) ? T(0) : T(1) - z;  // relu: NaN stays NaN
+        case LossTerm::HingeFake: return T(1) + z < T(0) ? T(0) : T(1) + z;
         case LossTerm::Identity: return z;
         case LossTerm::Negate: return -z;
         case LossTerm::SquareOne: return (z - T(1)) * (z - T(1));
@@ -54,15 +59,15 @@ FASTGAN_HD T loss_term_value(int term, T z) {
     }
 }
 
-// f'(z); at the hinge's kink the derivative is 0, as PyTorch's relu'(0).
+// f'(z); at the hinge's kink the derivative is 0, as PyTorch's relu'(0); at a NaN logit it passes, as relu's backward.
 template <typename T>
 FASTGAN_HD T loss_term_grad(int term, T z) {
     switch (static_cast<LossTerm>(term)) {
         case LossTerm::SoftplusNeg: return -stable_sigmoid(-z);
         case LossTerm::Softplus: return stable_sigmoid(z);
         case LossTerm::NegSoftplus: return -stable_sigmoid(z);
-        case LossTerm::HingeReal: return T(1) - z > T(0) ? T(-1) : T(0);
-        case LossTerm::HingeFake: return T(1) + z > T(0) ? T(1) : T(0);
+        case LossTerm::HingeReal: return T(1) - z <= T(0) ? T(0) : T(-1);  // as relu's backward: NaN passes
+        case LossTerm::HingeFake: return T(1) + z <= T(0) ? T(0) : T(1);
         case LossTerm::Identity: return T(1);
         case LossTerm::Negate: return T(-1);
         case LossTerm::SquareOne: return T(2) * (z - T(1));
@@ -100,7 +105,8 @@ struct GanLossBackwardParams {
 // Gradient-penalty head. Tensors are [B, D] in memory (each sample's D elements contiguous, any order within).
 //   interpolate: x_hat = eps_i * real + (1 - eps_i) * fake
 //   penalty:     n_i = ||g_i||, out = weight / B * sum_i (scale * n_i - center)^2
-//   backward:    dg = go * weight * 2 / B * (scale * n_i - center) * scale / n_i * g   (0 where n_i = 0)
+//   backward:    dg = go * weight * 2 / B * (scale * n_i - center) * scale / n_i * g   (0 where n_i = 0;
+//                go * weight * 2 / B * scale^2 * g for center = 0, the squared norm)
 // `scale` unscales gradients computed from a GradScaler-scaled loss (1 otherwise).
 struct InterpolateParams {
     const void* real;
@@ -134,11 +140,15 @@ FASTGAN_HD T penalty_term(T norm, T scale, T center) {
     return d * d;
 }
 
-// d penalty / d g_i = coef_i * g_i; the norm's gradient is taken as 0 at n_i = 0, as PyTorch's vector_norm does.
+// d penalty / d g_i = coef_i * g_i; the norm's gradient is taken as 0 at n_i = 0, as PyTorch's vector_norm does
+// (only there: an infinite or NaN norm gives NaN, as in PyTorch). A zero-centred penalty (R1/R2) is the squared
+// norm, whose gradient 2 scale^2 g_i does not divide by the norm: an inf or NaN element of g_i leaves the other
+// elements' gradients finite, as the sum of squares differentiates.
 template <typename T>
 FASTGAN_HD T penalty_coef(T norm, T go, T weight, T center, T scale, int64_t batch) {
-    if (!(norm > T(0))) return T(0);
-    return go * weight * T(2) / T(batch) * (scale * norm - center) * scale / norm;
+    if (center == T(0)) return go * weight * T(2) / T(batch) * scale * scale;
+    const T up = go * weight * T(2) / T(batch) * (scale * norm - center) * scale;  // d penalty / d n_i
+    return norm == T(0) ? up * T(0) : up / norm;  // PyTorch multiplies its masked 0 by up: NaN if up is
 }
 
 }  // namespace fastgan

@@ -272,3 +272,24 @@ def test_gradient_penalty_through_fastgan_layers_matches_textbook(impl):
     assert len(ours_grads) == len(truth_grads)
     for a, b in zip(ours_grads, truth_grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_zero_weight_with_infinite_norm_is_nan(impl):
+    """Issue 18 (odd parameters): weight 0 with an infinite (or NaN) gradient norm is 0 * inf = NaN in PyTorch, value
+    and gradient; the kernels took any norm that is not > 0 as the zero-norm case and returned 0. Only a zero norm
+    has the zero gradient (PyTorch's vector_norm convention)."""
+    require(impl, "cpu")
+    inf, nan = float("inf"), float("nan")
+    g = torch.tensor([[inf, 1.0], [3.0, 4.0], [nan, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    for weight, center in ((0.0, 1.0), (10.0, 0.0), (10.0, inf)):
+        outs = []
+        for which in (impl, "ref"):
+            gg = g.clone().requires_grad_()
+            penalty = grad_norm_penalty(gg, weight, center, impl=which)
+            (dg,) = torch.autograd.grad(penalty, gg, create_graph=True)
+            (d2g,) = torch.autograd.grad(dg, gg, torch.ones_like(dg))
+            outs.append((penalty.detach(), dg.detach(), d2g))
+        for ours, ref, what in zip(outs[0], outs[1], ("penalty", "grad", "grad2")):
+            assert torch.equal(ours.isnan(), ref.isnan()), (weight, center, what, ours, ref)
+            torch.testing.assert_close(ours, ref, equal_nan=True)

@@ -33,13 +33,15 @@ class Term:
     grad2: Callable[[torch.Tensor], torch.Tensor] | None  # f''(z) for double backward; None: identically zero
 
 
-def _sigmoid_slope(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 - s)
+def _sigmoid_slope(u: torch.Tensor) -> torch.Tensor:
+    """softplus''(u) as PyTorch's double backward computes it: zero from its threshold of 20 on (a multiply by the
+    mask, so a NaN u stays NaN)."""
+    s = torch.sigmoid(u)
+    return s * (1 - s) * (u < 20).to(u.dtype)
 
 
 TERMS: dict[str, Term] = {
-    "softplus_neg": Term(0, lambda z: F.softplus(-z), _sigmoid_slope),
+    "softplus_neg": Term(0, lambda z: F.softplus(-z), lambda z: _sigmoid_slope(-z)),
     "softplus": Term(1, F.softplus, _sigmoid_slope),
     "neg_softplus": Term(2, lambda z: -F.softplus(z), lambda z: -_sigmoid_slope(z)),
     "hinge_real": Term(3, lambda z: F.relu(1 - z), None),

@@ -93,8 +93,11 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, impl:
 
 
 def grad_norm_penalty_ref(grad: torch.Tensor, weight: float = 10.0, center: float = 1.0, scale: float = 1.0):
-    """The specification of ``grad_norm_penalty`` in plain PyTorch."""
+    """The specification of ``grad_norm_penalty`` in plain PyTorch. A zero-centred penalty is the squared norm, written
+    (and so differentiated) as a sum of squares, as R1 is: its gradient never divides by the norm."""
     _check_batch(grad, "grad", "grad_norm_penalty")
+    if center == 0:
+        return weight * (scale * grad).reshape(grad.shape[0], -1).square().sum(1).mean()
     norms = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1)
     return weight * (scale * norms - center).square().mean()
 
@@ -115,7 +118,8 @@ def grad_norm_penalty(
 
     Returns:
         A 0-dim tensor in ``grad``'s dtype. Its backward is one fused kernel; differentiable to any order (orders
-        above one computed in PyTorch). The norm's gradient at a zero ``grad_i`` is taken as 0, as PyTorch does.
+        above one computed in PyTorch). The norm's gradient at a zero ``grad_i`` is taken as 0, as PyTorch does;
+        ``center=0`` is the squared norm, differentiated as a sum of squares (R1's form: no division by the norm).
     """
     _check_batch(grad, "grad", "grad_norm_penalty")
     impl = resolve_impl(impl, grad.device, "grad_norm_penalty")
@@ -297,20 +301,18 @@ class R1Penalty(torch.nn.Module):
 
 
 def _penalty_grad2(gg, go, g, weight, center, scale):
-    """Gradients of <gg, dg> w.r.t. go and g, where dg = go * K * (a n_i - c) a / n_i * g_i (n_i = ||g_i||,
-    K = 2 weight / B, a = scale): d/dg_i = go K [(a^2 - a c / n_i) gg_i + a c / n_i^3 <g_i, gg_i> g_i]."""
-    batch = g.shape[0]
+    """Gradients of <gg, dg> w.r.t. go and g, where dg = go * d grad_norm_penalty_ref(g) / dg: the double backward of
+    the reference itself (torch.func, in float32; float64 for float64), so NaN and inf come out where PyTorch's do
+    (a zero norm included). Only a second derivative of the penalty needs it, never a WGAN-GP or R1 step."""
     math = torch.promote_types(g.dtype, torch.float32)
-    flat, gflat = g.reshape(batch, -1).to(math), gg.reshape(batch, -1).to(math)
-    n = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-    safe = torch.where(n > 0, n, torch.ones_like(n))
-    k = 2.0 * weight / batch
-    h = torch.where(n > 0, scale * scale - scale * center / safe, torch.zeros_like(n))
-    dot = (flat * gflat).sum(1, keepdim=True)
-    d_go = (k * h * dot).sum().to(go.dtype).reshape(go.shape)
-    curv = torch.where(n > 0, scale * center / safe**3, torch.zeros_like(n))
-    d_g = go.to(math) * k * (h * gflat + curv * dot * flat)
-    return d_go, d_g.reshape(g.shape).to(g.dtype)
+
+    def first(go_, g_):
+        _, vjp = torch.func.vjp(lambda t: grad_norm_penalty_ref(t, weight, center, scale), g_)
+        return vjp(go_)[0]
+
+    _, vjp2 = torch.func.vjp(first, go.to(math).reshape(()), g.to(math))
+    d_go, d_g = vjp2(gg.to(math))
+    return d_go.to(go.dtype).reshape(go.shape), d_g.to(g.dtype)
 
 
 def _register(interp, penalty, penalty_backward) -> None:

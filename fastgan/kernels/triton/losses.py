@@ -16,7 +16,9 @@ from torch.library import triton_op
 
 from ..._backend import triton_interpreting
 from ..._layout import dense, like
+from .bias_act import _log1p
 from .launch import check_int32_elements, launch
+from .scalars import f64_from_halves, f64_halves
 
 
 def _math(dtype: torch.dtype) -> torch.dtype:
@@ -36,15 +38,22 @@ def _block(numel: int, default: int = 1024) -> int:
 
 @triton.jit
 def _softplus(u):
-    # max(u, 0) + log1p(exp(-|u|)); log1p by its series where 1 + e would round (e < 1e-4: error < e^3/3).
+    # csrc/losses.h::stable_softplus: u above PyTorch's threshold of 20, else max(u, 0) + log1p(exp(-|u|)), NaN kept (a
+    # select, not tl.maximum); log1p by Goldberg's formula, exact to a few ulps in float32 and float64 alike.
     e = tl.exp(-tl.abs(u))
-    return tl.maximum(u, 0.0) + tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+    return tl.where(u > 20.0, u, tl.where(u > 0, u, 0.0) + _log1p(e))
+
+
+@triton.jit
+def _relu(u):
+    return tl.where(u < 0, 0.0, u)  # torch.relu: NaN stays NaN
 
 
 @triton.jit
 def _sigmoid(u):
+    # softplus'(u): exactly 1 above the threshold of 20, as PyTorch's softplus_backward.
     e = tl.exp(-tl.abs(u))
-    return tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return tl.where(u > 20.0, 1.0, tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e)))
 
 
 @triton.jit
@@ -56,9 +65,9 @@ def _term_value(z, TERM: tl.constexpr):
     elif TERM == 2:
         return -_softplus(z)
     elif TERM == 3:
-        return tl.maximum(1.0 - z, 0.0)
+        return _relu(1.0 - z)
     elif TERM == 4:
-        return tl.maximum(1.0 + z, 0.0)
+        return _relu(1.0 + z)
     elif TERM == 5:
         return z
     elif TERM == 6:
@@ -77,10 +86,10 @@ def _term_grad(z, TERM: tl.constexpr):
         return _sigmoid(z)
     elif TERM == 2:
         return -_sigmoid(z)
-    elif TERM == 3:
-        return tl.where(1.0 - z > 0, -1.0, 0.0)
+    elif TERM == 3:  # relu's backward passes where relu(u) <= 0 is false: a NaN logit too, as in PyTorch
+        return tl.where(1.0 - z <= 0, 0.0, -1.0).to(z.dtype)  # the literals are float32: keep float64 math
     elif TERM == 4:
-        return tl.where(1.0 + z > 0, 1.0, 0.0)
+        return tl.where(1.0 + z <= 0, 0.0, 1.0).to(z.dtype)
     elif TERM == 5:
         return tl.full(z.shape, 1.0, z.dtype)
     elif TERM == 6:
@@ -175,7 +184,11 @@ def _sample_norm_kernel(g_ptr, norms_ptr, per_sample, MATH: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _penalty_kernel(norms_ptr, out_ptr, batch, weight, center, scale, MATH: tl.constexpr, BLOCK: tl.constexpr):
+def _penalty_kernel(norms_ptr, out_ptr, batch, weight_hi, weight_lo, center_hi, center_lo, scale_hi, scale_lo,
+                    MATH: tl.constexpr, BLOCK: tl.constexpr):
+    weight = f64_from_halves(weight_hi, weight_lo).to(MATH)
+    center = f64_from_halves(center_hi, center_lo).to(MATH)
+    scale = f64_from_halves(scale_hi, scale_lo).to(MATH)
     acc = tl.zeros([BLOCK], MATH)
     for start in range(0, batch, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -187,16 +200,21 @@ def _penalty_kernel(norms_ptr, out_ptr, batch, weight, center, scale, MATH: tl.c
 
 @triton.jit
 def _penalty_bwd_kernel(
-    go_ptr, g_ptr, norms_ptr, out_ptr, numel, per_sample, batch, weight, center, scale,
-    MATH: tl.constexpr, BLOCK: tl.constexpr,
+    go_ptr, g_ptr, norms_ptr, out_ptr, numel, per_sample, batch, weight_hi, weight_lo, center_hi, center_lo,
+    scale_hi, scale_lo, MATH: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    weight = f64_from_halves(weight_hi, weight_lo).to(MATH)
+    center = f64_from_halves(center_hi, center_lo).to(MATH)
+    scale = f64_from_halves(scale_hi, scale_lo).to(MATH)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     go = tl.load(go_ptr).to(MATH)
     n = tl.load(norms_ptr + offs // per_sample, mask=mask, other=1.0)
-    # The norm's gradient is taken as 0 where n == 0, as PyTorch's vector_norm does.
-    safe_n = tl.where(n > 0, n, 1.0)
-    coef = tl.where(n > 0, go * weight * 2.0 / batch * (scale * n - center) * scale / safe_n, 0.0)
+    # csrc/losses.h::penalty_coef: the norm's gradient is taken as 0 where n == 0, as PyTorch's vector_norm does (an
+    # inf or NaN norm: NaN); center 0 is the squared norm, whose gradient does not divide by n.
+    up = go * weight * 2.0 / batch * (scale * n - center) * scale
+    coef = tl.where(n == 0, up * 0.0, up / tl.where(n == 0, 1.0, n))
+    coef = tl.where(center == 0, go * weight * 2.0 / batch * scale * scale + tl.zeros_like(n), coef)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(MATH)
     tl.store(out_ptr + offs, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -265,6 +283,7 @@ def gan_loss_backward_triton(
 @triton_op("fastgan::penalty_interpolate_triton", mutates_args=())
 def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     check_int32_elements("penalty_interpolate", real)
+    layout = torch.empty_like(real)  # PyTorch's layout of e * real + (1 - e) * fake (csrc/losses.cpp)
     real = sample_major(real)
     fake = like(fake, real)
     eps = eps.to(_math(real.dtype)).contiguous()
@@ -276,7 +295,7 @@ def penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torc
             _interpolate_kernel, (triton.cdiv(numel, block),),
             real, fake, eps, out, numel, numel // real.shape[0], MATH=_tl_math(real.dtype), BLOCK=block,
         )
-    return out
+    return out if out.stride() == layout.stride() else layout.copy_(out)
 
 
 @triton_op("fastgan::grad_norm_penalty_triton", mutates_args=())
@@ -292,7 +311,8 @@ def grad_norm_penalty_triton(
     launch(_sample_norm_kernel, (batch,), g, norms, per_sample, MATH=math, BLOCK=_block(per_sample))
     launch(
         _penalty_kernel, (1,),
-        norms, out, batch, float(weight), float(center), float(scale), MATH=math, BLOCK=_block(batch)
+        norms, out, batch, *f64_halves(weight), *f64_halves(center), *f64_halves(scale), MATH=math,
+        BLOCK=_block(batch),
     )
     return out, norms
 
@@ -310,6 +330,6 @@ def grad_norm_penalty_backward_triton(
         launch(
             _penalty_bwd_kernel, (triton.cdiv(numel, block),),
             go.reshape(()), g, norms.contiguous(), out, numel, numel // g.shape[0], g.shape[0],
-            float(weight), float(center), float(scale), MATH=_tl_math(g.dtype), BLOCK=block,
+            *f64_halves(weight), *f64_halves(center), *f64_halves(scale), MATH=_tl_math(g.dtype), BLOCK=block,
         )
     return out
