@@ -369,12 +369,14 @@ def test_one_full_size_write_each_way(impl):
 
 
 def _former_update(running_mean, running_var, mean, var, factor, count, batch):
-    """The PyTorch ops norm_act used before the update became one kernel (the bit-level specification)."""
+    """The update in PyTorch ops (the bit-level specification): the lerp in the buffer's math type, rounded once to
+    the buffer dtype, as PyTorch's batch norm does (the statistic is not rounded to a half buffer first)."""
     unbiased = var * (count / (count - 1))
     if batch > 1:
         mean, unbiased = mean.view(batch, -1).mean(0), unbiased.view(batch, -1).mean(0)
-    running_mean.lerp_(mean.to(running_mean.dtype), factor)
-    running_var.lerp_(unbiased.to(running_var.dtype), factor)
+    math = _math(running_mean.dtype)
+    running_mean.copy_(running_mean.to(math).lerp_(mean.to(math), factor))
+    running_var.copy_(running_var.to(math).lerp_(unbiased.to(math), factor))
 
 
 @pytest.mark.parametrize("impl", KERNELS)
@@ -508,7 +510,7 @@ def _train_buffers(module, shapes, dtype, layout, seed=0):
 def _assert_buffers_close(ours, theirs, dtype):
     for name, buf in theirs.items():
         assert ours[name].dtype == buf.dtype, name
-        # Half-precision buffers: PyTorch rounds the update once, we round the statistic to the buffer dtype first.
+        # Half-precision buffers: both round the update once (the fma and the order of the statistics' sums differ).
         tol = dict(atol=0, rtol=0) if buf.dtype == torch.long else dict(rtol=2e-6, atol=2e-6)
         if buf.dtype in (torch.float16, torch.bfloat16):
             tol = dict(rtol=2 * torch.finfo(buf.dtype).eps, atol=2 * torch.finfo(buf.dtype).eps)
@@ -553,8 +555,8 @@ def test_instance_norm_running_stats_match_torch(impl, dtype, batch, layout):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_empty_batch_leaves_running_stats(impl):
     """N = 0: batch norm leaves the running statistics as nn.BatchNorm2d does (and counts the step, as it does).
-    Instance norm's kernels leave them too, where nn.InstanceNorm2d (so the ref implementation) writes NaN, the mean
-    of no samples."""
+    Instance norm leaves them too, on every implementation, where nn.InstanceNorm2d writes NaN, the mean of no
+    samples (or fails with an IndexError for float16 buffers)."""
     require(impl, "cpu")
     bn, reference = BatchNormAct2d(3, impl=impl), nn.BatchNorm2d(3)
     x = torch.randn(0, 3, 4, 4)
@@ -563,10 +565,9 @@ def test_empty_batch_leaves_running_stats(impl):
     _assert_buffers_close(dict(bn.named_buffers()), dict(reference.named_buffers()), torch.float32)
     inorm = InstanceNormAct2d(3, track_running_stats=True, impl=impl)
     assert inorm(x).shape == x.shape
-    if impl == "ref":
-        assert inorm.running_mean.isnan().all() and inorm.running_var.isnan().all()
-    else:
-        assert torch.equal(inorm.running_mean, torch.zeros(3)) and torch.equal(inorm.running_var, torch.ones(3))
+    assert torch.equal(inorm.running_mean, torch.zeros(3)) and torch.equal(inorm.running_var, torch.ones(3))
+    half = InstanceNormAct2d(3, track_running_stats=True, impl=impl).half()
+    assert half(x.half()).shape == x.shape and torch.equal(half.running_var, torch.ones(3, dtype=torch.half))
 
 
 class _Ops(TorchDispatchMode):
@@ -642,3 +643,87 @@ def test_precomputed_batch_statistics(impl):
     # the witness: evaluation-mode gradients (statistics as constants) differ
     (ge,) = torch.autograd.grad(forward(xb, w, None, mean, var, False, *args[1:])[0], xb, dy)
     assert (ge - ga).abs().max() > 1e-3
+
+
+# --- issue 18: one dtype contract, no channels, odd eps, non-finite data ------------------------------------------
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("p_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_parameter_dtypes_follow_batch_norm_contract(impl, x_dtype, p_dtype):
+    """Issue 18: the reference (F.batch_norm) refused mixed dtypes, some with an internal assert, while the kernels
+    took any. The contract, kept by every implementation: weight, bias and running statistics share one dtype, x's
+    or float32 for a float16/bfloat16 x; anything else raises a TypeError naming the op."""
+    require(impl, "cpu")
+    x = torch.randn(2, 3, 4, 4).to(x_dtype)
+    params = [torch.ones(3, dtype=p_dtype), torch.zeros(3, dtype=p_dtype)]
+    stats = [torch.zeros(3, dtype=p_dtype), torch.ones(3, dtype=p_dtype)]
+    allowed = p_dtype == x_dtype or (p_dtype == torch.float32 and x_dtype in _HALF)
+    for call in (lambda: batch_norm_act(x, *params, *stats, True, impl=impl),
+                 lambda: batch_norm_act(x, *params, *stats, False, impl=impl),
+                 lambda: instance_norm_act(x, *params, *stats, True, impl=impl)):
+        if allowed:
+            assert call().dtype == x_dtype
+        else:
+            with pytest.raises(TypeError, match=r"(batch|instance)_norm_act: weight, bias, running_mean and "):
+                call()
+    # One odd one out among otherwise valid parameters is refused too (PyTorch: "expected scalar type").
+    if allowed:
+        odd = torch.float64 if p_dtype != torch.float64 else torch.float32
+        with pytest.raises(TypeError, match="batch_norm_act: .*share one dtype"):
+            batch_norm_act(x, params[0], params[1].to(odd), *stats, True, impl=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_channels_gives_an_empty_result(impl):
+    """C = 0: every implementation returns the empty result (F.batch_norm's on CPU; on meta tensors PyTorch's own
+    batch norm fails, so the reference no longer calls it for no channels)."""
+    require(impl, "cpu")
+    for training in (True, False):
+        x = torch.randn(2, 0, 3, 3, requires_grad=True)
+        empty = torch.zeros(0)
+        y = batch_norm_act(x, empty, empty, empty, empty.clone(), training, impl=impl)
+        assert y.shape == x.shape
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert g.shape == x.shape
+        assert instance_norm_act(x, impl=impl).shape == x.shape
+    meta = batch_norm_act(torch.empty(2, 0, 3, device="meta"), None, None, torch.empty(0, device="meta"),
+                          torch.empty(0, device="meta"), False, impl="ref")
+    assert meta.shape == (2, 0, 3)
+
+
+def test_reference_second_order_with_a_bias_and_no_weight():
+    """PyTorch's batch norm cannot differentiate twice with a bias but no weight ("Expected a proper Tensor but got
+    None"); the reference passes a weight of ones there (the same function), as the kernels' second order does."""
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    for op in (lambda: batch_norm_act_ref(x, None, b, None, None, True, act="tanh"),
+               lambda: instance_norm_act_ref(x, None, b, act="tanh")):
+        assert torch.autograd.gradgradcheck(lambda x, b, op=op: op(), (x, b))
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_infinite_eps_and_non_finite_data_match_torch(impl):
+    """Issue 18 (odd parameters): eps=inf, and data holding inf or NaN. PyTorch's statistics are then sum(x) / n
+    (+-inf or NaN) and a NaN variance, so the whole channel is NaN and so are its running statistics; the kernels
+    clamped the NaN variance to 0 (a finite output, a running variance untouched by the NaN)."""
+    require(impl, "cpu")
+    inf, nan = float("inf"), float("nan")
+    x = torch.randn(3, 4, 5, 2)
+    x[0, 1, 2, 1] = inf  # channel 1: +inf (mean inf)
+    x[1, 2, 0, 0], x[2, 2, 4, 1] = inf, -inf  # channel 2: inf - inf (mean NaN)
+    x[0, 3, 0, 0] = nan  # channel 3: NaN
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        for eps in (1e-5, inf):
+            outs = []
+            for which in (impl, "ref"):
+                rm, rv = torch.zeros(4), torch.ones(4)
+                y = batch_norm_act(xl, None, None, rm, rv, True, eps=eps, act="softplus", impl=which)
+                outs.append((y, rm, rv))
+            for ours, ref in zip(outs[0], outs[1]):
+                assert torch.equal(ours.isnan(), ref.isnan()), (eps, layout, ours, ref)
+                torch.testing.assert_close(ours, ref, equal_nan=True, atol=1e-5, rtol=1e-5)

@@ -58,6 +58,21 @@ def _check_vector(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
     check_dtype(op, name, t)
 
 
+def _check_param_dtypes(op: str, x: torch.Tensor, params: dict[str, torch.Tensor | None]) -> None:
+    """F.batch_norm's dtype contract, kept by every implementation: the affine parameters and running statistics
+    share one dtype, x's or float32 (for float16/bfloat16 x: a half-precision or autocast input to a float32 module).
+    PyTorch refuses other mixes, some with an internal assert; here every implementation refuses them by name."""
+    given = {name: t.dtype for name, t in params.items() if t is not None}
+    allowed = (x.dtype, torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else (x.dtype,)
+    if len(set(given.values())) > 1 or not set(given.values()) <= set(allowed):
+        got = ", ".join(f"{name} {str(dtype).replace('torch.', '')}" for name, dtype in given.items())
+        want = " or ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(
+            f"{op}: weight, bias, running_mean and running_var must share one dtype, {want} for x of "
+            f"{str(x.dtype).replace('torch.', '')} (as F.batch_norm), got {got}; cast them with .to()"
+        )
+
+
 def _check(
     op: str,
     x: torch.Tensor,
@@ -80,8 +95,10 @@ def _check(
             f"{op}: x must have shape [N, C{', *spatial' if op == _IN else ', ...'}] "
             f"(at least {min_dim} dims), got {tuple(x.shape)}"
         )
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+    params = {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var}
+    for name, t in params.items():
         _check_vector(op, name, t, x)
+    _check_param_dtypes(op, x, params)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
     if not use_input_stats and running_mean is None:
@@ -120,6 +137,12 @@ def _momentum_factor(
 # --- references: the specification ------------------------------------------------------------------------------
 
 
+def _ones_if_only_bias(weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A weight of ones where only a bias is given: the same function, and PyTorch's batch norm cannot take its
+    second derivative with a bias but no weight ("Expected a proper Tensor but got None")."""
+    return torch.ones_like(bias) if weight is None and bias is not None else weight
+
+
 def batch_norm_act_ref(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -136,6 +159,9 @@ def batch_norm_act_ref(
     """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch."""
     spec, alpha_ = _check(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
+    if x.shape[1] == 0:  # no channels: nothing to normalize (F.batch_norm fails on meta tensors here)
+        return spec.fn(x.clone(), alpha_)
+    weight = _ones_if_only_bias(weight, bias)
     return spec.fn(F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps), alpha_)
 
 
@@ -153,6 +179,11 @@ def instance_norm_act_ref(
 ) -> torch.Tensor:
     """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch."""
     spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    if x.shape[1] == 0 or x.shape[0] == 0:
+        # Nothing to normalize, and no statistics to average into the running ones: they are left as they are, on
+        # every implementation (F.instance_norm writes NaN, the mean of no samples, or fails for float16 buffers).
+        return spec.fn(x.clone(), alpha_)
+    weight = _ones_if_only_bias(weight, bias)
     if x.shape[0] == 1 or not use_input_stats:
         # The same function (and running-statistics update) as F.instance_norm here, computed by F.batch_norm: in
         # PyTorch 2.13, F.instance_norm's CPU backward returns wrong input gradients for a batch of 1 when the
@@ -188,7 +219,8 @@ def batch_norm_act(
     Args:
         x: ``[N, C, *]`` float16, bfloat16, float32 (float64 too, for gradcheck); contiguous or channels_last (kept as
             given), anything else is computed contiguous.
-        weight, bias: optional ``[C]`` affine parameters (any floating dtype; math in float32).
+        weight, bias: optional ``[C]`` affine parameters; with the running statistics, of one dtype: ``x``'s, or
+            float32 for a float16/bfloat16 ``x`` (``F.batch_norm``'s rule; others raise TypeError). Math in float32.
         running_mean, running_var: optional ``[C]`` buffers. With ``training=True`` they are updated in place exactly
             as ``F.batch_norm`` does (unbiased variance); with ``training=False`` they normalize ``x``.
         training: normalize with the batch's statistics (per channel over N and the spatial dims).
