@@ -54,7 +54,9 @@ def _pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
 
 def _autocast(x, weight, bias):
     """Inside ``torch.autocast`` convolutions run in the autocast dtype, as ``F.conv2d`` does: cast the operands."""
-    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+    if not isinstance(x, torch.Tensor) or not torch.amp.is_autocast_available(x.device.type):
+        return x, weight, bias  # meta tensors and other devices without autocast: nothing to cast
+    if not torch.is_autocast_enabled(x.device.type):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(x.device.type)
 
@@ -272,17 +274,19 @@ _INDEX = {spec.index: name for name, spec in ACTIVATIONS.items()}
 
 
 def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, alpha: float) -> torch.Tensor:
-    """``dy * f'(z)`` written in terms of ``y = f(z)`` (differentiable, so the second order comes from autograd)."""
+    """``dy * f'(z)`` written in terms of ``y = f(z)`` as PyTorch's backward kernels write it (threshold_backward,
+    tanh_backward, sigmoid_backward: the same selects and products, so NaN and inf propagate alike); differentiable,
+    so the second order comes from autograd."""
     name = _INDEX[act]
     if name == "linear":
         return dy
     if name == "relu":
-        return dy * (y > 0).to(dy.dtype)
+        return torch.where(y <= 0, torch.zeros((), dtype=dy.dtype, device=dy.device), dy)
     if name == "lrelu":
         return torch.where(y > 0, dy, dy * alpha)
     if name == "tanh":
         return dy * (1 - y * y)
-    return dy * (y * (1 - y))  # sigmoid
+    return dy * (1 - y) * y  # sigmoid
 
 
 def _reduce_bias(dz: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ and no multiply touches the zeros a naive transposed convolution inserts. Both i
 
 The epilogue adds the bias and applies the activation (``_act`` of the bias_act kernels) before the only store.
 Any strides are read as given (channels_last makes the channel reduction contiguous); the output is channels_last
-when ``x`` is. Accumulation in float32 (float64 for float64); float32 inputs use IEEE products, not TF32.
+when ``x`` or the weight is, as PyTorch's convolution. Accumulation in float32 (float64 for float64); float32 inputs
+use IEEE products, not TF32.
 
 The weight gradient (``_conv_wgrad_kernel``) is an implicit GEMM too: per kernel tap (grid axis 2), rows are the
 output-gradient's channels, columns the input's, and the reduction runs over the output pixels that tap reaches,
@@ -25,9 +26,11 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ..._backend import triton_interpreting
+from ..._layout import suggests_channels_last
 from .bias_act import _act, _round_to_bf16
 from .launch import INT32_MAX_ELEMENTS, launch
 from .norm_act import merge_partials
+from .scalars import f64_from_halves, f64_halves
 
 
 @triton.jit
@@ -38,7 +41,7 @@ def _conv_fwd_kernel(
     swo, swc, swh, sww,
     syn, syc, syh, syw,
     SH, SW, PH, PW,
-    alpha,
+    alpha_hi, alpha_lo,
     TRANSPOSED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, F64: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, STATS: tl.constexpr,  # UPCAST: bfloat16 under the interpreter
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -111,7 +114,7 @@ def _conv_fwd_kernel(
         tl.store(part_ptr + slot, (tl.zeros_like(mean) + count).to(tl.float64), mask=n_mask)
         tl.store(part_ptr + slot + 1, mean.to(tl.float64), mask=n_mask)
         tl.store(part_ptr + slot + 2, tl.sum(dev * dev, 0).to(tl.float64), mask=n_mask)
-    out = _act(acc, alpha, ACT)
+    out = _act(acc, f64_from_halves(alpha_hi, alpha_lo).to(acc_type), ACT)
     if UPCAST:
         out = _round_to_bf16(out)
     oy = oy0 + j_h * oys
@@ -129,9 +132,10 @@ def _output_shape(x, w, stride, padding, output_padding) -> list[int]:
 
 
 def empty_output(x, w, stride, padding, output_padding) -> torch.Tensor:
-    """The uninitialised output: channels_last when ``x`` is (and not also contiguous), else contiguous."""
+    """The uninitialised output in PyTorch's convolution layout: channels_last when the input or the weight suggests
+    channels_last (``Tensor.suggest_memory_format``), else contiguous."""
     shape = _output_shape(x, w, stride, padding, output_padding)
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = suggests_channels_last(x) or suggests_channels_last(w)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
@@ -182,7 +186,7 @@ def _launch(
             x.shape[0], c_in, x.shape[2], x.shape[3], n_out, oh, ow, w.shape[2], w.shape[3],
             *x.stride(), swo, swc, swh, sww, *y.stride(),
             stride[0], stride[1], padding[0], padding[1],
-            float(alpha),
+            *f64_halves(alpha),
             TRANSPOSED=transposed, ACT=act, HAS_BIAS=b is not None, F64=x.dtype == torch.float64,
             PRECISION="ieee" if x.dtype in (torch.float32, torch.float64) else "tf32",
             UPCAST=triton_interpreting() and x.dtype == torch.bfloat16, STATS=stats,
