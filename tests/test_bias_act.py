@@ -3,6 +3,8 @@ second-derivative pruning (counted dispatches), third order, bad input, and the 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -273,7 +275,7 @@ def test_module_holds_bias_and_matches_reference():
     torch.testing.assert_close(layer(x), 2.0 * F.elu(x + layer.bias, 0.5))
     assert "act='elu'" in repr(layer)
     with pytest.raises(ValueError, match="BiasAct: unknown activation"):
-        BiasAct(3, act="swish")
+        BiasAct(3, act="gelu")
 
 
 def test_defaults_follow_torch_nn():
@@ -305,3 +307,177 @@ def test_first_call_inside_torch_compile():
     total, grad_b = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(total + 19.2) < 1e-4
     assert all(abs(g - 6.4) < 1e-4 for g in grad_b)
+
+
+# --- NaN, inf and odd parameters behave as in PyTorch (issue 18) ---------------------------------------------------
+
+SPECIAL = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 25.0, -25.0, 1.0, -1.0, 1e30, -1e30, 0.5]
+
+
+def _same_kinds(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """NaN, +inf and -inf exactly where the reference has them; finite values close."""
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape, what
+    o, r = ours.double(), ref.double()
+    assert torch.equal(o.isnan(), r.isnan()), f"{what}: NaN at {o.isnan().nonzero().tolist()[:8]}, reference at " \
+        f"{r.isnan().nonzero().tolist()[:8]}"
+    assert torch.equal(o == float("inf"), r == float("inf")), f"{what}: +inf differs: {o.tolist()} vs {r.tolist()}"
+    assert torch.equal(o == -float("inf"), r == -float("inf")), f"{what}: -inf differs: {o.tolist()} vs {r.tolist()}"
+    finite = r.isfinite()
+    eps = torch.finfo(ref.dtype).eps
+    assert ((o - r).abs()[finite] <= 8 * eps * (1 + r.abs()[finite])).all(), f"{what}: {o.tolist()} vs {r.tolist()}"
+
+
+def _special_outcomes(impl, act, dtype, **kw):
+    """Forward, dx, db and the second-order x-gradient of bias_act on SPECIAL values (a [12, 64] input, one value per
+    row, b = 0). 64 columns: PyTorch's CPU kernels run whole vectors there (its scalar tail can differ at NaN)."""
+    x = torch.tensor(SPECIAL, dtype=torch.float64).repeat(64, 1).t().contiguous().to(dtype).requires_grad_()
+    b = torch.zeros(64, dtype=dtype, requires_grad=True)
+    y = bias_act(x, b, act=act, impl=impl, **kw)
+    dy = torch.linspace(-1, 2, y.numel(), dtype=torch.float64).reshape(y.shape).to(dtype)
+    dx, db = torch.autograd.grad(y, (x, b), dy, create_graph=True)
+    penalty = (dx * dy).sum()
+    if penalty.requires_grad:
+        (d2x,) = torch.autograd.grad(penalty, x, allow_unused=True, materialize_grads=True)
+    else:  # a linear activation: dx does not depend on x
+        d2x = torch.zeros_like(x)
+    return {"forward": y.detach(), "dx": dx.detach(), "db": db.detach(), "d2x": d2x}
+
+
+@pytest.mark.parametrize("impl", ["native", "triton"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("params", [{}, {"gain": 2.0, "clamp": 1.0}, {"gain": float("inf")}, {"gain": float("nan")}],
+                         ids=["plain", "gain2-clamp1", "gain-inf", "gain-nan"])
+def test_nan_and_inf_propagate_as_in_torch(impl, act, dtype, params):
+    """Every activation at NaN, +-inf, +-0, huge and ordinary values, forward, first and second order, plain and with
+    gain/clamp (an infinite or NaN gain included): NaN and inf exactly where PyTorch's functions put them."""
+    require(impl, "cpu")
+    ours, ref = _special_outcomes(impl, act, dtype, **params), _special_outcomes("ref", act, dtype, **params)
+    for key in ref:
+        if key == "d2x" and act == "silu" and not math.isfinite(params.get("gain", 1.0)):
+            # Unspecified (README): silu's second derivative times an infinite incoming gradient is NaN or inf
+            # depending on how the formula's terms are grouped, which PyTorch's and ours do differently.
+            continue
+        _same_kinds(ours[key], ref[key], f"{act} {params} {key}")
+
+
+@pytest.mark.parametrize("act", ["relu", "elu", "selu", "softplus", "lrelu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("clamp", [None, 1.0])
+def test_triton_bias_act_keeps_nan(act, dtype, clamp):
+    """Issue 18: the Triton kernel turned NaN into numbers (elu/selu 0, softplus 20, relu 0; clamp=1.0 gave -1, or
+    -inf in float16 and +-256 in bfloat16): tl.minimum/tl.maximum drop NaN, where PyTorch's relu and clamp keep it."""
+    require("triton", "cpu")
+    x = torch.tensor([[float("nan"), 1.0, -1.0], [2.0, float("nan"), -3.0]], dtype=dtype)
+    y = bias_act(x, torch.zeros(3, dtype=dtype), act=act, clamp=clamp, impl="triton")
+    assert torch.equal(y.isnan(), x.isnan()), y
+    torch.testing.assert_close(y, bias_act_ref(x, torch.zeros(3, dtype=dtype), act=act, clamp=clamp),
+                               equal_nan=True)
+
+
+def test_native_relu_keeps_nan():
+    """Issue 18: native relu mapped NaN to 0 (z > 0 ? z : 0); torch.relu keeps it, and its backward passes the
+    gradient at NaN (threshold_backward tests relu(z) <= 0)."""
+    require("native", "cpu")
+    x = torch.tensor([float("nan"), -1.0, 2.0], requires_grad=True)
+    y = bias_act(x, act="relu", dim=0, impl="native")
+    assert y[0].isnan() and y[1] == 0 and y[2] == 2
+    (dx,) = torch.autograd.grad(y, x, torch.ones(3))
+    assert dx.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_infinite_gain_matches_torch():
+    """Issue 18 (odd parameters): with gain=inf, a zero derivative times inf is NaN in PyTorch's chain only where the
+    chain multiplies (tanh's saturated slope), not where a select drops the branch (relu below zero, a clamped-out
+    value); dx = act_backward(z, dy * gain), in PyTorch's order, on every implementation, to second order."""
+    x = torch.tensor([[-2.0, 0.0, 3.0, float("nan")]], dtype=torch.float64, requires_grad=True)
+    for impl in IMPLS:
+        if not fastgan.available_impls()[impl]["cpu"][0]:
+            continue
+        for act, kw in (("relu", {}), ("tanh", {}), ("relu", {"clamp": 1.0}), ("elu", {"clamp": 5.0})):
+            outs = []
+            for which in (impl, "ref"):
+                xx = x.detach().clone().requires_grad_()
+                y = bias_act(xx, act=act, gain=float("inf"), impl=which, **kw)
+                (dx,) = torch.autograd.grad(y, xx, torch.ones_like(y), create_graph=True)
+                g = torch.tensor([[1.0, -2.0, 3.0, 0.5]], dtype=torch.float64)
+                if dx.requires_grad:
+                    (ddy,) = torch.autograd.grad(dx, xx, g, allow_unused=True, materialize_grads=True)
+                else:
+                    ddy = torch.zeros_like(xx)
+                outs.append((y.detach(), dx.detach(), ddy))
+            for a, b, what in zip(outs[0], outs[1], ("forward", "dx", "d2x")):
+                _same_kinds(a, b, f"{impl} {act} {kw} {what}")
+
+
+def test_swish_is_silu():
+    """StyleGAN calls silu "swish": the alias is accepted wherever an activation name is."""
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(bias_act(x, act="swish", impl="ref"), F.silu(x))
+    assert "swish" in repr(BiasAct(4, act="swish"))
+
+
+def _stylegan_formula(x, b, act, alpha, gain, clamp):
+    """StyleGAN2's bias_act, written from its published description: x + b broadcast on dim 1, then the activation
+    (lrelu slope alpha, default 0.2; elu with PyTorch's alpha 1; swish x * sigmoid(x)), then * gain (default sqrt(2)
+    after relu, lrelu and swish, 1 otherwise), then clamped to [-clamp, clamp] when clamp is given."""
+    sqrt2 = 2**0.5
+    z = x + b.reshape(1, -1, *[1] * (x.dim() - 2))
+    table = {
+        "linear": (lambda v, a: v, 1.0),
+        "relu": (lambda v, a: torch.clamp(v, min=0), sqrt2),
+        "lrelu": (lambda v, a: torch.where(v > 0, v, v * a), sqrt2),
+        "tanh": (lambda v, a: torch.tanh(v), 1.0),
+        "sigmoid": (lambda v, a: 1 / (1 + torch.exp(-v)), 1.0),
+        "elu": (lambda v, a: torch.where(v > 0, v, torch.exp(v) - 1), 1.0),
+        "selu": (lambda v, a: 1.0507009873554805 * torch.where(v > 0, v, 1.6732632423543772 * (torch.exp(v) - 1)),
+                 1.0),
+        "softplus": (lambda v, a: torch.where(v > 20, v, torch.log1p(torch.exp(v))), 1.0),
+        "swish": (lambda v, a: v / (1 + torch.exp(-v)), sqrt2),
+    }
+    fn, default_gain = table[act]
+    y = fn(z, 0.2 if alpha is None else alpha) * (default_gain if gain is None else gain)
+    return y if clamp is None else y.clamp(-clamp, clamp)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("act", ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"])
+@pytest.mark.parametrize("kw", [{}, {"alpha": 0.3, "gain": 1.7, "clamp": 2.0}, {"clamp": 256.0}],
+                         ids=["defaults", "alpha-gain-clamp", "clamp256"])
+def test_stylegan_defaults_match_the_published_formulas(impl, act, kw):
+    """defaults="stylegan": StyleGAN's bias_act in float64, outputs and first-order gradients to 1e-12 on every
+    implementation (Triton included: its float64 path computes with float64 alpha and gain)."""
+    require(impl, "cpu")
+    if "alpha" in kw and act not in ("lrelu",):
+        kw = {k: v for k, v in kw.items() if k != "alpha"}
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    b = torch.randn(5, generator=gen, dtype=torch.float64).requires_grad_()
+    expected = _stylegan_formula(x, b, act, kw.get("alpha"), kw.get("gain"), kw.get("clamp"))
+    got = bias_act(x, b, act=act, impl=impl, defaults="stylegan", **kw)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for ours, theirs in zip(torch.autograd.grad(got, (x, b), dy), torch.autograd.grad(expected, (x, b), dy)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_triton_float64_is_float64_accurate(act):
+    """Issue 18: Triton passed alpha, gain and clamp as float32 (lrelu in float64 was 6e-8 off StyleGAN's). Now the
+    float64 kernel agrees with the float64 reference to float64 rounding, at parameters float32 cannot hold."""
+    require("triton", "cpu")
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) * 4).requires_grad_()
+    b = torch.randn(4, generator=gen, dtype=torch.float64)
+    alpha = 0.2 if act in ("lrelu", "elu") else None
+    kw = dict(act=act, alpha=alpha, gain=2**0.5, clamp=3.0000000001)
+    ours, ref = bias_act(x, b, impl="triton", **kw), bias_act_ref(x, b, **kw)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=4e-15 * 4)
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, dy)[0], torch.autograd.grad(ref, x, dy)[0], rtol=0,
+                               atol=4e-15 * 4)
+
+
+def test_defaults_must_be_known():
+    with pytest.raises(ValueError, match="bias_act: defaults must be one of"):
+        bias_act(torch.randn(2, 3), defaults="tf")

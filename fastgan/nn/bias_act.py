@@ -11,7 +11,8 @@ from ..ops.bias_act import activation, bias_act
 class BiasAct(nn.Module):
     """``y = clamp(act(x + bias) * gain)`` with ``bias`` (shape ``[num_channels]``) a parameter broadcast on ``dim``.
 
-    Args mirror :func:`fastgan.ops.bias_act`; ``bias=False`` keeps only the activation.
+    Args mirror :func:`fastgan.ops.bias_act` (``defaults="stylegan"`` included); ``bias=False`` keeps only the
+    activation.
     """
 
     def __init__(
@@ -24,15 +25,17 @@ class BiasAct(nn.Module):
         dim: int = 1,
         bias: bool = True,
         impl: str = "auto",
+        defaults: str = "torch",
     ) -> None:
         super().__init__()
         activation("BiasAct", act, alpha)
         self.num_channels, self.act, self.alpha, self.gain, self.clamp = num_channels, act, alpha, gain, clamp
-        self.dim, self.impl = dim, impl
+        self.dim, self.impl, self.defaults = dim, impl, defaults
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, self.impl)
+        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, self.impl,
+                        defaults=self.defaults)
 
     def extra_repr(self) -> str:
         extras = [f"{self.num_channels}", f"act={self.act!r}"]
@@ -41,4 +44,6 @@ class BiasAct(nn.Module):
             extras.append(f"dim={self.dim}")
         if self.impl != "auto":
             extras.append(f"impl={self.impl!r}")
+        if self.defaults != "torch":
+            extras.append(f"defaults={self.defaults!r}")
         return ", ".join(extras)

@@ -12,6 +12,7 @@ w.r.t. ``x`` for piecewise-linear activations, so that work never runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype
 from .._layout import dense
 
-__all__ = ["ACTIVATIONS", "activation", "bias_act", "bias_act_ref"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_ALIASES", "STYLEGAN_DEFAULTS", "activation", "bias_act", "bias_act_ref"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,43 @@ ACTIVATIONS: dict[str, Activation] = {
     "softplus": Activation(7, lambda z, a: F.softplus(z), None, True),
     "silu": Activation(8, lambda z, a: F.silu(z), None, True),
 }
+# Other names of the same functions: StyleGAN's "swish" is silu.
+ACTIVATION_ALIASES = {"swish": "silu"}
+
+# StyleGAN2/3's bias_act defaults (their published activation table), per activation: (alpha, gain). Gain sqrt(2)
+# after relu, lrelu and swish keeps He-initialised layers at unit variance; lrelu's slope is 0.2. Every other
+# activation takes gain 1, and elu PyTorch's alpha 1, as with defaults="torch".
+STYLEGAN_DEFAULTS: dict[str, tuple[float | None, float]] = {
+    "relu": (None, math.sqrt(2)),
+    "lrelu": (0.2, math.sqrt(2)),
+    "silu": (None, math.sqrt(2)),
+}
+_DEFAULTS = ("torch", "stylegan")
 
 
 def activation(owner: str, act: str, alpha: float | None) -> tuple[Activation, float]:
-    """Validate an activation name and alpha for ``owner`` (the op or module named in errors); return its table
-    entry and the alpha to use (the default where none is given, 0 where the activation takes none)."""
-    spec = ACTIVATIONS.get(act) if isinstance(act, str) else None
+    """Validate an activation name (or alias) and alpha for ``owner`` (the op or module named in errors); return its
+    table entry and the alpha to use (the default where none is given, 0 where the activation takes none)."""
+    spec = ACTIVATIONS.get(ACTIVATION_ALIASES.get(act, act)) if isinstance(act, str) else None
     if spec is None:
-        raise ValueError(f"{owner}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+        names = ", ".join([*ACTIVATIONS, *ACTIVATION_ALIASES])
+        raise ValueError(f"{owner}: unknown activation {act!r}; expected one of {names}")
     if alpha is None or spec.default_alpha is None:
         if alpha is not None:
             raise ValueError(f"{owner}: act={act!r} takes no alpha (only lrelu and elu do); drop alpha={alpha}")
         return spec, float(spec.default_alpha or 0.0)
     return spec, float(alpha)
+
+
+def _with_defaults(act: str, alpha: float | None, gain: float | None, defaults: str):
+    """(alpha, gain) with ``defaults``' values filled in where None was given."""
+    if defaults not in _DEFAULTS:
+        raise ValueError(f"bias_act: defaults must be one of {', '.join(map(repr, _DEFAULTS))}, got {defaults!r}")
+    if defaults == "stylegan" and isinstance(act, str):
+        default_alpha, default_gain = STYLEGAN_DEFAULTS.get(ACTIVATION_ALIASES.get(act, act), (None, 1.0))
+        alpha = default_alpha if alpha is None else alpha
+        gain = default_gain if gain is None else gain
+    return alpha, gain
 
 
 def _check(
@@ -91,8 +116,11 @@ def bias_act_ref(
     alpha: float | None = None,
     gain: float | None = None,
     clamp: float | None = None,
+    *,
+    defaults: str = "torch",
 ) -> torch.Tensor:
     """The specification of ``bias_act`` in plain PyTorch, computed in ``x``'s dtype (``b`` is cast to it)."""
+    alpha, gain = _with_defaults(act, alpha, gain, defaults)
     spec, dim, alpha_ = _check(x, b, dim, act, alpha, clamp)
     if b is not None:
         x = x + b.to(x.dtype).reshape([-1 if d == dim else 1 for d in range(x.dim())])
@@ -114,25 +142,33 @@ def bias_act(
     gain: float | None = None,
     clamp: float | None = None,
     impl: str = "auto",
+    *,
+    defaults: str = "torch",
 ) -> torch.Tensor:
     """Fused bias + activation: ``y = clamp(act(x + b, alpha) * gain, -clamp, clamp)``.
 
     Args:
         x: input of any shape, float16, bfloat16, float32 (or float64 with ``impl`` ``"ref"``, ``"native"`` or
-            ``"triton"``); contiguous, channels_last (kept as given) or non-contiguous (computed contiguous).
+            ``"triton"``); contiguous, channels_last (kept as given) or non-contiguous (computed densely in its own
+            dimension order, the layout PyTorch's elementwise ops give it).
         b: optional 1-D bias of length ``x.shape[dim]``, broadcast along ``dim``; cast to ``x.dtype``.
         dim: the dimension ``b`` runs along (1 for NCHW activations, -1 for ``Linear`` outputs).
-        act: ``linear``, ``relu``, ``lrelu``, ``tanh``, ``sigmoid``, ``elu``, ``selu``, ``softplus`` or ``silu``.
+        act: ``linear``, ``relu``, ``lrelu``, ``tanh``, ``sigmoid``, ``elu``, ``selu``, ``softplus`` or ``silu``
+            (also called ``swish``).
         alpha: negative slope of ``lrelu`` (default 0.01) or ``alpha`` of ``elu`` (default 1); others take none.
         gain: scale applied after the activation (default 1).
         clamp: if given, the output is clamped to ``[-clamp, clamp]``.
         impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` (see ``fastgan.available_impls()``).
+        defaults: ``"torch"`` (the defaults above, ``torch.nn``'s) or ``"stylegan"``: StyleGAN2/3's bias_act
+            defaults (``STYLEGAN_DEFAULTS``: gain sqrt(2) for relu, lrelu and silu/swish, lrelu alpha 0.2), so code
+            written for StyleGAN's op runs unchanged with ``functools.partial(bias_act, defaults="stylegan")``.
 
     Returns:
         A tensor shaped and typed like ``x``. Differentiable twice w.r.t. ``x`` and ``b`` on every implementation
         (any order for linear/relu/lrelu, whose second derivative is zero and never computed; a third order of the
         smooth activations raises on the compiled and Triton paths).
     """
+    alpha, gain = _with_defaults(act, alpha, gain, defaults)
     spec, dim_, alpha_ = _check(x, b, dim, act, alpha, clamp)
     impl = resolve_impl(impl, x.device, "bias_act")
     if impl == "ref":
@@ -185,13 +221,26 @@ def _register(forward, backward, backward2) -> None:
         # carry f'', which is identically zero for piecewise-linear activations: return None, run nothing.
         dy, x, b = ctx.saved_tensors
         dim, act = ctx.args[0], ctx.args[1]
-        ddy = backward(g, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
+        ddy = _transposed_backward(g, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
         dx = db = None
         if _GRAD2[act] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             d2 = backward2(g, dy, x, b, *ctx.args)
             dx = d2 if ctx.needs_input_grad[1] else None
             db = _reduce_to_bias(d2, b, dim) if b is not None and ctx.needs_input_grad[2] else None
         return ddy, dx, db, None, None, None, None, None
+
+    def _transposed_backward(g, x, b, dim, act, alpha, gain, clamp):
+        # The dy-gradient of dx = act_backward(z, where(passes, dy, 0) * gain) is where(passes, act_backward(z, g)
+        # * gain, 0), the reference's chain in reverse. With a finite gain and no clamp that is the backward op
+        # itself; otherwise the order matters at NaN/inf (an unclamped gain of inf times a zero derivative is NaN,
+        # a clamped-out NaN z gives 0), so it is composed as the reference composes it.
+        if clamp is None and math.isfinite(gain):
+            return backward(g, x, b, dim, act, alpha, gain, clamp)
+        out = backward(g, x, b, dim, act, alpha, 1.0, None) * gain
+        if clamp is None:
+            return out
+        y = forward(x.detach(), b.detach() if b is not None else None, dim, act, alpha, gain, None)
+        return torch.where((y >= -clamp) & (y <= clamp), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
     def setup_backward2(ctx, inputs, output):
         ctx.act = inputs[5]
