@@ -128,7 +128,10 @@ def bias_act_ref(
     if gain is not None and gain != 1:
         y = y * gain
     if clamp is not None:
-        y = y.clamp(-clamp, clamp)
+        # Gradients pass at the bounds, as torch.clamp's backward did up to PyTorch 2.13 (2.14 drops them there): one
+        # answer on every PyTorch version, the kernels' (csrc/bias_act.h::clamp_passes). A NaN stays NaN, gradient 0.
+        kept = (y >= -clamp) & (y <= clamp)
+        y = torch.where(kept, y, y.detach().clamp(-clamp, clamp))
     return y
 
 
