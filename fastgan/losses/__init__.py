@@ -1,21 +1,20 @@
-"""Adversarial losses and gradient penalties as fused ops (each takes ``impl=``; ``*_ref`` is its specification).
+"""Adversarial losses and gradient penalties (each takes ``impl=``; ``*_ref`` is its specification).
 
-- ``d_loss`` / ``g_loss`` / ``GANLoss``: minimax, nonsaturating, hinge, wasserstein and least-squares losses.
-- ``gradient_penalty`` (WGAN-GP), ``r1_penalty`` (R1/R2), ``LazyRegularizer``; the fused penalty head
-  ``interpolate`` + ``grad_norm_penalty`` they are built from.
+- ``d_loss`` / ``g_loss`` (the op unit :mod:`fastgan.ops.gan_loss`) and the module ``GANLoss``: minimax,
+  nonsaturating, hinge, wasserstein and least-squares losses.
+- ``gradient_penalty`` (WGAN-GP), ``r1_penalty`` (R1/R2), ``LazyRegularizer`` and their modules, built on the fused
+  penalty head ``interpolate`` + ``grad_norm_penalty`` (the op unit :mod:`fastgan.ops.penalty`).
 """
 
-from .adversarial import LOSS_KINDS, GANLoss, d_loss, d_loss_ref, g_loss, g_loss_ref
+from ..ops.gan_loss import LOSS_KINDS, d_loss, d_loss_ref, g_loss, g_loss_ref
+from ..ops.penalty import grad_norm_penalty, grad_norm_penalty_ref, interpolate, interpolate_ref
+from .adversarial import GANLoss
 from .penalties import (
     GradientPenalty,
     LazyRegularizer,
     R1Penalty,
-    grad_norm_penalty,
-    grad_norm_penalty_ref,
     gradient_penalty,
     gradient_penalty_ref,
-    interpolate,
-    interpolate_ref,
     r1_penalty,
     r1_penalty_ref,
 )

@@ -24,12 +24,14 @@ from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype
 from .._layout import dense
 
-__all__ = ["ACTIVATIONS", "ACTIVATION_ALIASES", "STYLEGAN_DEFAULTS", "activation", "bias_act", "bias_act_ref"]
+__all__ = [
+    "ACTIVATIONS", "ACTIVATION_ALIASES", "STYLEGAN_DEFAULTS", "activation", "activation_at", "bias_act", "bias_act_ref",
+]
 
 
 @dataclass(frozen=True)
 class Activation:
-    index: int  # csrc/bias_act.h::Act and the Triton kernel's ACT
+    index: int  # csrc/bias_act.h::Act and the Triton kernel's ACT; custom ops take the activation by this index
     fn: Callable[[torch.Tensor, float], torch.Tensor]  # reference, in PyTorch
     default_alpha: float | None  # None: the activation takes no alpha
     has_grad2: bool  # False: f'' == 0 (piecewise linear), so double backward skips x
@@ -182,8 +184,13 @@ def bias_act(
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
 
-_GRAD2 = {spec.index: spec.has_grad2 for spec in ACTIVATIONS.values()}
-_NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
+# Custom ops take the activation as its kernel index; this is the one map back (norm_act and conv_act use it too).
+_BY_INDEX = {spec.index: (name, spec) for name, spec in ACTIVATIONS.items()}
+
+
+def activation_at(index: int) -> tuple[str, Activation]:
+    """The name and table entry that a custom op's integer ``act`` argument stands for."""
+    return _BY_INDEX[index]
 
 
 def _reduce_to_bias(grad: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -226,7 +233,7 @@ def _register(forward, backward, backward2) -> None:
         dim, act = ctx.args[0], ctx.args[1]
         ddy = _transposed_backward(g, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
         dx = db = None
-        if _GRAD2[act] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        if activation_at(act)[1].has_grad2 and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             d2 = backward2(g, dy, x, b, *ctx.args)
             dx = d2 if ctx.needs_input_grad[1] else None
             db = _reduce_to_bias(d2, b, dim) if b is not None and ctx.needs_input_grad[2] else None
@@ -249,10 +256,11 @@ def _register(forward, backward, backward2) -> None:
         ctx.act = inputs[5]
 
     def grad_backward2(ctx, grad):
-        if not _GRAD2[ctx.act]:  # f'' == 0: this op's output is identically zero, and so is its gradient
+        name, spec = activation_at(ctx.act)
+        if not spec.has_grad2:  # f'' == 0: this op's output is identically zero, and so is its gradient
             return (None,) * 9
         raise RuntimeError(
-            f"bias_act: third-order gradients of act={_NAMES[ctx.act]!r} are not supported by the compiled and "
+            f"bias_act: third-order gradients of act={name!r} are not supported by the compiled and "
             "Triton implementations (linear, relu and lrelu support any order); use impl='ref' for higher orders"
         )
 

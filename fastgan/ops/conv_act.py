@@ -27,6 +27,7 @@ before anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import torch
@@ -34,8 +35,8 @@ import torch.nn.functional as F
 
 from .._autotune import autotuned
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
-from .._dtypes import check_dtype, math_dtype
-from .bias_act import ACTIVATIONS, activation, bias_act, bias_act_ref
+from .._dtypes import check_dtype
+from .bias_act import ACTIVATIONS, activation, activation_at, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
 
@@ -52,7 +53,7 @@ def _pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _autocast(x, weight, bias):
+def autocast_operands(x, weight, bias):
     """Inside ``torch.autocast`` convolutions run in the autocast dtype, as ``F.conv2d`` does: cast the operands."""
     if not isinstance(x, torch.Tensor) or not torch.amp.is_autocast_available(x.device.type):
         return x, weight, bias  # meta tensors and other devices without autocast: nothing to cast
@@ -66,7 +67,7 @@ def _autocast(x, weight, bias):
     return cast(x), cast(weight), cast(bias)
 
 
-def _check(
+def check_conv(
     op: str,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -137,7 +138,8 @@ def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
     return size[0], size[1]
 
 
-def _resolve(impl: str, device: torch.device, op: str) -> str:
+def conv_impl(impl: str, device: torch.device, op: str) -> str:
+    """The implementation a convolution op runs (``resolve_impl``, but ``auto`` prefers cuDNN on CUDA)."""
     # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
     if impl == "auto" and get_impl() == "auto" and device.type == "cuda" and available_impls()["native"]["cuda"][0]:
         return "native"
@@ -154,8 +156,8 @@ def conv2d_act_ref(
     alpha: float | None = None,
 ) -> torch.Tensor:
     """The specification of ``conv2d_act``: ``bias_act_ref(F.conv2d(x, weight), bias, act=act, alpha=alpha)``."""
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, _, _ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, _, _ = check_conv("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
     return bias_act_ref(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha)
 
 
@@ -170,8 +172,8 @@ def conv_transpose2d_act_ref(
     alpha: float | None = None,
 ) -> torch.Tensor:
     """The specification of ``conv_transpose2d_act``: ``F.conv_transpose2d`` (no bias), then ``bias_act_ref``."""
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, out_pad, _ = _check(
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, out_pad, _ = check_conv(
         "conv_transpose2d_act", x, weight, bias, stride, padding, output_padding, act, alpha
     )
     y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
@@ -205,9 +207,9 @@ def conv2d_act(
         ``[N, C_out, H_out, W_out]`` in ``x``'s dtype. Differentiable w.r.t. ``x``, ``weight`` and ``bias`` to second
         order on every implementation (any order for linear/relu/lrelu), so R1 and WGAN-GP penalties work.
     """
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, _, alpha_ = _check("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
-    impl = _resolve(impl, x.device, "conv2d_act")
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, _, alpha_ = check_conv("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
+    impl = conv_impl(impl, x.device, "conv2d_act")
     if impl == "ref":
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
     if impl == "native" and act == "linear":  # nothing to fuse: cuDNN adds the bias itself
@@ -251,9 +253,9 @@ def conv_transpose2d_act(
         ``x``, ``weight`` and ``bias`` to second order on every implementation (any order for linear/relu/lrelu).
     """
     op = "conv_transpose2d_act"
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, out_pad, alpha_ = _check(op, x, weight, bias, stride, padding, output_padding, act, alpha)
-    impl = _resolve(impl, x.device, op)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, out_pad, alpha_ = check_conv(op, x, weight, bias, stride, padding, output_padding, act, alpha)
+    impl = conv_impl(impl, x.device, op)
     if impl == "ref":
         return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
     if impl == "native" and act == "linear":
@@ -270,14 +272,11 @@ def conv_transpose2d_act(
 
 # --- autograd of the Triton custom ops -----------------------------------------------------------------------------
 
-_INDEX = {spec.index: name for name, spec in ACTIVATIONS.items()}
-
-
 def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, alpha: float) -> torch.Tensor:
     """``dy * f'(z)`` written in terms of ``y = f(z)`` as PyTorch's backward kernels write it (threshold_backward,
     tanh_backward, sigmoid_backward: the same selects and products, so NaN and inf propagate alike); differentiable,
     so the second order comes from autograd."""
-    name = _INDEX[act]
+    name, _ = activation_at(act)
     if name == "linear":
         return dy
     if name == "relu":
@@ -298,13 +297,37 @@ def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
     return size - ((out - 1) * s - 2 * p + k)
 
 
-def _register(conv, conv_t, conv_wgrad, conv_t_wgrad, conv_stats, conv_t_stats) -> None:
-    """Fakes and autograd of the Triton custom ops: (conv2d, conv_transpose2d), their weight gradients, and their
-    variants returning the output's batch statistics (for fastgan/ops/conv_bn_act.py)."""
+def triton_conv_grads(ops, dz, x, w, b, stride, padding, output_padding, needs_input_grad):
+    """``(dx, dw, db)`` of the Triton convolution (``output_padding`` None) or transposed convolution from the
+    gradient ``dz`` of its output before the activation; ``ops``: the Triton custom ops of this unit, by name."""
+    transposed = output_padding is not None
+    dx = dw = db = None
+    if needs_input_grad[0]:
+        if transposed:
+            dx = ops.conv2d_act(dz, w, None, stride, padding, 0, 0.0)
+        else:
+            out_pad = [_input_padding(x.shape[2 + d], dz.shape[2 + d], w.shape[2 + d], stride[d], padding[d])
+                       for d in range(2)]
+            dx = ops.conv_transpose2d_act(dz, w, None, stride, padding, out_pad, 0, 0.0)
+    if needs_input_grad[1]:
+        weight_grad = ops.conv_transpose2d_weight_grad if transposed else ops.conv2d_weight_grad
+        dw = weight_grad(dz.to(w.dtype), x, list(w.shape[2:]), stride, padding)
+    if b is not None and needs_input_grad[2]:
+        db = _reduce_bias(dz, b)
+    return dx, dw, db
+
+
+# The Triton custom ops of this unit, by name, as ``custom_ops("conv_act", "triton")`` returns them.
+_TRITON_OPS = ("conv2d_act", "conv_transpose2d_act", "conv2d_weight_grad", "conv_transpose2d_weight_grad")
+_TritonOps = collections.namedtuple("_TritonOps", _TRITON_OPS)
+
+
+def _register(*declared) -> None:
+    """Fakes and autograd of the Triton custom ops: conv2d, conv_transpose2d and their weight gradients."""
     from ..kernels.triton import conv as kernels
 
-    def weight_grad(dz, x, w, stride, padding, transposed: bool) -> torch.Tensor:
-        return (conv_t_wgrad if transposed else conv_wgrad)(dz.to(w.dtype), x, list(w.shape[2:]), stride, padding)
+    ops = _TritonOps(*declared)
+    conv, conv_t, conv_wgrad, conv_t_wgrad = ops
 
     def fake_conv(x, w, b, stride, padding, act, alpha):
         return kernels.empty_output(x, w, stride, padding, None)
@@ -321,52 +344,20 @@ def _register(conv, conv_t, conv_wgrad, conv_t_wgrad, conv_stats, conv_t_stats) 
         x, w, b, y = ctx.saved_tensors
         stride, padding, act, alpha = ctx.args
         dz = _act_grad_from_output(dy, y, act, alpha)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            out_pad = [_input_padding(x.shape[2 + d], dz.shape[2 + d], w.shape[2 + d], stride[d], padding[d])
-                       for d in range(2)]
-            dx = conv_t(dz, w, None, stride, padding, out_pad, 0, 0.0)
-        if ctx.needs_input_grad[1]:
-            dw = weight_grad(dz, x, w, stride, padding, False)
-        if b is not None and ctx.needs_input_grad[2]:
-            db = _reduce_bias(dz, b)
+        dx, dw, db = triton_conv_grads(ops, dz, x, w, b, stride, padding, None, ctx.needs_input_grad)
         return dx, dw, db, None, None, None, None
 
     def grad_conv_t(ctx, dy):
         x, w, b, y = ctx.saved_tensors
         stride, padding, out_pad, act, alpha = ctx.args
         dz = _act_grad_from_output(dy, y, act, alpha)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = conv(dz, w, None, stride, padding, 0, 0.0)
-        if ctx.needs_input_grad[1]:
-            dw = weight_grad(dz, x, w, stride, padding, True)
-        if b is not None and ctx.needs_input_grad[2]:
-            db = _reduce_bias(dz, b)
+        dx, dw, db = triton_conv_grads(ops, dz, x, w, b, stride, padding, out_pad, ctx.needs_input_grad)
         return dx, dw, db, None, None, None, None, None
 
     torch.library.register_fake(conv, fake_conv)
     torch.library.register_fake(conv_t, fake_conv_t)
     torch.library.register_autograd(conv, grad_conv, setup_context=setup)
     torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
-
-    # The statistics variants: (z, mean, var) with z the linear conv output; mean/var carry no gradient (the batch
-    # norm's backward accounts for them), so z's gradient is the plain convolution's.
-    def fake_stats(x, w, b, stride, padding, output_padding=None):
-        z = kernels.empty_output(x, w, stride, padding, output_padding)
-        stat = x.new_empty(z.shape[1], dtype=math_dtype(x.dtype))
-        return z, stat, torch.empty_like(stat)
-
-    def setup_stats(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1], output[2])
-        setup(ctx, (*inputs, 0, 0.0), output[0])
-
-    torch.library.register_fake(conv_stats, fake_stats)
-    torch.library.register_fake(conv_t_stats, fake_stats)
-    torch.library.register_autograd(conv_stats, lambda ctx, dz, _m, _v: grad_conv(ctx, dz)[:5],
-                                    setup_context=setup_stats)
-    torch.library.register_autograd(conv_t_stats, lambda ctx, dz, _m, _v: grad_conv_t(ctx, dz)[:6],
-                                    setup_context=setup_stats)
 
     # dW(dz, x) is bilinear. For a convolution its vjp with a weight-shaped cotangent G is conv2d(x, G) w.r.t. dz and
     # conv_transpose2d(dz, G) w.r.t. x; for a transposed convolution the mirror images. Both are the Triton forward
@@ -405,10 +396,4 @@ def _register(conv, conv_t, conv_wgrad, conv_t_wgrad, conv_stats, conv_t_stats) 
 
 
 # Only Triton has custom ops here: the native path is PyTorch's convolution + the native bias_act epilogue.
-declare_custom_ops(
-    "conv_act",
-    ("conv2d_act", "conv_transpose2d_act", "conv2d_weight_grad", "conv_transpose2d_weight_grad", "conv2d_bn_stats",
-     "conv_transpose2d_bn_stats"),
-    "conv",
-    _register,
-)
+declare_custom_ops("conv_act", _TRITON_OPS, "conv", _register)

@@ -6,11 +6,16 @@ The specification is the composition ``batch_norm_act(conv2d_act(x, weight, bias
 and ``native`` run (cuDNN has no statistics epilogue, so the norm re-reads the convolution's output once for its
 statistics). On ``triton`` in training mode the convolution's epilogue also reduces each output channel's batch
 statistics from its unrounded accumulator, per tile as (count, mean, M2), merged over tiles in a fixed order with
-Chan's formula (``fastgan::conv2d_bn_stats_triton``, fastgan/kernels/triton/conv.py), so the norm makes one pass
-instead of two: the conv output is written once and read once. Its gradients are those of batch statistics (the
-norm's backward is the training-mode one), and the convolution's backward is the Triton conv's, so gradient
-penalties work through the block. In evaluation mode batch norm is a per-channel affine map and every
-implementation runs the convolution then ``batch_norm_act``.
+Chan's formula (the custom ops ``fastgan::conv2d_bn_stats_triton`` / ``conv_transpose2d_bn_stats_triton``, kernels in
+fastgan/kernels/triton/conv.py, fakes and autograd below), so the norm makes one pass instead of two: the conv
+output is written once and read once. Its gradients are those of batch statistics (the norm's backward is the
+training-mode one), and the convolution's backward is the Triton conv's, so gradient penalties work through the
+block. In evaluation mode batch norm is a per-channel affine map and every implementation runs the convolution then
+``batch_norm_act``.
+
+Built on the two units it fuses: their argument checks (``check_conv``, ``check_norm``), the Triton convolution's
+gradients (``triton_conv_grads``) and the norm's custom-op path taking precomputed statistics
+(``batch_norm_act_custom``).
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ from __future__ import annotations
 import torch
 
 from .._autotune import autotuned
-from .._backend import custom_ops
-from .conv_act import IntPair, _autocast, _check, _resolve, conv2d_act, conv_transpose2d_act
-from .norm_act import _batch_norm_act, batch_norm_act_ref
-from .norm_act import _check as _check_norm
+from .._backend import custom_ops, declare_custom_ops
+from .._dtypes import math_dtype
+from .conv_act import (
+    IntPair,
+    autocast_operands,
+    check_conv,
+    conv2d_act,
+    conv_impl,
+    conv_transpose2d_act,
+    triton_conv_grads,
+)
+from .norm_act import batch_norm_act_custom, batch_norm_act_ref, check_norm
 
 __all__ = ["conv2d_batch_norm_act", "conv_transpose2d_batch_norm_act"]
 
@@ -60,11 +73,11 @@ def conv2d_batch_norm_act(
         norm_bias to second order on every implementation.
     """
     op = "conv2d_batch_norm_act"
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, _, _ = _check(op, x, weight, bias, stride, padding, None, "linear", None)
-    impl = _resolve(impl, x.device, op)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, _, _ = check_conv(op, x, weight, bias, stride, padding, None, "linear", None)
+    impl = conv_impl(impl, x.device, op)
     if impl == "triton" and training:
-        z, *stats = custom_ops("conv_act", "triton").conv2d_bn_stats(x, weight, bias, list(stride_), list(padding_))
+        z, *stats = custom_ops("conv_bn_act", "triton").conv2d_bn_stats(x, weight, bias, list(stride_), list(padding_))
     else:
         z, stats = conv2d_act(x, weight, bias, stride_, padding_, impl=impl), None
     return _batch_norm(op, z, stats, norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act,
@@ -97,11 +110,11 @@ def conv_transpose2d_batch_norm_act(
     :func:`fastgan.ops.conv_transpose2d_act`; on Triton the stride-``s`` convolution runs as ``s*s`` phases, each
     reducing the statistics of its own outputs)."""
     op = "conv_transpose2d_batch_norm_act"
-    x, weight, bias = _autocast(x, weight, bias)
-    stride_, padding_, out_pad, _ = _check(op, x, weight, bias, stride, padding, output_padding, "linear", None)
-    impl = _resolve(impl, x.device, op)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, out_pad, _ = check_conv(op, x, weight, bias, stride, padding, output_padding, "linear", None)
+    impl = conv_impl(impl, x.device, op)
     if impl == "triton" and training:
-        stats_op = custom_ops("conv_act", "triton").conv_transpose2d_bn_stats
+        stats_op = custom_ops("conv_bn_act", "triton").conv_transpose2d_bn_stats
         z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))
     else:
         z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None
@@ -112,8 +125,44 @@ def conv_transpose2d_batch_norm_act(
 def _batch_norm(op, z, stats, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, nbt, impl):
     """``batch_norm_act`` of the conv output ``z`` (checks naming ``op``); ``stats``: z's (mean, biased variance)
     from the conv epilogue, or None."""
-    spec, alpha_ = _check_norm(op, z, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    spec, alpha_ = check_norm(op, z, weight, bias, running_mean, running_var, training, eps, act, alpha)
     if impl == "ref":
         return batch_norm_act_ref(z, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, nbt)
-    return _batch_norm_act(z, weight, bias, running_mean, running_var, training, momentum, eps, spec, alpha_, impl,
-                           nbt, stats)
+    return batch_norm_act_custom(z, weight, bias, running_mean, running_var, training, momentum, eps, spec, alpha_,
+                                 impl, nbt, stats)
+
+
+# --- the Triton statistics ops: fakes and autograd -----------------------------------------------------------------
+
+
+def _register(conv_stats, conv_t_stats) -> None:
+    """Fakes and autograd of the statistics variants of the Triton convolutions: ``(z, mean, var)`` with ``z`` the
+    linear conv output; mean/var carry no gradient (the batch norm's backward accounts for them), so z's gradient is
+    the plain convolution's."""
+    from ..kernels.triton import conv as kernels
+
+    conv_ops = custom_ops("conv_act", "triton")
+
+    def fake_stats(x, w, b, stride, padding, output_padding=None):
+        z = kernels.empty_output(x, w, stride, padding, output_padding)
+        stat = x.new_empty(z.shape[1], dtype=math_dtype(x.dtype))
+        return z, stat, torch.empty_like(stat)
+
+    def setup(ctx, inputs, output):
+        x, w, b, ctx.stride, ctx.padding, *output_padding = inputs
+        ctx.output_padding = output_padding[0] if output_padding else None
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(x, w, b)
+
+    def grad(ctx, dz, _mean, _var):
+        x, w, b = ctx.saved_tensors
+        grads = triton_conv_grads(conv_ops, dz, x, w, b, ctx.stride, ctx.padding, ctx.output_padding,
+                                  ctx.needs_input_grad)
+        return *grads, None, None, *(() if ctx.output_padding is None else (None,))
+
+    for op in (conv_stats, conv_t_stats):
+        torch.library.register_fake(op, fake_stats)
+        torch.library.register_autograd(op, grad, setup_context=setup)
+
+
+declare_custom_ops("conv_bn_act", ("conv2d_bn_stats", "conv_transpose2d_bn_stats"), "conv", _register)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .._autotune import autotuned
 from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
-from .bias_act import ACTIVATIONS, Activation, activation
+from .bias_act import Activation, activation, activation_at
 
 __all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
 
@@ -73,7 +73,7 @@ def _check_param_dtypes(op: str, x: torch.Tensor, params: dict[str, torch.Tensor
         )
 
 
-def _check(
+def check_norm(
     op: str,
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -157,7 +157,7 @@ def batch_norm_act_ref(
     num_batches_tracked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch."""
-    spec, alpha_ = _check(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
     if x.shape[1] == 0:  # no channels: nothing to normalize (F.batch_norm fails on meta tensors here)
         return spec.fn(x.clone(), alpha_)
@@ -178,7 +178,7 @@ def instance_norm_act_ref(
     alpha: float | None = None,
 ) -> torch.Tensor:
     """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch."""
-    spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
     if x.shape[1] == 0 or x.shape[0] == 0:
         # Nothing to normalize, and no statistics to average into the running ones: they are left as they are, on
         # every implementation (F.instance_norm writes NaN, the mean of no samples, or fails for float16 buffers).
@@ -236,23 +236,24 @@ def batch_norm_act(
         order on every implementation (any order on ``ref``; the compiled and Triton second order runs the reference
         in PyTorch ops). Batch statistics are float32, reduced deterministically (fixed chunking and merge order).
     """
-    spec, alpha_ = _check(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
     impl = resolve_impl(impl, x.device, _BN)
     if impl == "ref":
         return batch_norm_act_ref(
             x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
         )
-    return _batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, spec, alpha_, impl,
-                           num_batches_tracked, None)
+    return batch_norm_act_custom(x, weight, bias, running_mean, running_var, training, momentum, eps, spec, alpha_,
+                                 impl, num_batches_tracked, None)
 
 
-def _batch_norm_act(
+def batch_norm_act_custom(
     x, weight, bias, running_mean, running_var, training: bool, momentum, eps: float, spec: Activation, alpha_: float,
     impl: str, num_batches_tracked, batch_stats: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
-    """``batch_norm_act`` on a custom-op implementation, arguments checked. ``batch_stats``: x's own per-channel
-    (mean, biased variance), already reduced by whoever wrote ``x`` (a convolution's epilogue), so the op skips
-    its statistics pass; the gradients are still those of batch statistics."""
+    """``batch_norm_act`` on a custom-op implementation (``native`` or ``triton``), arguments checked by
+    ``check_norm``. ``batch_stats``: x's own per-channel (mean, biased variance), already reduced by whoever wrote
+    ``x`` (the convolution epilogue of fastgan/ops/conv_bn_act.py), so the op skips its statistics pass; the
+    gradients are still those of batch statistics."""
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
     if training:
         stats = batch_stats if batch_stats is not None else (None, None)
@@ -292,7 +293,7 @@ def instance_norm_act(
     Returns:
         ``y`` shaped, typed and laid out like ``x``; gradients as for :func:`batch_norm_act`.
     """
-    spec, alpha_ = _check(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
     impl = resolve_impl(impl, x.device, _IN)
     if impl == "ref":
         return instance_norm_act_ref(
@@ -318,9 +319,6 @@ def _update_running_stats(
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------
 
-_NAMES = {spec.index: name for name, spec in ACTIVATIONS.items()}
-
-
 def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, eps: float, act: int, alpha: float):
     """The reference forward in x's dtype: batch statistics from ``x``, else ``mean``/``var`` as constants.
 
@@ -335,7 +333,7 @@ def _normalized_ref(x, w, b, mean, var, use_input_stats: bool, instance: bool, e
         z = (x - mean) * torch.rsqrt(var + eps) * w.view(shape) + b.view(shape)
     else:
         z = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps) * w.view(shape) + b.view(shape)
-    return ACTIVATIONS[_NAMES[act]].fn(z, alpha)
+    return activation_at(act)[1].fn(z, alpha)
 
 
 def _second_order(dy, x, w, b, mean, var, args, gdx, gdw, gdb):
