@@ -32,9 +32,10 @@ import copy
 
 from torch import nn
 
+from .nn.common import activation_of
 from .nn.conv import FusedConv2d, FusedConvTranspose2d, FusedSequential
 from .nn.linear import FusedLinear
-from .nn.norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
+from .nn.norm_act import BatchNormAct2d, InstanceNormAct2d
 
 __all__ = ["optimize"]
 

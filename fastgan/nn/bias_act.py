@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops.bias_act import activation, bias_act
+from .common import fused_extra_repr
 
 
 class BiasAct(nn.Module):
@@ -38,12 +39,9 @@ class BiasAct(nn.Module):
                         defaults=self.defaults)
 
     def extra_repr(self) -> str:
-        extras = [f"{self.num_channels}", f"act={self.act!r}"]
-        extras += [f"{k}={getattr(self, k)}" for k in ("alpha", "gain", "clamp") if getattr(self, k) is not None]
+        tail = [f"{k}={getattr(self, k)}" for k in ("gain", "clamp") if getattr(self, k) is not None]
         if self.dim != 1:
-            extras.append(f"dim={self.dim}")
-        if self.impl != "auto":
-            extras.append(f"impl={self.impl!r}")
+            tail.append(f"dim={self.dim}")
         if self.defaults != "torch":
-            extras.append(f"defaults={self.defaults!r}")
-        return ", ".join(extras)
+            tail.append(f"defaults={self.defaults!r}")
+        return fused_extra_repr(self, [str(self.num_channels)], tail=tail)

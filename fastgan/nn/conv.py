@@ -20,7 +20,8 @@ from torch import nn
 from ..ops.bias_act import activation
 from ..ops.conv_act import conv2d_act, conv_transpose2d_act
 from ..ops.conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
-from .norm_act import BatchNormAct2d, InstanceNormAct2d, activation_of
+from .common import activation_of, copy_state, fused_extra_repr
+from .norm_act import BatchNormAct2d, InstanceNormAct2d
 
 __all__ = ["FusedConv2d", "FusedConvTranspose2d", "FusedSequential"]
 
@@ -35,30 +36,35 @@ def _make_norm(owner: str, norm: str | None, channels: int, act: str, alpha, imp
     return _NORMS[norm](channels, act=act, alpha=alpha, impl=impl, **(kwargs or {}), **factory)
 
 
-def _check_conv(owner: str, conv: nn.Module, kind: type) -> None:
-    """``conv`` must be a plain ``kind`` the fused op computes: groups=1, dilation=1, zero padding, int padding."""
+def _from_modules(cls, kind: type, conv: nn.Module, norm: nn.Module | None, act: nn.Module | None, impl: str,
+                  *output_padding):
+    """``cls`` (a fused conv) equivalent to ``conv`` [-> ``norm``] [-> ``act``], sharing nothing with them. ``conv``
+    must be a plain ``kind`` the fused op computes: groups=1, dilation=1, zero padding given as ints."""
+    owner = f"{cls.__name__}.from_modules"
     if not isinstance(conv, kind):
-        raise TypeError(f"{owner}.from_modules: conv must be an nn.{kind.__name__}, got {type(conv).__name__}")
+        raise TypeError(f"{owner}: conv must be an nn.{kind.__name__}, got {type(conv).__name__}")
     if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros":
         raise ValueError(
-            f"{owner}.from_modules: only groups=1, dilation=1, padding_mode='zeros' are supported, got "
+            f"{owner}: only groups=1, dilation=1, padding_mode='zeros' are supported, got "
             f"groups={conv.groups}, dilation={conv.dilation}, padding_mode={conv.padding_mode!r}"
         )
     if isinstance(conv.padding, str):
-        raise ValueError(f"{owner}.from_modules: padding={conv.padding!r} is not supported; use explicit ints")
-
-
-def _norm_from(owner: str, norm: nn.Module | None, act: nn.Module | None, impl: str):
-    """(norm name, fused norm module or None, act, alpha) for ``from_modules``."""
+        raise ValueError(f"{owner}: padding={conv.padding!r} is not supported; use explicit ints")
     if norm is None:
-        return None, None, *activation_of(act)
-    if isinstance(norm, nn.BatchNorm2d):
-        return "batch", BatchNormAct2d.from_modules(norm, act, impl), "linear", None
-    if isinstance(norm, nn.InstanceNorm2d):
-        return "instance", InstanceNormAct2d.from_modules(norm, act, impl), "linear", None
-    raise TypeError(
-        f"{owner}.from_modules: norm must be nn.BatchNorm2d or nn.InstanceNorm2d, got {type(norm).__name__}"
-    )
+        norm_module, (act_name, alpha) = None, activation_of(act)
+    elif isinstance(norm, nn.BatchNorm2d):
+        norm_module, act_name, alpha = BatchNormAct2d.from_modules(norm, act, impl), "linear", None
+    elif isinstance(norm, nn.InstanceNorm2d):
+        norm_module, act_name, alpha = InstanceNormAct2d.from_modules(norm, act, impl), "linear", None
+    else:
+        raise TypeError(f"{owner}: norm must be nn.BatchNorm2d or nn.InstanceNorm2d, got {type(norm).__name__}")
+    fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, *output_padding,
+                conv.bias is not None, None, act_name, alpha, impl, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = copy_state(fused, conv)
+    fused.norm = norm_module
+    if norm_module is not None:  # the norm applies the activation; the conv remembers it for its repr
+        fused.act, fused.alpha = norm_module.act, norm_module.alpha
+    return fused
 
 
 class FusedConv2d(nn.Conv2d):
@@ -100,16 +106,7 @@ class FusedConv2d(nn.Conv2d):
         cls, conv: nn.Conv2d, norm: nn.Module | None = None, act: nn.Module | None = None, impl: str = "auto"
     ) -> FusedConv2d:
         """The fused equivalent of ``conv`` [-> ``norm``] [-> ``act``], sharing nothing with them (copied values)."""
-        _check_conv("FusedConv2d", conv, nn.Conv2d)
-        norm_name, norm_module, act_name, alpha = _norm_from("FusedConv2d", norm, act, impl)
-        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.bias is not None, None, act_name, alpha, impl,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-        fused.load_state_dict(conv.state_dict())
-        fused.norm = norm_module
-        if norm_name is not None:
-            fused.act, fused.alpha = norm_module.act, norm_module.alpha
-        return fused.train(conv.training)
+        return _from_modules(cls, nn.Conv2d, conv, norm, act, impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_norm(x, self.norm)
@@ -124,7 +121,8 @@ class FusedConv2d(nn.Conv2d):
         return norm(conv2d_act(*args, impl=self.impl))
 
     def extra_repr(self) -> str:
-        return _extra_repr(self, super().extra_repr())
+        # With a norm, the norm submodule's repr shows the activation.
+        return fused_extra_repr(self, [super().extra_repr()], show_act=self.norm is None)
 
 
 class FusedConvTranspose2d(nn.ConvTranspose2d):
@@ -163,16 +161,7 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         cls, conv: nn.ConvTranspose2d, norm: nn.Module | None = None, act: nn.Module | None = None, impl: str = "auto"
     ) -> FusedConvTranspose2d:
         """The fused equivalent of ``conv`` [-> ``norm``] [-> ``act``], sharing nothing with them (copied values)."""
-        _check_conv("FusedConvTranspose2d", conv, nn.ConvTranspose2d)
-        norm_name, norm_module, act_name, alpha = _norm_from("FusedConvTranspose2d", norm, act, impl)
-        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.output_padding, conv.bias is not None, None, act_name, alpha, impl,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-        fused.load_state_dict(conv.state_dict())
-        fused.norm = norm_module
-        if norm_name is not None:
-            fused.act, fused.alpha = norm_module.act, norm_module.alpha
-        return fused.train(conv.training)
+        return _from_modules(cls, nn.ConvTranspose2d, conv, norm, act, impl, conv.output_padding)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         return self.forward_with_norm(x, self.norm, output_size)
@@ -192,7 +181,8 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         return norm(conv_transpose2d_act(*args, impl=self.impl))
 
     def extra_repr(self) -> str:
-        return _extra_repr(self, super().extra_repr())
+        # With a norm, the norm submodule's repr shows the activation.
+        return fused_extra_repr(self, [super().extra_repr()], show_act=self.norm is None)
 
 
 def _batch_norm_kwargs(norm: BatchNormAct2d) -> dict:
@@ -225,14 +215,3 @@ def _feeds_batch_norm(module: nn.Module, nxt: nn.Module | None) -> bool:
     """A fused convolution with no norm nor activation of its own, followed by a BatchNormAct2d."""
     conv = isinstance(module, FusedConv2d | FusedConvTranspose2d) and module.norm is None and module.act == "linear"
     return conv and isinstance(nxt, BatchNormAct2d)
-
-
-def _extra_repr(module: nn.Module, base: str) -> str:
-    extras = [base]
-    if module.norm is None:  # otherwise the norm submodule's repr shows the activation
-        extras.append(f"act={module.act!r}")
-        if module.alpha is not None:
-            extras.append(f"alpha={module.alpha}")
-    if module.impl != "auto":
-        extras.append(f"impl={module.impl!r}")
-    return ", ".join(extras)

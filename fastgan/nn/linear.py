@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.bias_act import activation, bias_act
-from .norm_act import activation_of
+from .common import activation_of, copy_state, fused_extra_repr
 
 __all__ = ["FusedLinear"]
 
@@ -42,16 +42,10 @@ class FusedLinear(nn.Linear):
         name, alpha = activation_of(act)
         fused = cls(linear.in_features, linear.out_features, linear.bias is not None, name, alpha, impl,
                     device=linear.weight.device, dtype=linear.weight.dtype)
-        fused.load_state_dict(linear.state_dict())
-        return fused.train(linear.training)
+        return copy_state(fused, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return bias_act(F.linear(x, self.weight), self.bias, -1, self.act, self.alpha, impl=self.impl)
 
     def extra_repr(self) -> str:
-        extras = [super().extra_repr(), f"act={self.act!r}"]
-        if self.alpha is not None:
-            extras.append(f"alpha={self.alpha}")
-        if self.impl != "auto":
-            extras.append(f"impl={self.impl!r}")
-        return ", ".join(extras)
+        return fused_extra_repr(self, [super().extra_repr()])

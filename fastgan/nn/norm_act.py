@@ -17,35 +17,25 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.bias_act import activation
 from ..ops.norm_act import batch_norm_act, instance_norm_act
+from .common import activation_of, copy_state, fused_extra_repr
 
-__all__ = ["BatchNormAct2d", "InstanceNormAct2d", "activation_of"]
-
-
-def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
-    """``(act, alpha)`` of ``fastgan.ops.ACTIVATIONS`` computing the same function as a torch.nn activation module.
-
-    Maps None/Identity, ReLU, LeakyReLU(negative_slope), Tanh, Sigmoid, SiLU, ELU(alpha), SELU and Softplus (beta=1,
-    threshold=20); raises ValueError for anything else.
-    """
-    if module is None or isinstance(module, nn.Identity):
-        return "linear", None
-    if isinstance(module, nn.LeakyReLU):
-        return "lrelu", float(module.negative_slope)
-    if isinstance(module, nn.ELU):
-        return "elu", float(module.alpha)
-    if isinstance(module, nn.Softplus) and module.beta == 1 and module.threshold == 20:
-        return "softplus", None
-    simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.SELU: "selu"}
-    for kind, name in simple.items():
-        if type(module) is kind:
-            return name, None
-    raise ValueError(f"no fastgan activation computes {module!r}; supported: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, "
-                     "ELU, SELU, Softplus(beta=1, threshold=20), Identity")
+__all__ = ["BatchNormAct2d", "InstanceNormAct2d"]
 
 
-def _factory(norm: nn.Module) -> dict:
-    tensor = next(iter(norm.state_dict().values()), None)
-    return {} if tensor is None else {"device": tensor.device, "dtype": (norm.weight if norm.affine else tensor).dtype}
+def _from_modules(cls, kind: type, norm: nn.Module, act_module: nn.Module | None, impl: str):
+    """``cls`` (a fused norm) with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
+    activation; ``norm`` must be a ``kind``."""
+    owner = f"{cls.__name__}.from_modules"
+    if not isinstance(norm, kind):
+        raise TypeError(f"{owner}: norm must be an nn.{kind.__name__}, got {type(norm).__name__}")
+    if norm.affine and norm.bias is None:
+        raise ValueError(f"{owner}: affine norms without a bias are not supported")
+    act, alpha = activation_of(act_module)
+    tensor = norm.weight if norm.affine else next(iter(norm.state_dict().values()), None)
+    factory = {} if tensor is None else {"device": tensor.device, "dtype": tensor.dtype}
+    fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, act, alpha, impl,
+                **factory)
+    return copy_state(fused, norm)
 
 
 class BatchNormAct2d(_NormBase):
@@ -76,15 +66,7 @@ class BatchNormAct2d(_NormBase):
     def from_modules(cls, norm: nn.Module, act_module: nn.Module | None = None, impl: str = "auto") -> BatchNormAct2d:
         """A ``BatchNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
         activation (``None``: linear)."""
-        if not isinstance(norm, nn.BatchNorm2d):
-            raise TypeError(f"BatchNormAct2d.from_modules: norm must be an nn.BatchNorm2d, got {type(norm).__name__}")
-        if norm.affine and norm.bias is None:
-            raise ValueError("BatchNormAct2d.from_modules: affine batch norms without a bias are not supported")
-        act, alpha = activation_of(act_module)
-        fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, act, alpha,
-                    impl, **_factory(norm))
-        fused.load_state_dict(norm.state_dict())
-        return fused.train(norm.training)
+        return _from_modules(cls, nn.BatchNorm2d, norm, act_module, impl)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() != 4:
@@ -113,12 +95,7 @@ class BatchNormAct2d(_NormBase):
         }
 
     def extra_repr(self) -> str:
-        extras = [super().extra_repr(), f"act={self.act!r}"]
-        if self.alpha is not None:
-            extras.append(f"alpha={self.alpha}")
-        if self.impl != "auto":
-            extras.append(f"impl={self.impl!r}")
-        return ", ".join(extras)
+        return fused_extra_repr(self, [super().extra_repr()])
 
 
 class InstanceNormAct2d(_InstanceNorm):
@@ -151,17 +128,7 @@ class InstanceNormAct2d(_InstanceNorm):
     ) -> InstanceNormAct2d:
         """An ``InstanceNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
         activation (``None``: linear)."""
-        if not isinstance(norm, nn.InstanceNorm2d):
-            raise TypeError(
-                f"InstanceNormAct2d.from_modules: norm must be an nn.InstanceNorm2d, got {type(norm).__name__}"
-            )
-        if norm.affine and norm.bias is None:
-            raise ValueError("InstanceNormAct2d.from_modules: affine instance norms without a bias are not supported")
-        act, alpha = activation_of(act_module)
-        fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, act, alpha,
-                    impl, **_factory(norm))
-        fused.load_state_dict(norm.state_dict())
-        return fused.train(norm.training)
+        return _from_modules(cls, nn.InstanceNorm2d, norm, act_module, impl)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (3, 4):
@@ -186,9 +153,4 @@ class InstanceNormAct2d(_InstanceNorm):
         )
 
     def extra_repr(self) -> str:
-        extras = [super().extra_repr(), f"act={self.act!r}"]
-        if self.alpha is not None:
-            extras.append(f"alpha={self.alpha}")
-        if self.impl != "auto":
-            extras.append(f"impl={self.impl!r}")
-        return ", ".join(extras)
+        return fused_extra_repr(self, [super().extra_repr()])
