@@ -215,6 +215,21 @@ def test_mnist_missing_split_says_the_other_is_present(tmp_path: Path) -> None:
     assert "train split is present" in message and "download=True" in message
 
 
+def test_command_line_datasets_name_flags_not_python_arguments(tmp_path: Path) -> None:
+    """Built as ``fastgan train`` builds them (cli=True), the fixes are flags a user can type."""
+    write_mnist(tmp_path, "t10k", 2, gz=True)
+    with pytest.raises(FileNotFoundError) as info:
+        data.make_dataset("mnist", tmp_path, cli=True)
+    message = str(info.value)
+    assert "use --split test" in message and "Pass --download" in message
+    assert "split=" not in message and "download=True" not in message
+    with pytest.raises(FileNotFoundError, match="Pass --download") as info:
+        data.make_dataset("cifar10", tmp_path, cli=True)
+    assert "download=True" not in str(info.value)
+    with pytest.raises(ValueError, match="needs --data-root"):
+        data.make_dataset("folder", cli=True)
+
+
 def test_mnist_missing_folder_names_expected_files(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=r"MNIST.*train-images-idx3-ubyte.*does not exist"):
@@ -441,8 +456,24 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         data.ImageFolderDataset(tmp_path / "empty")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    broken = data.ImageFolderDataset(tmp_path / "broken")  # files are decoded per item, not at construction
     with pytest.raises(ValueError, match=r"could not decode image file .*x\.png"):
-        data.ImageFolderDataset(tmp_path / "broken")
+        broken[0]
+
+
+def test_image_folders_decode_per_item_not_at_construction(tmp_path: Path, monkeypatch) -> None:
+    for i in range(3):
+        save_png(tmp_path / "flat" / f"{i}.png", solid(6, 6, 40 * i))
+    write_unpaired(tmp_path / "pairs", n_a=2, n_b=3)
+    decoded = []
+    read_image = datasets_module.read_image
+    monkeypatch.setattr(datasets_module, "read_image", lambda path, ch: decoded.append(path) or read_image(path, ch))
+    folder = data.ImageFolderDataset(tmp_path / "flat", image_size=4)
+    unpaired = data.UnpairedDataset(tmp_path / "pairs", 4)
+    assert decoded == [] and len(folder) == 3 and len(unpaired) == 3
+    assert to_byte(folder[2][0].mean()) == 80 and len(decoded) == 1
+    unpaired[1]
+    assert len(decoded) == 3  # one A image and one B image
 
 
 # -- unpaired ----------------------------------------------------------------------------------------------------
@@ -488,6 +519,39 @@ def test_unpaired_pairing_is_deterministic_per_seed_and_epoch(tmp_path: Path) ->
     assert b_indices(first) == epoch0
 
 
+def test_unpaired_train_split_is_augmented_like_cyclegan(tmp_path: Path) -> None:
+    """Resize to 286/256 of the size, random crop, random horizontal flip; drawn per (seed, epoch); none for test."""
+    ramp = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))  # dark left, bright right
+    for split in ("train", "test"):
+        for i in range(8):
+            save_png(tmp_path / f"{split}A" / f"{i}.png", ramp)
+            save_png(tmp_path / f"{split}B" / f"{i}.png", ramp)
+    train = data.UnpairedDataset(tmp_path, 8, seed=1)
+    assert train.augment and train.load_size == 9
+    flipped = [bool(train[i][0][0, 0, 0] > train[i][0][0, 0, -1]) for i in range(8)]
+    assert 0 < sum(flipped) < 8  # some flipped, some not
+    again = data.UnpairedDataset(tmp_path, 8, seed=1)
+    assert all(torch.equal(train[i][k], again[i][k]) for i in range(8) for k in range(2))
+    train.set_epoch(1)
+    assert any(not torch.equal(train[i][0], again[i][0]) for i in range(8))  # new draws each epoch
+    plain = data.UnpairedDataset(tmp_path, 8, split="test")
+    assert not plain.augment
+    centre = data.ImageFolderDataset(tmp_path / "testA", image_size=8)[0][0]
+    assert all(torch.equal(plain[i][0], centre) for i in range(8))  # resized and centre-cropped only
+    assert torch.equal(train.domain_a(2)[1], centre)  # fixed sample inputs are never augmented
+
+
+def test_digit_styles_are_two_unpaired_styles_of_the_bundled_digits() -> None:
+    styles = data.make_dataset("digit-styles", image_size=32, seed=0)
+    assert isinstance(styles, data.DigitStylesDataset) and styles.counts == (899, 898) and len(styles) == 899
+    a, b = styles[5]
+    assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
+    # A: light strokes on a dark ground; B: the inverse (thick dark strokes on a light ground).
+    plain = data.DigitStylesDataset(32, augment=False)
+    assert all(plain[i][0].mean() < 0 < plain[i][1].mean() for i in range(20))
+    assert torch.equal(plain[0][0], plain.domain_a(3)[0]) and plain.domain_a(3).shape == (3, 3, 32, 32)
+
+
 def test_unpaired_missing_domain_is_named(tmp_path: Path) -> None:
     write_unpaired(tmp_path, split="train")
     with pytest.raises(FileNotFoundError) as info:
@@ -511,6 +575,7 @@ def test_make_dataset_builds_each_kind(tmp_path: Path) -> None:
         "cifar10": data.make_dataset("cifar10", tmp_path / "cifar", image_size=8),
         "folder": data.make_dataset("folder", tmp_path / "horse2zebra", image_size=8),
         "unpaired": data.make_dataset("unpaired", tmp_path / "horse2zebra", image_size=8, seed=1),
+        "digit-styles": data.make_dataset("digit-styles", image_size=8),
     }
     assert set(built) == set(data.DATASETS)
     for name, dataset in built.items():
@@ -519,7 +584,7 @@ def test_make_dataset_builds_each_kind(tmp_path: Path) -> None:
         assert image.shape == (data.default_channels(name), 8, 8), name
     assert isinstance(built["fashion-mnist"], data.MNISTDataset) and "Trouser" in built["fashion-mnist"].classes
     assert built["folder"].classes == ["trainA", "trainB"]
-    assert isinstance(built["unpaired"][0][1], torch.Tensor)
+    assert isinstance(built["unpaired"][0][1], torch.Tensor) and isinstance(built["digit-styles"][0][1], torch.Tensor)
 
 
 def test_make_dataset_rejects_bad_requests(tmp_path: Path) -> None:

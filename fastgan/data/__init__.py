@@ -4,8 +4,9 @@ Datasets (``make_dataset(name, ...)`` builds any of ``DATASETS``):
     DigitsDataset        scikit-learn's bundled 8x8 digits, the no-download default
     MNISTDataset         MNIST / Fashion-MNIST IDX files (gzip or raw), optional download
     CIFAR10Dataset       CIFAR-10 python batches, optional download
-    ImageFolderDataset   any folder of PNG/JPEG images, labels from subfolders
-    UnpairedDataset      CycleGAN's trainA/trainB layout, yielding (a, b)
+    ImageFolderDataset   any folder of PNG/JPEG images, labels from subfolders, decoded per item
+    UnpairedDataset      CycleGAN's trainA/trainB layout, yielding (a, b), decoded per item, augmented
+    DigitStylesDataset   two styles of the bundled digits, yielding (a, b): CycleGAN's no-download default
 
 Images: ``make_grid``, ``save_image_grid``, ``save_images``, ``to_uint8_hwc``, ``read_image`` (Pillow, imported
 only when one of them runs).
@@ -16,6 +17,7 @@ from .datasets import (
     IMAGE_EXTENSIONS,
     CIFAR10Dataset,
     DigitsDataset,
+    DigitStylesDataset,
     ImageDataset,
     ImageFolderDataset,
     MNISTDataset,
@@ -31,6 +33,7 @@ __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "CIFAR10Dataset",
+    "DigitStylesDataset",
     "DigitsDataset",
     "DownloadError",
     "ImageDataset",

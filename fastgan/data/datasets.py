@@ -1,12 +1,15 @@
 """Image datasets for GAN training, without torchvision.
 
-Every dataset reads its files once into a uint8 tensor [N, C, H, W] (small: MNIST's 60k images are 47 MB) and
-converts one item at a time to what training wants: a float32 tensor [channels, image_size, image_size] in
-[-1, 1] (the range of a tanh generator) and an int label (-1 where the data has none). Resizing is bilinear,
-antialiased when shrinking (``torch.nn.functional.interpolate``); grey and RGB convert both ways.
+The fixed-size datasets (digits, MNIST, CIFAR-10) read their files once into a uint8 tensor [N, C, H, W] (small:
+MNIST's 60k images are 47 MB); image folders list their files and decode one image per item, so DataLoader workers
+decode them in parallel (``fastgan.train`` does). Every item is what training wants: a float32 tensor [channels,
+image_size, image_size] in [-1, 1] (the range of a tanh generator) and an int label (-1 where the data has none), or
+an ``(a, b)`` pair for CycleGAN's two domains. Resizing is bilinear, antialiased when shrinking
+(``torch.nn.functional.interpolate``); grey and RGB convert both ways.
 
 A missing or malformed dataset raises FileNotFoundError / ValueError naming the dataset and saying which files
-were expected where.
+were expected where; with ``cli=True`` (as ``fastgan train`` builds them) the fixes name command-line flags
+(``--download``, ``--split``, ``--data-root``) instead of Python arguments.
 """
 
 from __future__ import annotations
@@ -29,19 +32,29 @@ from .download import DownloadError, default_cache_dir, download_file
 from .idx import read_idx
 from .images import read_image
 from .transforms import (
+    crop,
     float_to_uint8,
     prepare_image,
     resize_center_crop,
+    resize_short_side,
     to_signed_unit,
 )
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "unpaired")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "unpaired", "digit-styles")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
-_DEFAULT_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "folder": 3, "unpaired": 3}
+_DEFAULT_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "folder": 3, "unpaired": 3,
+                     "digit-styles": 3}
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "imagefolder": "folder", "cyclegan": "unpaired"}
 _SPLITS = ("train", "test")
 Root = str | os.PathLike[str]
+# CycleGAN's augmentation (Zhu et al.'s code): resize to 286 for 256-pixel crops, random crop, horizontal flip.
+_CYCLEGAN_LOAD_RATIO = 286 / 256
+
+
+def _say(cli: bool, python: str, flag: str) -> str:
+    """How an error message names an argument: as the Python argument, or as the command-line flag when ``cli``."""
+    return flag if cli else python
 
 
 def _canonical_name(name: str) -> str:
@@ -54,7 +67,8 @@ def _canonical_name(name: str) -> str:
 
 
 def default_channels(name: str) -> int:
-    """Channels a dataset has natively: 1 for digits, mnist, fashion-mnist; 3 for cifar10, folder, unpaired."""
+    """Channels a dataset has natively: 1 for digits, mnist, fashion-mnist; 3 for cifar10, folder, unpaired and
+    digit-styles."""
     return _DEFAULT_CHANNELS[_canonical_name(name)]
 
 
@@ -117,15 +131,19 @@ class DigitsDataset(ImageDataset):
 
     def __init__(self, image_size: int | None = None, channels: int | None = None, split: str = "train") -> None:
         _check_options("digits", split, image_size, channels)
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as err:
-            raise ImportError("DigitsDataset needs scikit-learn: pip install scikit-learn") from err
-        bunch = load_digits()
-        pixels = np.rint(np.asarray(bunch.data, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
-        images = torch.from_numpy(pixels).reshape(-1, 1, 8, 8)
-        labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+        images, labels = _load_digits("DigitsDataset")
         super().__init__(images, labels, image_size, channels, classes=[str(d) for d in range(10)])
+
+
+def _load_digits(owner: str) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits as uint8 images [1797, 1, 8, 8] (0..16 scaled to 0..255) and int64 labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(f"{owner} needs scikit-learn: pip install scikit-learn") from err
+    bunch = load_digits()
+    pixels = np.rint(np.asarray(bunch.data, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(pixels).reshape(-1, 1, 8, 8), torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
 
 
 # -- MNIST / Fashion-MNIST ---------------------------------------------------------------------------------------
@@ -198,8 +216,11 @@ class MNISTDataset(ImageDataset):
         image_size: int | None = None,
         channels: int | None = None,
         download: bool = False,
+        *,
+        cli: bool = False,
     ) -> None:
         self.name = "Fashion-MNIST" if fashion else "MNIST"
+        self.cli = cli
         self._key = "fashion-mnist" if fashion else "mnist"
         _check_options(self.name, split, image_size, channels)
         folder = Path(root).expanduser() if root is not None else default_cache_dir(self._key)
@@ -240,10 +261,10 @@ class MNISTDataset(ImageDataset):
         if present is not None:
             message += (
                 f". The {other} split is present there ({present[0].name}, {present[1].name}): "
-                f"use split={other!r} or add the {split} files"
+                f"use {_say(self.cli, f'split={other!r}', f'--split {other}')} or add the {split} files"
             )
         if not download:
-            message += f". Pass download=True to fetch them into {folder}"
+            message += f". Pass {_say(self.cli, 'download=True', '--download')} to fetch them into {folder}"
         return message + "."
 
     def _download(self, folder: Path) -> None:
@@ -259,7 +280,8 @@ class MNISTDataset(ImageDataset):
             except DownloadError as err:
                 raise DownloadError(
                     f"{self.name}: download failed (no network?). Put the four files {', '.join(md5s)} "
-                    f"(gzip or uncompressed) into {folder} yourself, or pass root= a folder that has them.\n{err}"
+                    f"(gzip or uncompressed) into {folder} yourself, or pass {_say(self.cli, 'root=', '--data-root')} "
+                    f"a folder that has them. {err}"
                 ) from err
 
     def _load(self, images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
@@ -356,15 +378,17 @@ class CIFAR10Dataset(ImageDataset):
         image_size: int | None = None,
         channels: int | None = None,
         download: bool = False,
+        *,
+        cli: bool = False,
     ) -> None:
         _check_options("CIFAR-10", split, image_size, channels)
         base = Path(root).expanduser() if root is not None else default_cache_dir("cifar10")
         folder = self._find(base, split)
         if folder is None and download:
-            self._download(base)
+            self._download(base, cli)
             folder = self._find(base, split)
         if folder is None:
-            raise FileNotFoundError(self._missing_message(base, split, download))
+            raise FileNotFoundError(self._missing_message(base, split, download, cli))
         batches = [_load_cifar_batch(folder / name) for name in _CIFAR_FILES[split]]
         images = torch.from_numpy(np.concatenate([b[0] for b in batches]))
         labels = torch.from_numpy(np.concatenate([b[1] for b in batches]))
@@ -380,7 +404,7 @@ class CIFAR10Dataset(ImageDataset):
         return None
 
     @staticmethod
-    def _missing_message(base: Path, split: str, download: bool) -> str:
+    def _missing_message(base: Path, split: str, download: bool, cli: bool) -> str:
         """Name the files expected, the folders searched, and which files are missing."""
         expected = _CIFAR_FILES[split]
         folder = base if (base / expected[0]).exists() or not (base / _CIFAR_FOLDER).is_dir() else base / _CIFAR_FOLDER
@@ -390,11 +414,11 @@ class CIFAR10Dataset(ImageDataset):
             f"extracted) in {base} or {base / _CIFAR_FOLDER}; missing in {folder}: {', '.join(missing)}"
         )
         if not download:
-            message += f". Pass download=True to fetch them into {base / _CIFAR_FOLDER}"
+            message += f". Pass {_say(cli, 'download=True', '--download')} to fetch them into {base / _CIFAR_FOLDER}"
         return message + "."
 
     @staticmethod
-    def _download(base: Path) -> None:
+    def _download(base: Path, cli: bool) -> None:
         """Fetch the archive and extract the missing batch files into ``base/cifar-10-batches-py``."""
         filename, md5 = _CIFAR_ARCHIVE
         try:
@@ -403,7 +427,8 @@ class CIFAR10Dataset(ImageDataset):
             raise DownloadError(
                 f"CIFAR-10: download failed (no network?). Extract {filename} from "
                 f"https://www.cs.toronto.edu/~kriz/cifar.html so that {base / _CIFAR_FOLDER} holds "
-                f"data_batch_1..5 and test_batch, or pass root= a folder that has them.\n{err}"
+                f"data_batch_1..5 and test_batch, or pass {_say(cli, 'root=', '--data-root')} a folder that has them. "
+                f"{err}"
             ) from err
         folder = base / _CIFAR_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
@@ -437,12 +462,9 @@ def _list_images(root: Path, extensions: Sequence[str]) -> list[Path]:
     return sorted(found)
 
 
-def _load_images(paths: Sequence[Path], image_size: int, channels: int) -> Tensor:
-    """Decode, resize (short side to ``image_size``) and centre-crop every file into uint8 [N, C, S, S]."""
-    out = torch.empty((len(paths), channels, image_size, image_size), dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        out[i] = float_to_uint8(resize_center_crop(to_signed_unit(read_image(path, channels)), image_size))
-    return out
+def _as_stored(image: Tensor) -> Tensor:
+    """A float image in [-1, 1] rounded to 8 bits, as an image file of its final size would hold it."""
+    return to_signed_unit(float_to_uint8(image))
 
 
 def _check_folder(dataset: str, folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -456,13 +478,14 @@ def _check_folder(dataset: str, folder: Path, extensions: Sequence[str]) -> list
     return paths
 
 
-class ImageFolderDataset(ImageDataset):
+class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
     """Every PNG/JPEG image under ``root`` (recursive), resized so the short side is ``image_size``, then
     centre-cropped to a square.
 
     Labels: when images sit in subfolders of ``root``, the index of the immediate subfolder name in sorted
-    order (``classes`` lists the names); images directly in ``root`` get -1. Images are decoded once at
-    construction (Pillow) and kept as uint8 at the final size. ``channels`` defaults to 3 (RGB).
+    order (``classes`` lists the names); images directly in ``root`` get -1. Construction only lists the files;
+    each item decodes its image (Pillow), so DataLoader workers decode in parallel. An undecodable file raises
+    ValueError naming it when its item is read. ``channels`` defaults to 3 (RGB).
     """
 
     def __init__(
@@ -476,27 +499,93 @@ class ImageFolderDataset(ImageDataset):
             raise ValueError("ImageFolder: image_size is required (the images may differ in size)")
         _check_options("ImageFolder", "train", image_size, channels)
         folder = Path(root).expanduser()
-        paths = _check_folder("ImageFolder", folder, extensions)
-        self.paths = paths
+        self.paths = _check_folder("ImageFolder", folder, extensions)
         groups = [
-            path.relative_to(folder).parts[0] if len(path.relative_to(folder).parts) > 1 else None for path in paths
+            path.relative_to(folder).parts[0] if len(path.relative_to(folder).parts) > 1 else None
+            for path in self.paths
         ]
-        classes = sorted({group for group in groups if group is not None})
-        index = {name: i for i, name in enumerate(classes)}
-        labels = torch.tensor([index[group] if group is not None else -1 for group in groups], dtype=torch.int64)
-        channels = channels or _DEFAULT_CHANNELS["folder"]
-        images = _load_images(paths, image_size, channels)
-        super().__init__(images, labels, image_size, channels, classes=classes, root=folder)
+        self.classes = sorted({group for group in groups if group is not None})
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = torch.tensor([index[group] if group is not None else -1 for group in groups], dtype=torch.int64)
+        self.image_size = image_size
+        self.channels = channels or _DEFAULT_CHANNELS["folder"]
+        self.root = folder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = to_signed_unit(read_image(self.paths[index], self.channels))
+        return _as_stored(resize_center_crop(image, self.image_size)), int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset(n={len(self)}, image_size={self.image_size}, channels={self.channels}, "
+                f"root='{self.root}')")
 
 
-class UnpairedDataset(Dataset[tuple[Tensor, Tensor]]):
+class _TwoDomains(Dataset[tuple[Tensor, Tensor]]):
+    """Pairing and augmentation of two unaligned image domains A and B, yielding ``(a, b)``.
+
+    Item ``i`` pairs ``A[i % len(A)]`` with ``B[j]``, ``j`` drawn uniformly; ``len`` is ``max(len(A), len(B))``.
+    With ``augment`` each image is resized so its short side is ``image_size * 286 / 256``, randomly cropped to
+    ``image_size`` and flipped horizontally with probability 1/2 (CycleGAN's training augmentation); without, it is
+    resized and centre-cropped. The draws (``j``, crop positions, flips) are made up front by a ``torch.Generator``
+    seeded with ``(seed, epoch)``, so an item depends neither on the order of access nor on DataLoader workers;
+    ``set_epoch(e)`` redraws them for epoch ``e``. Subclasses provide ``_load(domain, index)``: a uint8 [C, H, W]
+    image with ``channels`` channels.
+    """
+
+    def __init__(self, count_a: int, count_b: int, image_size: int, channels: int, seed: int, augment: bool) -> None:
+        self.counts = (count_a, count_b)
+        self.image_size, self.channels, self.seed, self.augment = image_size, channels, seed, augment
+        self.load_size = max(image_size, round(image_size * _CYCLEGAN_LOAD_RATIO))
+        self.set_epoch(0)
+
+    def _load(self, domain: int, index: int) -> Tensor:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Redraw the B index, crop positions and flips of every item from a generator seeded by (seed, epoch)."""
+        generator = torch.Generator().manual_seed((self.seed + epoch * 0x9E3779B97F4A7C15) % 2**64)
+        self._b_index = torch.randint(self.counts[1], (len(self),), generator=generator)
+        self._crops = torch.rand(len(self), 2, 2, generator=generator, dtype=torch.float64)  # [item, domain, (y, x)]
+        self._flips = torch.rand(len(self), 2, generator=generator) < 0.5
+
+    def __len__(self) -> int:
+        return max(self.counts)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a {type(self).__name__} of length {len(self)}")
+        index %= len(self)
+        a = self._prepare(self._load(0, index % self.counts[0]), index, 0)
+        b = self._prepare(self._load(1, int(self._b_index[index])), index, 1)
+        return a, b
+
+    def _prepare(self, image: Tensor, item: int, domain: int) -> Tensor:
+        image = to_signed_unit(image)
+        if not self.augment:
+            return _as_stored(resize_center_crop(image, self.image_size))
+        top, left = self._crops[item, domain].tolist()
+        image = crop(resize_short_side(image, self.load_size), self.image_size, top, left)
+        if self._flips[item, domain]:
+            image = image.flip(-1)
+        return _as_stored(image)
+
+    def domain_a(self, count: int) -> Tensor:
+        """The first ``count`` A images, resized and centre-cropped (no augmentation): float32 [count, C, S, S]."""
+        if count > self.counts[0]:
+            raise ValueError(f"{type(self).__name__}: only {self.counts[0]} A images, asked for {count}")
+        return torch.stack([_as_stored(resize_center_crop(to_signed_unit(self._load(0, i)), self.image_size))
+                            for i in range(count)])
+
+
+class UnpairedDataset(_TwoDomains):
     """Two unaligned image domains in CycleGAN's layout, yielding ``(a, b)`` pairs.
 
     ``root/trainA`` and ``root/trainB`` (``testA``, ``testB`` for ``split="test"``) are image folders
-    (recursive PNG/JPEG), each resized and centre-cropped to ``image_size``. Item ``i`` pairs
-    ``A[i % len(A)]`` with ``B[j]``, ``j`` drawn uniformly by a ``torch.Generator`` seeded with ``seed``;
-    ``len`` is ``max(len(A), len(B))``. The draws are made up front, so an item does not depend on the order of
-    access or on DataLoader workers; ``set_epoch(e)`` redraws them for epoch ``e``.
+    (recursive PNG/JPEG), decoded one image per item. Pairing and augmentation (on by default for the train split)
+    as described in ``_TwoDomains``: item ``i`` pairs ``A[i % len(A)]`` with a ``B[j]`` drawn per ``(seed, epoch)``.
     """
 
     def __init__(
@@ -507,6 +596,7 @@ class UnpairedDataset(Dataset[tuple[Tensor, Tensor]]):
         channels: int | None = None,
         seed: int = 0,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        augment: bool | None = None,
     ) -> None:
         _check_options("Unpaired", split, image_size, channels)
         folder = Path(root).expanduser()
@@ -519,34 +609,56 @@ class UnpairedDataset(Dataset[tuple[Tensor, Tensor]]):
                 f"(CycleGAN layout); missing: {', '.join(missing)}; subfolders there: {present or 'none'}"
             )
         self.root = folder
-        self.image_size = image_size
-        self.channels = channels or _DEFAULT_CHANNELS["unpaired"]
-        self.seed = seed
-        self.images_a = _load_images(_check_folder("Unpaired", folders[0], extensions), image_size, self.channels)
-        self.images_b = _load_images(_check_folder("Unpaired", folders[1], extensions), image_size, self.channels)
-        self.set_epoch(0)
+        self.paths = tuple(_check_folder("Unpaired", f, extensions) for f in folders)
+        channels = channels or _DEFAULT_CHANNELS["unpaired"]
+        augment = split == "train" if augment is None else augment
+        super().__init__(len(self.paths[0]), len(self.paths[1]), image_size, channels, seed, augment)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Redraw the B index of every item from a generator seeded by ``(seed, epoch)``."""
-        generator = torch.Generator().manual_seed((self.seed + epoch * 0x9E3779B97F4A7C15) % 2**64)
-        self._b_index = torch.randint(self.images_b.shape[0], (len(self),), generator=generator)
-
-    def __len__(self) -> int:
-        return max(self.images_a.shape[0], self.images_b.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} is out of range for an UnpairedDataset of length {len(self)}")
-        index %= len(self)
-        a = self.images_a[index % self.images_a.shape[0]]
-        b = self.images_b[int(self._b_index[index])]
-        return prepare_image(a, None, self.channels), prepare_image(b, None, self.channels)
+    def _load(self, domain: int, index: int) -> Tensor:
+        return read_image(self.paths[domain][index], self.channels)
 
     def __repr__(self) -> str:
         return (
-            f"UnpairedDataset(n_a={self.images_a.shape[0]}, n_b={self.images_b.shape[0]}, "
-            f"image_size={self.image_size}, channels={self.channels}, root='{self.root}')"
+            f"UnpairedDataset(n_a={self.counts[0]}, n_b={self.counts[1]}, image_size={self.image_size}, "
+            f"channels={self.channels}, augment={self.augment}, root='{self.root}')"
         )
+
+
+class DigitStylesDataset(_TwoDomains):
+    """Two styles of scikit-learn's bundled digits, yielding ``(a, b)``: CycleGAN's default data, no files needed.
+
+    A: the even-indexed digits as they are (thin light strokes on a dark ground); B: the odd-indexed digits with
+    strokes thickened (a 3x3 maximum at ``image_size``) and the colours inverted (thick dark strokes on a light
+    ground). The domains hold different images, so nothing pairs them but the style. Images are upsampled to
+    ``image_size`` (bilinear) once at construction; pairing and augmentation (on by default, as for the train split
+    of ``UnpairedDataset``) as described in ``_TwoDomains``. There is no train/test split; ``split`` is accepted for
+    uniformity.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int | None = None,
+        split: str = "train",
+        seed: int = 0,
+        augment: bool | None = None,
+    ) -> None:
+        _check_options("digit-styles", split, image_size, channels)
+        channels = channels or _DEFAULT_CHANNELS["digit-styles"]
+        digits = to_signed_unit(_load_digits("DigitStylesDataset")[0])
+        digits = torch.nn.functional.interpolate(digits, size=(image_size, image_size), mode="bilinear",
+                                                 align_corners=False).clamp_(-1.0, 1.0)
+        thick = -torch.nn.functional.max_pool2d(digits[1::2], 3, stride=1, padding=1)
+        self.domains = tuple(float_to_uint8(d).expand(-1, channels, -1, -1).contiguous() for d in (digits[0::2], thick))
+        super().__init__(len(self.domains[0]), len(self.domains[1]), image_size, channels, seed,
+                         split == "train" if augment is None else augment)
+
+    def _load(self, domain: int, index: int) -> Tensor:
+        return self.domains[domain][index]
+
+    def __repr__(self) -> str:
+        return (f"DigitStylesDataset(n_a={self.counts[0]}, n_b={self.counts[1]}, image_size={self.image_size}, "
+                f"channels={self.channels}, augment={self.augment})")
 
 
 def make_dataset(
@@ -557,38 +669,47 @@ def make_dataset(
     split: str = "train",
     download: bool = False,
     seed: int = 0,
+    *,
+    cli: bool = False,
 ) -> Dataset:
-    """Build a dataset by name: one of ``DATASETS`` (digits, mnist, fashion-mnist, cifar10, folder, unpaired).
+    """Build a dataset by name: one of ``DATASETS`` (digits, mnist, fashion-mnist, cifar10, folder, unpaired,
+    digit-styles).
 
     Args:
         name: dataset name (case and ``_``/``-`` insensitive); an unknown name raises ValueError listing them.
-        root: data folder; required for ``folder`` and ``unpaired``, ignored by ``digits``; ``None`` means
-            ``~/.cache/fastgan/<name>`` for mnist, fashion-mnist and cifar10.
-        image_size: side of the square images yielded; ``None`` keeps the native size (not for folder/unpaired).
+        root: data folder; required for ``folder`` and ``unpaired``, ignored by ``digits`` and ``digit-styles``;
+            ``None`` means ``~/.cache/fastgan/<name>`` for mnist, fashion-mnist and cifar10.
+        image_size: side of the square images yielded; ``None`` keeps the native size (not for folder, unpaired,
+            digit-styles).
         channels: 1 or 3; ``None`` means ``default_channels(name)``.
-        split: "train" or "test".
+        split: "train" or "test" (the two-domain datasets augment the train split as CycleGAN does).
         download: fetch missing mnist / fashion-mnist / cifar10 files; an error for folder and unpaired.
-        seed: seeds the B draws of ``unpaired``; unused elsewhere.
+        seed: seeds the pairing and augmentation draws of ``unpaired`` and ``digit-styles``; unused elsewhere.
+        cli: name command-line flags (``--data-root``, ``--download``, ``--split``) in errors, as ``fastgan train``.
 
     Returns:
-        A Dataset yielding ``(image, label)`` (``(a, b)`` for unpaired), images float32 [C, S, S] in [-1, 1].
+        A Dataset yielding ``(image, label)`` (``(a, b)`` for unpaired and digit-styles), images float32 [C, S, S]
+        in [-1, 1].
     """
     key = _canonical_name(name)
+    root_arg = _say(cli, "root=", "--data-root")
     if key in ("folder", "unpaired"):
         if root is None:
-            raise ValueError(f"dataset {key!r} needs root= (a folder of images)")
+            raise ValueError(f"dataset {key!r} needs {root_arg} (a folder of images)")
         if download:
-            raise ValueError(f"dataset {key!r} cannot be downloaded; point root= at your images")
-        if image_size is None:
-            raise ValueError(f"dataset {key!r} needs an image_size (its images may differ in size)")
+            raise ValueError(f"dataset {key!r} cannot be downloaded; point {root_arg} at your images")
+    if key in ("folder", "unpaired", "digit-styles") and image_size is None:
+        raise ValueError(f"dataset {key!r} needs an image_size (its images may differ in size)")
     if key == "digits":
         return DigitsDataset(image_size=image_size, channels=channels, split=split)
+    if key == "digit-styles":
+        return DigitStylesDataset(image_size, channels, split, seed)
     if key in ("mnist", "fashion-mnist"):
-        return MNISTDataset(root, split, key == "fashion-mnist", image_size, channels, download)
+        return MNISTDataset(root, split, key == "fashion-mnist", image_size, channels, download, cli=cli)
     if key == "cifar10":
-        return CIFAR10Dataset(root, split, image_size, channels, download)
+        return CIFAR10Dataset(root, split, image_size, channels, download, cli=cli)
     if key == "folder":
         if split != "train":
-            raise ValueError("dataset 'folder' has no splits; point root= at the folder you want")
+            raise ValueError(f"dataset 'folder' has no splits; point {root_arg} at the folder you want")
         return ImageFolderDataset(root, image_size, channels)
     return UnpairedDataset(root, image_size, split, channels, seed)

@@ -49,4 +49,4 @@ def download_file(mirrors: Sequence[str], filename: str, directory: Path, md5: s
             failures.append(f"{url}: {err}")
             continue
         return target
-    raise DownloadError(f"could not download {filename}; tried:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not download {filename}; tried " + "; ".join(failures))

@@ -46,13 +46,26 @@ def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     return out.squeeze(0).clamp_(-1.0, 1.0)
 
 
-def resize_center_crop(image: Tensor, size: int) -> Tensor:
-    """Resize a float [C, H, W] image so its short side is ``size``, then crop the centre ``size`` x ``size``."""
+def resize_short_side(image: Tensor, size: int) -> Tensor:
+    """Resize a float [C, H, W] image so its short side is ``size``, keeping the aspect ratio (long side >= size)."""
     height, width = image.shape[-2:]
     scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    image = resize(image, (new_h, new_w))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resize(image, (max(size, round(height * scale)), max(size, round(width * scale))))
+
+
+def crop(image: Tensor, size: int, top: float = 0.5, left: float = 0.5) -> Tensor:
+    """The ``size`` x ``size`` window of a [C, H, W] image at relative position ``top``, ``left`` in [0, 1) of the
+    free range (0.5: the centre, rounded towards the top-left)."""
+    height, width = image.shape[-2:]
+    y, x = min(int(top * (height - size + 1)), height - size), min(int(left * (width - size + 1)), width - size)
+    return image[..., y : y + size, x : x + size]
+
+
+def resize_center_crop(image: Tensor, size: int) -> Tensor:
+    """Resize a float [C, H, W] image so its short side is ``size``, then crop the centre ``size`` x ``size``."""
+    image = resize_short_side(image, size)
+    height, width = image.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
     return image[..., top : top + size, left : left + size]
 
 
