@@ -101,7 +101,7 @@ setup(
     description="Fast GAN training for PyTorch: fused Triton/CUDA kernels behind a PyTorch-compatible API",
     packages=find_packages(include=["fastgan", "fastgan.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.5", "numpy", "pillow", "triton; platform_system == 'Linux'"],
+    install_requires=["torch>=2.5", "numpy", "pillow", "tqdm", "triton; platform_system == 'Linux'"],
     extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn", "ruff"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

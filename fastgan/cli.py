@@ -10,7 +10,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# Subcommand name -> (help, function adding its arguments, function running it). Later commands join here.
+from .train.cli import COMMANDS as TRAIN_COMMANDS
+
+# Subcommand name -> (help, function adding its arguments, function running it): info below, then the training
+# commands defined beside their code (fastgan/train/cli.py), which knows nothing of this module.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -97,12 +100,18 @@ def _autotune_info() -> None:
             print(f"    {key} -> {_autotune.describe(entry)}")
 
 
-# Subcommands defined beside their code register themselves with @command when imported.
-from .train import cli as _train_cli  # noqa: E402, F401
+COMMANDS.update(TRAIN_COMMANDS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastgan", description="Fast GAN training for PyTorch.")
+    parser = _Parser(prog="fastgan", description="Fast GAN training for PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from fastgan.data import save_images
-from fastgan.train import EMA, ImagePool, LossMeter, TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from fastgan.train import EMA, ImagePool, LossMeter, Progress, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from fastgan.train.batches import BatchStream
+from fastgan.train.config import read_config_file
 
 # Tiny settings per family: a few seconds of CPU each.
 TINY = {
@@ -35,7 +37,7 @@ def unpaired_root(tmp_path_factory) -> Path:
 
 def config_for(family: str, out: Path, unpaired_root: Path, **changes) -> TrainConfig:
     settings = dict(data="digits", batch_size=4, steps=4, impl="ref", num_samples=4, log_every=2, sample_every=2,
-                    checkpoint_every=2, seed=3, ema_decay=0.9)
+                    checkpoint_every=2, seed=3, ema_decay=0.9, workers=0)
     settings.update(TINY[family])
     if family == "cyclegan":
         settings["data_root"] = str(unpaired_root)
@@ -96,6 +98,72 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(family, tmp_path, unpair
     assert not mismatched, f"resumed run differs in {mismatched[:5]}"
     assert resumed.batches.state_dict() == straight.batches.state_dict()
     assert torch.equal(straight.noise.get_state(), resumed.noise.get_state())
+
+
+def test_resume_is_exact_when_dataloader_workers_decode_the_images(tmp_path, unpaired_root):
+    """Worker processes prefetch batches and augment (crop, flip): neither may change what a resumed run sees."""
+    straight = Trainer(config_for("cyclegan", tmp_path / "straight", unpaired_root, workers=2), verbose=False)
+    straight.fit()
+    first = Trainer(config_for("cyclegan", tmp_path / "split", unpaired_root, workers=2), verbose=False)
+    first.fit(2)  # mid-epoch (3 batches of 2 per epoch), with the workers' prefetched batches discarded
+    resumed = Trainer.resume(tmp_path / "split", verbose=False, workers=1)  # the worker count may change
+    resumed.fit()
+    expected, got = _state_tensors(straight), _state_tensors(resumed)
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
+
+def test_cyclegan_defaults_to_the_embedded_digit_styles_and_the_papers_batch_of_one():
+    # Training on them: tests/test_cli.py::test_cyclegan_runs_on_the_embedded_data_and_samples_from_anywhere.
+    config = TrainConfig(model="cyclegan").resolved()
+    assert (config.data, config.batch_size, config.channels, config.image_size) == ("digit-styles", 1, 3, 32)
+    assert config.out == "runs/cyclegan-digit-styles"
+
+
+def test_the_run_folder_keeps_the_resolved_config(tmp_path, unpaired_root):
+    config = config_for("wgan-gp", tmp_path, unpaired_root, steps=1, extra={"note": "a \"b\"", "k": 3})
+    trainer = Trainer(config, verbose=False)
+    trainer.fit()
+    kept = read_config_file(tmp_path / "config.toml")
+    assert kept["lr_g"] == 1e-4 and kept["betas"] == (0.0, 0.9)  # the family's defaults, resolved
+    assert TrainConfig(**kept).to_dict() == trainer.config.to_dict()
+
+
+def test_request_stop_ends_fit_after_the_step_with_a_checkpoint(tmp_path, unpaired_root):
+    trainer = Trainer(config_for("dcgan", tmp_path, unpaired_root, steps=50, checkpoint_every=50), verbose=False)
+    step = trainer.train_step
+
+    def step_then_stop():
+        losses = step()
+        if trainer.step == 2:
+            trainer.request_stop()
+        return losses
+
+    trainer.train_step = step_then_stop
+    trainer.fit()
+    assert trainer.step == 2 and trainer.stop_requested
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_elsewhere():
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain, terminal = io.StringIO(), Terminal()
+    for stream in (plain, terminal):
+        progress = Progress(4, stream=stream)
+        for step in range(1, 5):
+            progress.advance(step)
+            if step % 2 == 0:
+                progress.update(step, {"step": step, "loss_d": 0.5, "steps_per_s": 2.0, "images_per_s": 8.0})
+        progress.close()
+    lines = plain.getvalue().splitlines()
+    assert [line.split(" |")[0] for line in lines] == ["step 2/4", "step 4/4"] and "loss_d 0.5" in lines[-1]
+    assert "\r" not in plain.getvalue()
+    drawn = terminal.getvalue()
+    assert "\r" in drawn and "4/4" in drawn and "loss_d 0.5" in drawn and "step/s" in drawn  # tqdm's redrawn bar
 
 
 def test_a_different_seed_gives_a_different_run(tmp_path, unpaired_root):
@@ -171,8 +239,12 @@ def test_loading_a_corrupt_or_missing_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "nothing.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable fastgan checkpoint"):
+    with pytest.raises(ValueError, match="bad.pt is not a fastgan checkpoint") as info:
         load_checkpoint(tmp_path / "bad.pt")
+    assert "weights_only" not in str(info.value) and "issue" not in str(info.value)  # not PyTorch's advice
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="weights.pt is not a fastgan checkpoint"):
+        load_checkpoint(tmp_path / "weights.pt")
 
 
 def test_keep_every_keeps_periodic_checkpoints(tmp_path, unpaired_root):
@@ -185,6 +257,10 @@ def test_resume_refuses_to_change_what_is_trained(tmp_path, unpaired_root):
     trainer.fit()
     with pytest.raises(ValueError, match="cannot change model"):
         Trainer.resume(tmp_path, model="wgan")
+    with pytest.raises(ValueError, match=r"cannot change lr_g \(--lr-g"):
+        Trainer.resume(tmp_path, lr_g=1.0)
+    resumed = Trainer.resume(tmp_path, model="dcgan", steps=3, log_every=1)  # same model, and resumable settings
+    assert (resumed.step, resumed.config.steps) == (1, 3)
 
 
 def test_ema_follows_the_weights():

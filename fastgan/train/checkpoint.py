@@ -36,7 +36,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"{path} is not a readable fastgan checkpoint: {err}") from err
+        # PyTorch's own message advises weights_only=False (unsafe for a file of unknown origin) and filing an issue:
+        # neither helps here, so it is left to the exception chain.
+        raise ValueError(
+            f"{path} is not a fastgan checkpoint: torch.load cannot read it (truncated, or not written by "
+            f"`fastgan train`; {type(err).__name__})"
+        ) from err
     if not isinstance(state, dict) or "config" not in state or "nets" not in state:
-        raise ValueError(f"{path} is not a fastgan checkpoint (no 'config' and 'nets' entries)")
+        raise ValueError(f"{path} is not a fastgan checkpoint: a PyTorch file without 'config' and 'nets' entries")
     return state

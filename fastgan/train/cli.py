@@ -1,67 +1,101 @@
-"""``fastgan train`` and ``fastgan sample``: argument definitions and the commands (registered in fastgan.cli)."""
+"""``fastgan train`` and ``fastgan sample``: their arguments and what they run (``COMMANDS``, listed by fastgan.cli).
+
+``fastgan train`` has one flag per ``TrainConfig`` field (``lr_g`` -> ``--lr-g``, help from the field's metadata),
+reads ``--config FILE.toml`` (the same names as keys) with flags overriding it, and answers every bad input with one
+line naming the flag and the fix, exit status 2, before any work. Ctrl-C or SIGTERM ends training after the current
+step with a checkpoint, says how to continue, and exits with 128 + the signal number; a second signal stops at once
+(the checkpoint on disk stays the last complete one: checkpoints are written atomically).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 
-import torch
+from .config import FAMILIES, IMPLS, TrainConfig, check_setting, read_config_file, setting_kind
 
-from ..cli import command
-from ..data import DATASETS
-from ..models import MODELS
-from .config import AMP_MODES, IMPLS, TrainConfig
+_SETTINGS = dataclasses.fields(TrainConfig)
+_GROUPS = {"run": "run", "model": "model", "optimisation": "optimisation (defaults: the family's published settings)",
+           "output": "output"}
+_METAVARS = {int: "N", float: "X", str: "VALUE"}
 
-_DEFAULTS = TrainConfig()
+
+def _family_default(attribute: str) -> str:
+    """'(default: the family's: gan 0.0002, ...)' for a setting whose None default comes from FamilyDefaults."""
+    def show(value) -> str:
+        return "none" if value is None else " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return "(default: the family's: " + ", ".join(f"{name} {show(getattr(f, attribute))}"
+                                                  for name, f in FAMILIES.items()) + ")"
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--extra``; VALUE read as a TOML value when it is one (3, 0.5, true), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        import tomllib
+
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except (ImportError, ValueError):
+        return key, value
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    run = parser.add_argument_group("run")
-    run.add_argument("--model", choices=MODELS, default=None, help="GAN family (default: dcgan)")
-    run.add_argument("--data", choices=DATASETS, default=None,
-                     help="dataset (default: digits, scikit-learn's bundled handwritten digits: no download)")
-    run.add_argument("--data-root", default=None, metavar="PATH",
-                     help="dataset folder (mnist/fashion-mnist/cifar10 default to ~/.cache/fastgan/<name>)")
-    run.add_argument("--download", action="store_true", default=None,
-                     help="download mnist / fashion-mnist / cifar10 into --data-root if missing")
-    run.add_argument("--image-size", type=int, default=None, metavar="N",
-                     help="image side: 28 or a power of two 16..128 for dcgan/wgan/wgan-gp; default from the data")
-    run.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: the dataset's own")
-    run.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"default {_DEFAULTS.batch_size}")
-    run.add_argument("--steps", type=int, default=None, metavar="N",
-                     help=f"generator steps in total (default {_DEFAULTS.steps})")
-    run.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<model>-<data>)")
-    run.add_argument("--resume", action="store_true", help="continue the run saved in --out (or --checkpoint)")
-    run.add_argument("--checkpoint", default=None, metavar="PATH", help="with --resume: the checkpoint to continue")
-    run.add_argument("--seed", type=int, default=None, metavar="N", help=f"default {_DEFAULTS.seed}")
-    run.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1 ... (default auto)")
-    run.add_argument("--impl", choices=IMPLS, default=None, help="fastgan op implementation (default auto)")
-    run.add_argument("--amp", choices=AMP_MODES, default=None, help="mixed precision (default off)")
-    run.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    model = parser.add_argument_group("model and optimisation (defaults: the family's published settings)")
-    model.add_argument("--z-dim", type=int, default=None)
-    model.add_argument("--ngf", type=int, default=None, help=f"generator width (default {_DEFAULTS.ngf})")
-    model.add_argument("--ndf", type=int, default=None, help=f"discriminator width (default {_DEFAULTS.ndf})")
-    model.add_argument("--n-blocks", type=int, default=None, help="cyclegan residual blocks (6 or 9)")
-    model.add_argument("--lr-g", type=float, default=None)
-    model.add_argument("--lr-d", type=float, default=None)
-    model.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step")
-    model.add_argument("--ema-decay", type=float, default=None, help="generator EMA decay, 0 disables (0.999)")
-    output = parser.add_argument_group("output")
-    output.add_argument("--log-every", type=int, default=None, metavar="N")
-    output.add_argument("--sample-every", type=int, default=None, metavar="N")
-    output.add_argument("--checkpoint-every", type=int, default=None, metavar="N")
-    output.add_argument("--keep-every", type=int, default=None, metavar="N",
-                        help="also keep step_N.pt every N steps (default: only last.pt)")
-    output.add_argument("--quiet", action="store_true", help="no progress line")
+    files = parser.add_argument_group("run folder and config file")
+    files.add_argument("--config", metavar="FILE.toml",
+                       help="read settings from a TOML file (keys: the flags' names, e.g. lr_g = 1e-4); flags given "
+                            "too override it; a run folder's config.toml is one (default: none)")
+    files.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out (or --checkpoint) (default: start a new run)")
+    files.add_argument("--checkpoint", metavar="PATH",
+                       help="with --resume: the checkpoint to continue (default: <--out>/last.pt)")
+    files.add_argument("--overwrite", action="store_true",
+                       help="start a new run in an --out folder that holds one, deleting its checkpoints, metrics "
+                            "and samples (default: refuse)")
+    files.add_argument("--quiet", action="store_true", help="no progress output (default: a tqdm bar on a "
+                       "terminal, one line per --log-every steps otherwise)")
+    groups = {name: parser.add_argument_group(title) for name, title in _GROUPS.items()}
+    for setting in _SETTINGS:
+        meta, kind = setting.metadata, setting_kind(setting.name)
+        flag = "--" + setting.name.replace("_", "-")
+        text = meta["help"] + (" " + _family_default(meta["family"]) if meta["family"] else "")
+        options = {"dest": setting.name, "default": None, "help": text}
+        group = groups[meta["group"]]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif kind is tuple:
+            group.add_argument(flag, type=float, nargs=2, metavar=("B1", "B2"), **options)
+        elif kind is dict:
+            group.add_argument(flag, type=_key_value, action="append", metavar="KEY=VALUE", **options)
+        else:
+            choices = meta["choices"]
+            metavar = None if choices else meta["metavar"] or _METAVARS[kind]
+            group.add_argument(flag, type=kind, choices=choices, metavar=metavar, **options)
 
 
-def _given(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields set on the command line (flags left at None are not)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {name: value for name, value in vars(args).items() if name in names and value is not None}
+def _settings(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields set by ``--config`` and by flags (flags win; unset flags are None and not counted)."""
+    values = read_config_file(args.config) if args.config else {}
+    for setting in _SETTINGS:
+        value = getattr(args, setting.name)
+        if value is None:
+            continue
+        if setting.name == "extra":
+            value = {**values.get("extra", {}), **dict(value)}
+        values[setting.name] = check_setting(setting.name, value, "--" + setting.name.replace("_", "-"))
+    return values
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line. A DataLoader worker's error carries the worker's traceback: keep its last line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    return lines[-1] if "Original Traceback" in str(error) else "; ".join(lines)
 
 
 def _error(name: str, message: str) -> int:
@@ -69,36 +103,90 @@ def _error(name: str, message: str) -> int:
     return 2
 
 
-@command("train", "train a GAN family (default: a DCGAN on the bundled digits, written under runs/)",
-         add_train_arguments)
-def train(args: argparse.Namespace) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: answered in one line, never a traceback."""
     from .._backend import ImplUnavailableError
-    from .checkpoint import LAST
-    from .trainer import Trainer
+    from ..data import DownloadError
 
-    given = _given(args)
+    return ValueError, OSError, ImplUnavailableError, DownloadError, ImportError
+
+
+class _Interrupts:
+    """SIGINT / SIGTERM while ``fastgan train`` runs: the first asks the trainer to stop after its current step (it
+    then saves), a second one, or one before training started, raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set signal handlers
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if self.trainer is None or not first:
+            raise KeyboardInterrupt
+        self.trainer.request_stop()
+
+
+def train(args: argparse.Namespace) -> int:
+    from .checkpoint import LAST
+
+    with _Interrupts() as interrupts:
+        try:
+            return _train(args, interrupts)
+        except KeyboardInterrupt:
+            signum = interrupts.signum or signal.SIGINT
+            trainer = interrupts.trainer
+            if trainer is not None and (trainer.out / LAST).is_file():
+                where = (f"the last complete checkpoint is {trainer.out / LAST}; continue with: "
+                         f"fastgan train --resume --out {trainer.out}")
+            else:
+                where = "nothing was saved"
+            print(f"fastgan train: interrupted by {signal.Signals(signum).name}; {where}", file=sys.stderr)
+            return 128 + signum
+
+
+def _train(args: argparse.Namespace, interrupts: _Interrupts) -> int:
+    from .checkpoint import LAST
+    from .trainer import Trainer, clear_run, previous_run
+
     try:
+        given = _settings(args)
         if args.resume:
-            checkpoint = Path(args.checkpoint) if args.checkpoint else Path(
-                given.get("out") or TrainConfig(**{k: v for k, v in given.items() if k in ("model", "data")})
-                .resolved().out
-            ) / LAST
+            if args.overwrite:
+                return _error("train", "--overwrite starts a new run; it cannot be combined with --resume")
+            if args.checkpoint:
+                checkpoint = Path(args.checkpoint)
+            else:
+                out = given.get("out") or TrainConfig(model=given.get("model", "dcgan"),
+                                                      data=given.get("data")).resolved().out
+                checkpoint = Path(out) / LAST
             if not checkpoint.is_file():
                 return _error("train", f"--resume: no checkpoint at {checkpoint}")
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
-            conflicts = [k for k, v in given.items() if k in saved and saved[k] != v and k not in _RESUMABLE]
-            if conflicts:
-                return _error("train", "--resume continues the saved run; these flags differ from it: "
-                              + ", ".join(f"--{k.replace('_', '-')}" for k in conflicts))
-            trainer = Trainer.resume(checkpoint, verbose=not args.quiet,
-                                     **{k: v for k, v in given.items() if k in _RESUMABLE})
+            trainer = Trainer.resume(checkpoint, verbose=not args.quiet, **given)
         else:
             if args.checkpoint:
                 return _error("train", "--checkpoint is only meaningful with --resume")
             config = TrainConfig(**given).resolved()  # every check before any data is read
+            earlier = previous_run(config.out)
+            if earlier and not args.overwrite:
+                names = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+                return _error("train", f"{config.out} already holds a run ({names}): pass --resume to continue it, "
+                              "or --overwrite to start a new one there (deletes them)")
             trainer = Trainer(config, verbose=not args.quiet)
-    except (ValueError, FileNotFoundError, ImplUnavailableError) as err:
-        return _error("train", str(err))
+            clear_run(config.out)  # only once the new run could be built
+    except _user_errors() as err:
+        return _error("train", _one_line(err))
+    interrupts.trainer = trainer
     config = trainer.config
     if trainer.step >= config.steps:
         print(f"{trainer.out} is already at step {trainer.step} of {config.steps}: pass a larger --steps to go on")
@@ -106,35 +194,43 @@ def train(args: argparse.Namespace) -> int:
     print(f"training {config.model} on {config.data} ({config.image_size}x{config.image_size}x{config.channels}), "
           f"{config.steps} steps from step {trainer.step}, batch {config.batch_size}, device {trainer.device}, "
           f"impl {config.impl}, amp {config.amp} -> {trainer.out}")
-    row = trainer.fit()
+    try:
+        row = trainer.fit()
+    except _user_errors() as err:  # e.g. an image file that cannot be decoded, found when its batch is read
+        return _error("train", _one_line(err))
+    if trainer.stop_requested:
+        name = signal.Signals(interrupts.signum).name if interrupts.signum else "request"
+        print(f"fastgan train: stopped by {name} at step {trainer.step} of {config.steps}; checkpoint saved to "
+              f"{trainer.out / LAST}; continue with: fastgan train --resume --out {trainer.out}", file=sys.stderr)
+        return 128 + (interrupts.signum or signal.SIGINT)
     samples = sorted((trainer.out / "samples").glob("*.png"))
     print(f"done: step {trainer.step}, {row.get('steps_per_s', 0.0):.2f} steps/s over the last interval")
     print(f"  samples:     {samples[-1] if samples else trainer.out / 'samples'}")
     print(f"  checkpoint:  {trainer.out / LAST}")
     print(f"  metrics:     {trainer.out / 'metrics.csv'}")
+    print(f"  settings:    {trainer.out / 'config.toml'}")
     return 0
 
 
-_RESUMABLE = {"steps", "out", "device", "impl", "log_every", "sample_every", "checkpoint_every", "keep_every",
-              "data_root", "download"}
-
-
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run folder")
-    parser.add_argument("--num", type=int, default=64, metavar="N", help="number of images (default 64)")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a .pt file or a run folder (required; no default)")
     parser.add_argument("--out", required=True, metavar="OUT",
-                        help="X.png: one grid; X.npy: uint8 array [N, H, W, C]; anything else: a folder of PNGs")
-    parser.add_argument("--seed", type=int, default=0, metavar="N")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--impl", choices=IMPLS, default=None)
-    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="images generated at a time")
-    parser.add_argument("--no-ema", action="store_true", help="sample the trained generator, not its EMA")
+                        help="X.png: one grid; X.npy: uint8 array [N, H, W, C]; anything else: a folder of PNGs "
+                             "(required; no default)")
+    parser.add_argument("--num", type=int, default=64, metavar="N", help="number of images (default: 64)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the generator's input noise; the same seed gives the same images (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default: auto)")
+    parser.add_argument("--impl", choices=IMPLS, default=None,
+                        help="implementation of fastgan's ops (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="images generated at a time (default: 256)")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="sample the trained generator, not its EMA (default: the EMA when the run kept one)")
 
 
-@command("sample", "generate images from a checkpoint as a PNG grid, a folder of PNGs or a .npy array",
-         add_sample_arguments)
 def sample(args: argparse.Namespace) -> int:
-    from .._backend import ImplUnavailableError
     from .sampling import load_generator, write_samples
 
     if args.num < 1 or args.batch_size < 1:
@@ -142,7 +238,16 @@ def sample(args: argparse.Namespace) -> int:
     try:
         generator, config, device = load_generator(args.checkpoint, args.device, args.impl, not args.no_ema)
         path = write_samples(generator, config, device, args.num, args.out, args.seed, args.batch_size)
-    except (ValueError, FileNotFoundError, ImplUnavailableError) as err:
-        return _error("sample", str(err))
+    except _user_errors() as err:
+        return _error("sample", _one_line(err))
     print(f"wrote {args.num} {config.image_size}x{config.image_size} images to {path}")
     return 0
+
+
+# Subcommand name -> (help, function adding its arguments, function running it), as fastgan.cli.COMMANDS.
+COMMANDS = {
+    "train": ("train a GAN family (default: a DCGAN on the bundled digits, written under runs/)", add_train_arguments,
+              train),
+    "sample": ("generate images from a checkpoint as a PNG grid, a folder of PNGs or a .npy array",
+               add_sample_arguments, sample),
+}

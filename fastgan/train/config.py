@@ -1,9 +1,20 @@
-"""``TrainConfig``: every setting of a training run, the per-family defaults, and the checks made before any work."""
+"""``TrainConfig``: every setting of a training run, the per-family defaults, and the checks made before any work.
+
+Each field carries its own help text (``field.metadata["help"]``): ``fastgan train`` makes one flag per field from
+it (``lr_g`` -> ``--lr-g``), and a TOML file read by ``read_config_file`` uses the field names as keys, so the command
+line, config files and the Python API name every setting the same way. A run folder keeps its resolved config as
+``config.toml`` (``config_toml``), which ``fastgan train --config`` reads back.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -12,7 +23,8 @@ from ..models import MODELS, check_image_size
 
 AMP_MODES = ("off", "bf16", "fp16")
 IMPLS = ("auto", "ref", "triton", "native")
-_UNPAIRED = "unpaired"
+SPLITS = ("train", "test")
+TWO_DOMAIN_DATA = ("unpaired", "digit-styles")  # datasets yielding (a, b) pairs: what cyclegan trains on
 
 
 @dataclass(frozen=True)
@@ -27,77 +39,118 @@ class FamilyDefaults:
     clip: float | None  # WGAN weight clipping
     gp_weight: float  # WGAN-GP lambda (0: no penalty)
     decay_start: float  # fraction of the run after which the learning rate decays linearly to 0 (1.0: never)
+    batch_size: int
 
 
 FAMILIES: dict[str, FamilyDefaults] = {
     # Goodfellow et al.: the non-saturating generator loss the paper recommends in practice.
-    "gan": FamilyDefaults("nonsaturating", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 1.0),
-    "dcgan": FamilyDefaults("nonsaturating", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 1.0),
-    "wgan": FamilyDefaults("wasserstein", "rmsprop", 5e-5, (0.0, 0.0), 5, 0.01, 0.0, 1.0),
-    "wgan-gp": FamilyDefaults("wasserstein", "adam", 1e-4, (0.0, 0.9), 5, None, 10.0, 1.0),
-    # Zhu et al.: constant for the first half, then linear decay to zero.
-    "cyclegan": FamilyDefaults("least_squares", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 0.5),
+    "gan": FamilyDefaults("nonsaturating", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 1.0, 64),
+    "dcgan": FamilyDefaults("nonsaturating", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 1.0, 64),
+    "wgan": FamilyDefaults("wasserstein", "rmsprop", 5e-5, (0.0, 0.0), 5, 0.01, 0.0, 1.0, 64),
+    "wgan-gp": FamilyDefaults("wasserstein", "adam", 1e-4, (0.0, 0.9), 5, None, 10.0, 1.0, 64),
+    # Zhu et al.: batch 1, constant for the first half, then linear decay to zero.
+    "cyclegan": FamilyDefaults("least_squares", "adam", 2e-4, (0.5, 0.999), 1, None, 0.0, 0.5, 1),
 }
 
-_DEFAULT_SIZE = {"digits": 32, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "folder": 64, _UNPAIRED: 256}
+_DEFAULT_SIZE = {"digits": 32, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "folder": 64, "unpaired": 256,
+                 "digit-styles": 32}
+
+# Settings a resumed run may change: they decide where, how fast and how visibly it runs, not what is trained.
+RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "log_every", "sample_every", "checkpoint_every",
+                       "keep_every", "data_root", "download"})
+
+
+def _setting(default, help: str, *, group: str, family: str | None = None, choices: tuple | None = None,
+             metavar: str | None = None, **kwargs):
+    """A TrainConfig field with its command-line help; ``family``: the FamilyDefaults attribute a None default takes."""
+    metadata = {"help": help, "group": group, "family": family, "choices": choices, "metavar": metavar}
+    if "default_factory" in kwargs:
+        return field(default_factory=kwargs["default_factory"], metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     """Settings of one run. ``None`` fields take the family's or the dataset's default in ``resolved()``."""
 
-    model: str = "dcgan"
-    data: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    image_size: int | None = None  # default: 28 for gan and MNIST-like data, 32 digits/cifar10, 64 folder, 256 unpaired
-    channels: int | None = None  # default: the dataset's own
-    batch_size: int = 64
-    steps: int = 1000  # generator steps
-    out: str | None = None  # default: runs/<model>-<data>
-    seed: int = 0
-    device: str = "auto"  # "auto": cuda if available, else cpu
-    impl: str = "auto"
-    amp: str = "off"
-    channels_last: bool = False
-    z_dim: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    n_blocks: int | None = None  # cyclegan residual blocks; default 6 below 256 pixels, else 9
-    lr_g: float | None = None
-    lr_d: float | None = None
-    betas: tuple[float, float] | None = None
-    n_critic: int | None = None
-    clip: float | None = None
-    gp_weight: float | None = None
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    pool_size: int = 50
-    decay_start: float | None = None
-    ema_decay: float = 0.999  # 0 disables the generator EMA
-    num_samples: int = 64
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    keep_every: int = 0  # also keep step_XXXXXXX.pt every this many steps (0: only last.pt)
-    log_every: int = 50
-    extra: dict = field(default_factory=dict)  # free-form, saved with the run
+    model: str = _setting("dcgan", "GAN family (default: dcgan)", group="run", choices=MODELS)
+    data: str | None = _setting(
+        None, "dataset (default: digits, scikit-learn's bundled handwritten digits, no download; for cyclegan "
+        "digit-styles, two styles of the same digits)", group="run", choices=DATASETS)
+    data_root: str | None = _setting(
+        None, "dataset folder, stored as an absolute path (default: ~/.cache/fastgan/<name> for mnist, fashion-mnist "
+        "and cifar10; folder and unpaired need it)", group="run", metavar="PATH")
+    download: bool = _setting(False, "download mnist / fashion-mnist / cifar10 into --data-root if missing "
+                              "(default: off)", group="run")
+    split: str = _setting("train", "the dataset split to train on (default: train)", group="run", choices=SPLITS)
+    image_size: int | None = _setting(
+        None, "image side (default: 28 for gan, mnist and fashion-mnist; 32 digits, digit-styles, cifar10; 64 folder; "
+        "256 unpaired); dcgan/wgan/wgan-gp take 28 or a power of two 16..128", group="run")
+    channels: int | None = _setting(None, "image channels (default: the dataset's own; 3 for cyclegan)", group="run",
+                                    choices=(1, 3))
+    workers: int | None = _setting(
+        None, "DataLoader worker processes decoding the image files of --data folder / unpaired; 0 decodes in the "
+        "training process (default: min(4, CPUs - 1))", group="run")
+    batch_size: int | None = _setting(None, "images per batch", group="run", family="batch_size")
+    steps: int = _setting(1000, "generator steps in total (default: 1000)", group="run")
+    out: str | None = _setting(None, "run folder (default: runs/<model>-<data>)", group="run", metavar="DIR")
+    seed: int = _setting(0, "seed of every random choice: weights, noise, data order (default: 0)", group="run")
+    device: str = _setting("auto", "auto (cuda if available), cpu, cuda, cuda:1, ... (default: auto)", group="run",
+                           metavar="DEV")
+    impl: str = _setting("auto", "implementation of fastgan's ops (default: auto)", group="run", choices=IMPLS)
+    amp: str = _setting("off", "mixed precision (default: off)", group="run", choices=AMP_MODES)
+    channels_last: bool = _setting(False, "NHWC memory format (default: off)", group="run")
+    z_dim: int = _setting(100, "generator input noise size (default: 100)", group="model")
+    ngf: int = _setting(64, "generator width (default: 64)", group="model")
+    ndf: int = _setting(64, "discriminator width (default: 64)", group="model")
+    n_blocks: int | None = _setting(None, "cyclegan residual blocks (default: 9 from 256 pixels, else 6)",
+                                    group="model")
+    lr_g: float | None = _setting(None, "generator learning rate", group="optimisation", family="lr")
+    lr_d: float | None = _setting(None, "discriminator learning rate", group="optimisation", family="lr")
+    betas: tuple[float, float] | None = _setting(None, "Adam betas", group="optimisation", family="betas")
+    n_critic: int | None = _setting(None, "discriminator steps per generator step", group="optimisation",
+                                    family="n_critic")
+    clip: float | None = _setting(None, "WGAN weight clipping bound", group="optimisation", family="clip")
+    gp_weight: float | None = _setting(None, "WGAN-GP gradient penalty weight (0: none)", group="optimisation",
+                                       family="gp_weight")
+    decay_start: float | None = _setting(
+        None, "fraction of the run after which the learning rates decay linearly to 0 (1: never)",
+        group="optimisation", family="decay_start")
+    lambda_cycle: float = _setting(10.0, "cyclegan cycle-consistency weight (default: 10)", group="optimisation")
+    lambda_identity: float = _setting(0.5, "cyclegan identity weight, relative to --lambda-cycle (default: 0.5)",
+                                      group="optimisation")
+    pool_size: int = _setting(50, "cyclegan history of generated images the discriminators see (default: 50)",
+                              group="optimisation")
+    ema_decay: float = _setting(0.999, "generator EMA decay; 0 disables the EMA (default: 0.999)", group="optimisation")
+    num_samples: int = _setting(64, "images in each sample grid (default: 64)", group="output")
+    log_every: int = _setting(50, "steps between metrics rows and progress reports (default: 50)", group="output")
+    sample_every: int = _setting(500, "steps between sample grids (default: 500)", group="output")
+    checkpoint_every: int = _setting(500, "steps between checkpoints, last.pt (default: 500)", group="output")
+    keep_every: int = _setting(0, "also keep step_N.pt every N steps; 0: only last.pt (default: 0)", group="output")
+    extra: dict = _setting(None, "free-form KEY=VALUE saved with the run; repeatable (default: none)", group="output",
+                           default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """A copy with every default filled in, after ``validate()``."""
         self.validate()
         family = FAMILIES[self.model]
-        image_size = self.image_size or (28 if self.model == "gan" else _DEFAULT_SIZE[self.data])
+        data = self.data or ("digit-styles" if self.model == "cyclegan" else "digits")
+        image_size = self.image_size or (28 if self.model == "gan" else _DEFAULT_SIZE[data])
         if self.model == "cyclegan" and self.channels is None:
             channels = 3
         else:
             from ..data import default_channels
 
-            channels = self.channels or default_channels(self.data)
+            channels = self.channels or default_channels(data)
         config = dataclasses.replace(
             self,
+            data=data,
+            data_root=str(Path(self.data_root).expanduser().resolve()) if self.data_root else None,
             image_size=image_size,
             channels=channels,
-            out=self.out or f"runs/{self.model}-{self.data}",
+            workers=min(4, max(0, (os.cpu_count() or 1) - 1)) if self.workers is None else self.workers,
+            batch_size=family.batch_size if self.batch_size is None else self.batch_size,
+            out=self.out or f"runs/{self.model}-{data}",
             lr_g=family.lr if self.lr_g is None else self.lr_g,
             lr_d=family.lr if self.lr_d is None else self.lr_d,
             betas=tuple(family.betas if self.betas is None else self.betas),
@@ -110,36 +163,41 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        """ValueError naming the setting and the fix for anything that cannot run; nothing is loaded or built."""
+        """ValueError naming the setting (as its flag) and the fix for anything that cannot run; nothing is loaded
+        or built."""
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if self.data not in DATASETS:
+        if self.data is not None and self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; expected one of {', '.join(DATASETS)}")
-        if (self.model == "cyclegan") != (self.data == _UNPAIRED):
+        if self.data is not None and (self.model == "cyclegan") != (self.data in TWO_DOMAIN_DATA):
             if self.model == "cyclegan":
                 raise ValueError(
-                    f"cyclegan translates between two image domains: it needs --data unpaired (a folder with "
-                    f"trainA/ and trainB/), not {self.data!r}"
+                    f"cyclegan translates between two image domains: it needs --data digit-styles (the default) or "
+                    f"unpaired (a folder with trainA/ and trainB/), not {self.data!r}"
                 )
             raise ValueError(
-                f"--data unpaired holds two image domains for cyclegan; model {self.model!r} needs one "
+                f"--data {self.data} holds two image domains for cyclegan; model {self.model!r} needs one "
                 "(digits, mnist, fashion-mnist, cifar10, folder)"
             )
-        if self.data in ("folder", _UNPAIRED) and not self.data_root:
+        if self.data in ("folder", "unpaired") and not self.data_root:
             raise ValueError(f"--data {self.data} needs --data-root (the folder of images)")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.data == "folder" and self.split != "train":
+            raise ValueError("--data folder has no splits: point --data-root at the folder you want (drop --split)")
         if self.image_size is not None:
             check_image_size(self.model, _positive("image_size", self.image_size))
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        for name in ("batch_size", "steps", "z_dim", "ngf", "ndf", "num_samples", "sample_every",
-                     "checkpoint_every", "log_every"):
+        for name in ("steps", "z_dim", "ngf", "ndf", "num_samples", "sample_every", "checkpoint_every", "log_every"):
             _positive(name, getattr(self, name))
-        if self.keep_every < 0:
-            raise ValueError(f"keep_every must be >= 0, got {self.keep_every}")
-        if self.n_critic is not None:
-            _positive("n_critic", self.n_critic)
-        if self.n_blocks is not None:
-            _positive("n_blocks", self.n_blocks)
+        for name in ("batch_size", "n_critic", "n_blocks"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("keep_every", "pool_size", "workers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.impl not in IMPLS:
@@ -148,9 +206,15 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.decay_start is not None and not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be a fraction in [0, 1], got {self.decay_start}")
-        if self.pool_size < 0:
-            raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
-        resolve_device(self.device)
+        if self.betas is not None and (len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        device = resolve_device(self.device)
+        if self.impl != "auto":
+            from .._backend import available_impls
+
+            usable, reason = available_impls()[self.impl][device.type]
+            if not usable:
+                raise ValueError(f"--impl {self.impl} cannot run on {device.type} here: {reason}")
 
     def to_dict(self) -> dict:
         """Plain values (tuples as lists), for checkpoints and logs."""
@@ -193,3 +257,93 @@ def resolve_device(device: str) -> torch.device:
     elif resolved.type != "cpu":
         raise ValueError(f"device {device!r}: only cpu and cuda devices are supported")
     return resolved
+
+
+# --- settings by kind, config files ---------------------------------------------------------------------------------
+
+
+def setting_kind(name: str) -> type:
+    """The value type of TrainConfig field ``name``: bool, int, float, str, tuple (betas) or dict (extra)."""
+    return _KINDS[name]
+
+
+def _kinds() -> dict[str, type]:
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kinds[name] = typing.get_origin(args[0]) or args[0]
+    return kinds
+
+
+_KINDS = _kinds()
+
+
+def check_setting(name: str, value, where: str):
+    """``value`` as TrainConfig field ``name`` takes it (an int is a valid float, a list a valid pair); ValueError
+    naming ``where`` (a file or a flag) when the field is unknown or the value has the wrong type."""
+    if name not in _KINDS:
+        raise ValueError(f"{where}: unknown setting {name!r}; the settings are {', '.join(_KINDS)}")
+    kind = _KINDS[name]
+    numbers = (int, float)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, numbers) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        tuple: isinstance(value, list | tuple) and all(isinstance(v, numbers) and not isinstance(v, bool)
+                                                       for v in value),
+        dict: isinstance(value, dict),
+    }[kind]
+    if not ok:
+        expected = {tuple: "a list of numbers", dict: "a table"}.get(kind, kind.__name__)
+        raise ValueError(f"{where}: {name} must be {expected}, got {value!r}")
+    if kind is float:
+        return float(value)
+    if kind is tuple:
+        return tuple(float(v) for v in value)
+    return value
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict:
+    """The TrainConfig settings of a TOML file: keys are field names (``lr_g`` or ``lr-g``), ``[extra]`` a table.
+    FileNotFoundError / ValueError name the file and the bad key."""
+    try:
+        import tomllib
+    except ImportError as err:  # Python 3.10
+        raise ValueError(f"--config {path}: reading TOML needs Python 3.11 or newer (tomllib)") from err
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--config {path}: no such file") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"--config {path}: is a folder, expected a .toml file") from err
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: not valid TOML: {err}") from err
+    return {key.replace("-", "_"): check_setting(key.replace("-", "_"), value, f"--config {path}")
+            for key, value in values.items()}
+
+
+def config_toml(config: TrainConfig) -> str:
+    """``config`` as TOML that ``read_config_file`` reads back (None settings are left out: TOML has no null)."""
+    values = config.to_dict()
+    extra = values.pop("extra")
+    lines = ["# fastgan train settings (fastgan train --config FILE reads them; flags override)"]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in values.items() if value is not None]
+    if extra:
+        lines += ["", "[extra]"] + [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))  # a JSON string is a TOML basic string

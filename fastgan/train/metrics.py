@@ -1,4 +1,4 @@
-"""Run metrics: ``metrics.jsonl`` and ``metrics.csv`` in the run folder, TensorBoard when installed, a progress line.
+"""Run metrics: ``metrics.jsonl`` and ``metrics.csv`` in the run folder, TensorBoard when installed, progress (tqdm).
 
 Losses are accumulated on the device as tensors during the steps (no host synchronisation); ``LossMeter.mean()``
 moves them to the host once per logging interval.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
@@ -85,33 +84,45 @@ def _tensorboard_writer(folder: Path):
 
 
 class Progress:
-    """One status line: step, rate, losses, time left; redrawn in place on a terminal, one line per update otherwise."""
+    """Progress of a run: a tqdm bar (rate, time left, the latest losses) on a terminal; off a terminal (a log file,
+    a pipe, CI) one plain line per logging interval, since a redrawn bar there is a pile of carriage returns."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True, initial: int = 0) -> None:
         self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and self.tty:
+            try:  # an install requirement; imported here so that importing fastgan.train never needs it
+                from tqdm import tqdm
+            except ImportError:  # then plain lines, as off a terminal
+                return
+            self.bar = tqdm(total=total, initial=initial, file=self.stream, unit="step", dynamic_ncols=True)
+
+    def advance(self, step: int) -> None:
+        """Called after every step: moves the bar (no host synchronisation: nothing is read from the device)."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
 
     def update(self, step: int, row: dict[str, float]) -> None:
+        """Called at each logging interval with the metrics row: losses onto the bar, or one plain line."""
         if not self.enabled:
+            return
+        losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty")))
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{losses} | {row.get('images_per_s', 0.0):.0f} img/s", refresh=False)
+            self.bar.update(step - self.bar.n)
             return
         rate = row.get("steps_per_s", 0.0)
         left = (self.total - step) / rate if rate > 0 else float("nan")
-        losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty")))
-        line = (
+        self.stream.write(
             f"step {step}/{self.total} | {rate:.2f} it/s {row.get('images_per_s', 0.0):.0f} img/s | {losses} | "
-            f"eta {_duration(left)}"
+            f"eta {_duration(left)}\n"
         )
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-        else:
-            self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _duration(seconds: float) -> str:

@@ -56,14 +56,15 @@ def generate(
 
 
 def _cyclegan_inputs(config: TrainConfig, num: int) -> torch.Tensor:
+    """The first ``num`` A images of the run's data (its test split when there is one), without augmentation."""
     try:
-        dataset = make_dataset("unpaired", config.data_root, config.image_size, config.channels, "test")
+        dataset = make_dataset(config.data, config.data_root, config.image_size, config.channels, "test")
     except FileNotFoundError:
-        dataset = make_dataset("unpaired", config.data_root, config.image_size, config.channels, "train")
-    images = dataset.images_a[:num]
-    if images.shape[0] < num:
-        raise ValueError(f"cyclegan sample: only {images.shape[0]} A images in {config.data_root}, asked for {num}")
-    return images.float().div(127.5).sub(1.0)
+        dataset = make_dataset(config.data, config.data_root, config.image_size, config.channels, "train")
+    if num > dataset.counts[0]:
+        raise ValueError(f"cyclegan sample: the run's data has {dataset.counts[0]} A images, asked for {num} "
+                         "(lower --num)")
+    return dataset.domain_a(num)
 
 
 def write_samples(

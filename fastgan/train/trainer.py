@@ -5,7 +5,9 @@ discriminator updates on fresh real batches (weight clipping after each for WGAN
 each for WGAN-GP), then the generator update reuses the last critic step's fakes. CycleGAN updates both
 generators (adversarial least squares + cycle L1 + identity L1), then both discriminators on fakes drawn through
 the 50-image history pools. Everything else is shared: AMP with one GradScaler per network, channels_last, the
-generator EMA, linear learning-rate decay, fixed-noise sample grids, metrics, atomic checkpoints.
+generator EMA, linear learning-rate decay, fixed-noise sample grids, metrics, atomic checkpoints, the resolved
+settings as ``config.toml`` in the run folder. ``request_stop()`` (the command line calls it on Ctrl-C / SIGTERM)
+ends ``fit`` after the current step with a checkpoint.
 
 Exact resume: every source of randomness after construction is a generator whose state is checkpointed (noise,
 penalty mixing, data order, image pools, the global torch RNG), so ``fit(n)`` then resume then ``fit(m)`` gives
@@ -24,18 +26,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_writer
 from ..data import make_dataset, save_image_grid
 from ..losses import d_loss, g_loss, gradient_penalty
 from ..models import build_networks
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
-from .config import FAMILIES, TrainConfig, resolve_device
+from .config import FAMILIES, RESUMABLE, TrainConfig, config_toml, resolve_device
 from .ema import EMA
 from .metrics import LossMeter, MetricsWriter, Progress
 from .pool import ImagePool
 
 CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "config.toml"
 _NUM_TRANSLATIONS = 8  # CycleGAN sample grids: this many A images and their translations
+# What a run writes into its folder (besides step_*.pt): found there, they mean the folder holds a run.
+_RUN_FILES = (LAST, CONFIG_FILE, "metrics.csv", "metrics.jsonl")
+_RUN_FOLDERS = ("samples", "tensorboard")
+
+
+def previous_run(out: str | Path) -> list[Path]:
+    """The files and folders of an earlier run in ``out`` (empty when there is none)."""
+    out = Path(out)
+    found = [out / name for name in (*_RUN_FILES, *_RUN_FOLDERS) if (out / name).exists()]
+    return found + sorted(out.glob("step_*.pt"))
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete what an earlier run wrote into ``out`` (``previous_run``), nothing else."""
+    import shutil
+
+    for path in previous_run(out):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 class Trainer:
@@ -58,10 +83,13 @@ class Trainer:
         self.cyclegan = config.model == "cyclegan"
         torch.manual_seed(config.seed)
 
+        # TrainConfig speaks the command line's language, so dataset errors name flags (--download, --split).
         self.dataset = dataset if dataset is not None else make_dataset(
-            config.data, config.data_root, config.image_size, config.channels, "train", config.download, config.seed
+            config.data, config.data_root, config.image_size, config.channels, config.split, config.download,
+            config.seed, cli=True,
         )
-        self.batches = BatchStream(self.dataset, config.batch_size, config.seed, self.device, config.channels_last)
+        self.batches = BatchStream(self.dataset, config.batch_size, config.seed, self.device, config.channels_last,
+                                   config.workers)
 
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.nets = {
@@ -90,11 +118,15 @@ class Trainer:
         self.pools = [ImagePool(config.pool_size, config.seed + 2 + i) for i in range(2)] if self.cyclegan else []
         if self.cyclegan:
             count = min(_NUM_TRANSLATIONS, len(self.dataset))
-            self.fixed_input = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
+            if hasattr(self.dataset, "domain_a"):  # fastgan's two-domain datasets: A images without augmentation
+                self.fixed_input = self.dataset.domain_a(count).to(self.device)
+            else:
+                self.fixed_input = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
         else:
             self.fixed_input = torch.randn(config.num_samples, config.z_dim, generator=self.noise, device=self.device)
         self.step = 0
         self.images_seen = 0
+        self.stop_requested = False  # set by request_stop(): fit() saves and returns after the current step
 
     # -- construction helpers ------------------------------------------------------------------------------------
 
@@ -217,24 +249,31 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Make ``fit`` return after the step in progress, with a checkpoint (safe to call from a signal handler)."""
+        self.stop_requested = True
+
     def fit(self, steps: int | None = None) -> dict[str, float]:
         """Train until ``steps`` (default ``config.steps``) generator steps in total; return the last metrics row.
 
-        Logs every ``log_every`` steps, writes a sample grid every ``sample_every`` and ``last.pt`` every
-        ``checkpoint_every`` steps and at the end.
+        Writes ``config.toml`` first; logs every ``log_every`` steps, writes a sample grid every ``sample_every`` and
+        ``last.pt`` every ``checkpoint_every`` steps and at the end, and also when ``request_stop()`` was called (then
+        it returns after the current step, ``stop_requested`` still set).
         """
         config = self.config
         total = config.steps if steps is None else steps
+        self.save_config()
         writer = MetricsWriter(self.out)
-        progress = Progress(total, enabled=self.verbose)
+        progress = Progress(total, enabled=self.verbose, initial=self.step)
         meter = LossMeter()
         row: dict[str, float] = {}
         tick, tick_step, tick_images = time.perf_counter(), self.step, self.images_seen
         try:
             for net in self.nets.values():
                 net.train()
-            while self.step < total:
+            while self.step < total and not self.stop_requested:
                 meter.add(self.train_step())
+                progress.advance(self.step)
                 if self.step % config.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     elapsed = max(now - tick, 1e-9)
@@ -246,7 +285,7 @@ class Trainer:
                     tick, tick_step, tick_images = now, self.step, self.images_seen
                 if self.step % config.sample_every == 0 or self.step == total:
                     self.save_samples()
-                if self.step % config.checkpoint_every == 0 or self.step == total:
+                if self.step % config.checkpoint_every == 0 or self.step == total or self.stop_requested:
                     self.save()
         finally:
             progress.close()
@@ -275,6 +314,14 @@ class Trainer:
         return save_image_grid(images, self.out / "samples" / f"step_{self.step:07d}.png", nrow=nrow)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_config(self) -> Path:
+        """Write the resolved settings to ``config.toml`` in the run folder (``fastgan train --config`` reads it)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / CONFIG_FILE
+        with atomic_writer(path) as handle:
+            handle.write(config_toml(self.config).encode())
+        return path
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: networks, EMA, optimisers, scalers, schedulers, RNGs, counters."""
@@ -328,21 +375,27 @@ class Trainer:
 
     @classmethod
     def resume(
-        cls, path: str | Path, verbose: bool = True, dataset: torch.utils.data.Dataset | None = None, **overrides
+        cls, path: str | Path, verbose: bool = True, dataset: torch.utils.data.Dataset | None = None, **settings
     ) -> Trainer:
         """Rebuild the run saved at ``path`` (a .pt file or a run folder) and restore its state.
 
-        ``overrides`` may change settings that do not alter what is trained (steps, out, device, impl, intervals);
-        ``dataset`` replaces the configured data as in ``__init__``.
+        ``settings`` (TrainConfig fields) equal to the saved ones are accepted; of the others only those in
+        ``RESUMABLE`` (steps, out, device, impl, workers, intervals, data_root, download: what does not change what
+        is trained) may differ, else ValueError naming them. The run continues in ``out``, by default the folder of
+        the checkpoint. ``dataset`` replaces the configured data as in ``__init__``.
         """
+        path = Path(path)
         state = load_checkpoint(path)
         config = TrainConfig.from_dict(state["config"])
-        allowed = {"steps", "out", "device", "impl", "log_every", "sample_every", "checkpoint_every", "keep_every",
-                   "data_root", "download"}
-        changed = sorted(set(overrides) - allowed)
+        saved = config.to_dict()
+        given = TrainConfig(**settings).to_dict()  # the same plain form (tuples as lists) as the saved config
+        changed = sorted(k for k in settings if given[k] != saved[k] and k not in RESUMABLE)
         if changed:
-            raise ValueError(f"cannot change {', '.join(changed)} when resuming (the checkpoint fixes them)")
-        for key, value in overrides.items():
+            flags = ", ".join(f"{k} (--{k.replace('_', '-')} {saved[k]!r})" for k in changed)
+            raise ValueError(f"cannot change {flags} when resuming: the checkpoint fixes what is trained; only "
+                             f"{', '.join(sorted(RESUMABLE))} may change")
+        settings.setdefault("out", str(path if path.is_dir() else path.parent))
+        for key, value in settings.items():
             setattr(config, key, value)
         trainer = cls(config, dataset=dataset, verbose=verbose)
         trainer.load_state_dict(state)
