@@ -488,6 +488,8 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
     ValueError naming it when its item is read. ``channels`` defaults to 3 (RGB).
     """
 
+    decodes_files = True  # what fastgan.train reads through DataLoader worker processes
+
     def __init__(
         self,
         root: Root,
@@ -587,6 +589,8 @@ class UnpairedDataset(_TwoDomains):
     (recursive PNG/JPEG), decoded one image per item. Pairing and augmentation (on by default for the train split)
     as described in ``_TwoDomains``: item ``i`` pairs ``A[i % len(A)]`` with a ``B[j]`` drawn per ``(seed, epoch)``.
     """
+
+    decodes_files = True
 
     def __init__(
         self,
