@@ -5,7 +5,7 @@
 """
 
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
-from .config import AMP_MODES, FAMILIES, FamilyDefaults, TrainConfig, resolve_device
+from .config import AMP_MODES, FAMILIES, RESUMABLE, FamilyDefaults, TrainConfig, read_config_file, resolve_device
 from .ema import EMA
 from .metrics import LossMeter, MetricsWriter, Progress
 from .pool import ImagePool
@@ -21,9 +21,11 @@ __all__ = [
     "LossMeter",
     "MetricsWriter",
     "Progress",
+    "RESUMABLE",
     "TrainConfig",
     "Trainer",
     "load_checkpoint",
+    "read_config_file",
     "resolve_device",
     "save_checkpoint",
 ]

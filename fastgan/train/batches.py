@@ -25,7 +25,9 @@ _CACHE_LIMIT_BYTES = 2 * 2**30  # materialise datasets up to 2 GiB as one float 
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the training process, which finishes its step and saves."""
+    """DataLoader workers leave Ctrl-C (which a terminal sends to the whole process group) to the training process,
+    which finishes its step, saves and shuts them down; dying first, they would fail the step's batch. SIGTERM
+    stays deadly: it is how the DataLoader itself ends a worker that does not stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
