@@ -61,12 +61,10 @@ RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "log_every",
 
 
 def _setting(default, help: str, *, group: str, family: str | None = None, choices: tuple | None = None,
-             metavar: str | None = None, **kwargs):
+             metavar: str | None = None, default_factory=dataclasses.MISSING):
     """A TrainConfig field with its command-line help; ``family``: the FamilyDefaults attribute a None default takes."""
     metadata = {"help": help, "group": group, "family": family, "choices": choices, "metavar": metavar}
-    if "default_factory" in kwargs:
-        return field(default_factory=kwargs["default_factory"], metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 @dataclass
@@ -127,8 +125,8 @@ class TrainConfig:
     sample_every: int = _setting(500, "steps between sample grids (default: 500)", group="output")
     checkpoint_every: int = _setting(500, "steps between checkpoints, last.pt (default: 500)", group="output")
     keep_every: int = _setting(0, "also keep step_N.pt every N steps; 0: only last.pt (default: 0)", group="output")
-    extra: dict = _setting(None, "free-form KEY=VALUE saved with the run; repeatable (default: none)", group="output",
-                           default_factory=dict)
+    extra: dict = _setting(dataclasses.MISSING, "free-form KEY=VALUE saved with the run; repeatable (default: none)",
+                           group="output", default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """A copy with every default filled in, after ``validate()``."""

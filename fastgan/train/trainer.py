@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -54,8 +55,6 @@ def previous_run(out: str | Path) -> list[Path]:
 
 def clear_run(out: str | Path) -> None:
     """Delete what an earlier run wrote into ``out`` (``previous_run``), nothing else."""
-    import shutil
-
     for path in previous_run(out):
         if path.is_dir():
             shutil.rmtree(path)
