@@ -6,12 +6,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
 
+#include <c10/core/DeviceGuard.h>
+
 #include "glue.h"
 #include "bias_act.h"
+#include "launch.h"
+#include "nvrtc_launch.h"
 
 #ifdef FASTGAN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include "bias_act_cuda.h"
 #endif
 
@@ -162,13 +165,20 @@ at::Tensor backward2_cpu(const at::Tensor& g, const at::Tensor& dy, const at::Te
     return run_cpu<kBackward2>(prepare(x, b, &dy, &g, dim, act, alpha, gain, clamp));
 }
 
-#ifdef FASTGAN_WITH_CUDA
-
+// CUDA: nvcc's launcher (bias_act_cuda.cu), or the same kernel through NVRTC, launched by the same rule (launch.h).
 at::Tensor run_cuda(Prepared r, int kind) {
-    const c10::cuda::CUDAGuard guard(r.x.device());
-    check_launch(bias_act_cuda_launch(r.p, kernel_dtype(r.x.scalar_type()), kind,
-                                      at::cuda::getCurrentCUDAStream().stream()),
-                 "bias_act");
+    const c10::DeviceGuard guard(r.x.device());
+    const DType dtype = kernel_dtype(r.x.scalar_type());
+    if (use_nvrtc()) {
+        if (r.p.numel == 0) return r.out;
+        nvrtc_run("bias_act", r.x.device(),
+                  {{"bias_act", kernel_name("bias_act_kernel", {cuda_type_name(dtype), std::to_string(kind)}),
+                    elementwise_blocks(r.p.numel), kThreads, {kernel_arg(r.p)}}});
+        return r.out;
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(bias_act_cuda_launch(r.p, dtype, kind, at::cuda::getCurrentCUDAStream().stream()), "bias_act");
+#endif
     return r.out;
 }
 
@@ -187,7 +197,6 @@ at::Tensor backward2_cuda(const at::Tensor& g, const at::Tensor& dy, const at::T
                           std::optional<double> clamp) {
     return run_cuda(prepare(x, b, &dy, &g, dim, act, alpha, gain, clamp), kBackward2);
 }
-#endif
 
 }  // namespace
 
@@ -205,12 +214,11 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("bias_act_backward2", &backward2_cpu);
 }
 
-#ifdef FASTGAN_WITH_CUDA
+// Registered in every build: without nvcc the CUDA kernels run through NVRTC.
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("bias_act", &forward_cuda);
     m.impl("bias_act_backward", &backward_cuda);
     m.impl("bias_act_backward2", &backward2_cuda);
 }
-#endif
 
 }  // namespace fastgan

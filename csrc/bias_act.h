@@ -7,8 +7,10 @@
 // torch.nn.functional's.
 #pragma once
 
+#if !defined(__CUDACC_RTC__)  // NVRTC: common.h defines the integers, math functions are built in
 #include <stdint.h>
 #include <math.h>
+#endif
 
 #include "common.h"
 

@@ -1,8 +1,19 @@
 // Macros, dtype codes and conversions shared by the C++ (CPU) and CUDA kernels. Includes nothing from PyTorch, so
-// .cu files that include it compile with nvcc alone.
+// .cu files that include it compile with nvcc alone, and the kernel headers (*_kernels.cuh) with NVRTC at run time
+// (fastgan/_nvrtc.py), which has no C library headers: __CUDACC_RTC__ gets the fixed-width integers from here and the
+// math functions as compiler built-ins.
 #pragma once
 
+#if defined(__CUDACC_RTC__)
+typedef signed char int8_t;
+typedef int int32_t;
+typedef long long int64_t;
+typedef unsigned char uint8_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+#else
 #include <stdint.h>
+#endif
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -13,6 +24,11 @@
 #endif
 
 namespace fastgan {
+
+// Threads per block of every CUDA kernel but the one-block loss reductions, which take up to kMaxThreads. Here, not
+// in launch.h, because kernels size their shared memory and strides by them.
+constexpr int kThreads = 256;
+constexpr int kMaxThreads = 1024;
 
 // The element types every kernel supports, as handed from the torch-facing glue to a launcher.
 enum class DType : int { Float32 = 0, Float16, BFloat16, Float64 };

@@ -8,12 +8,15 @@
 
 #include <functional>
 
+#include <c10/core/DeviceGuard.h>
+
 #include "glue.h"
+#include "launch.h"
 #include "losses.h"
+#include "nvrtc_launch.h"
 
 #ifdef FASTGAN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include "losses_cuda.h"
 #endif
 
@@ -317,56 +320,117 @@ at::Tensor penalty_backward_cpu(const at::Tensor& go, const at::Tensor& g, const
     return r.out;
 }
 
+// --- CUDA: nvcc's launchers (losses_cuda.cu), or the same kernels through NVRTC in the same order and with the same
+// grids (launch.h) ---------------------------------------------------------------------------------------------------
+
 #ifdef FASTGAN_WITH_CUDA
+void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
+// One elementwise kernel "<base><T>(params)" over n elements, through NVRTC.
+template <typename P>
+void nvrtc_elementwise(const char* op, const at::Device& device, const char* base, DType dtype, const P& p,
+                       int64_t n) {
+    nvrtc_run(op, device, {{"losses", kernel_name(base, {cuda_type_name(dtype)}), elementwise_blocks(n), kThreads,
+                            {kernel_arg(p)}}});
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const at::Tensor& a, const std::optional<at::Tensor>& b,
                                                              int64_t term_a, int64_t term_b) {
     GanLossPrepared r = prepare_gan_loss(a, b, term_a, term_b);
-    const c10::cuda::CUDAGuard guard(r.a.device());
+    const c10::DeviceGuard guard(r.a.device());
     const at::Tensor partials = at::empty({kGanLossMaxBlocks}, r.grad_a.options());
     r.p.partials = partials.data_ptr();
-    check_launch(gan_loss_cuda_launch(r.p, kernel_dtype(r.a.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
-                 "gan_loss");
+    const DType dtype = kernel_dtype(r.a.scalar_type());
+    if (use_nvrtc()) {
+        const GanLossParams& p = r.p;
+        if (p.numel_a == 0) return {r.loss, r.grad_a, r.grad_b};
+        const unsigned blocks = gan_loss_blocks(p.numel_a + (p.b != nullptr ? p.numel_b : 0), true);
+        const std::string T = cuda_type_name(dtype);
+        std::vector<NvrtcLaunch> plan{{"losses", kernel_name("gan_loss_kernel", {T}), blocks,
+                                       static_cast<unsigned>(gan_loss_threads(blocks)), {kernel_arg(p)}}};
+        if (blocks > 1) {
+            plan.push_back({"losses", kernel_name("gan_loss_finalize_kernel", {T}), 1, kGanLossMaxBlocks,
+                            {kernel_arg(p), kernel_arg(static_cast<int>(blocks))}});
+        }
+        nvrtc_run("gan_loss", r.a.device(), plan);
+        return {r.loss, r.grad_a, r.grad_b};
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(gan_loss_cuda_launch(r.p, dtype, current_stream()), "gan_loss");
+#endif
     return {r.loss, r.grad_a, r.grad_b};
 }
 
 std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cuda(const at::Tensor& go, const at::Tensor& grad_a,
                                                           const at::Tensor& grad_b) {
     GanLossBackwardPrepared r = prepare_gan_loss_backward(go, grad_a, grad_b);
-    const c10::cuda::CUDAGuard guard(grad_a.device());
-    check_launch(gan_loss_backward_cuda_launch(r.p, kernel_dtype(r.go.scalar_type()),
-                                               at::cuda::getCurrentCUDAStream().stream()),
-                 "gan_loss_backward");
+    const c10::DeviceGuard guard(grad_a.device());
+    const DType dtype = kernel_dtype(r.go.scalar_type());
+    if (use_nvrtc()) {
+        const GanLossBackwardParams& p = r.p;
+        if (p.numel_a == 0) return {r.da, r.db};
+        nvrtc_elementwise("gan_loss_backward", grad_a.device(), "gan_loss_backward_kernel", dtype, p,
+                          p.numel_a + (p.grad_b != nullptr ? p.numel_b : 0));
+        return {r.da, r.db};
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(gan_loss_backward_cuda_launch(r.p, dtype, current_stream()), "gan_loss_backward");
+#endif
     return {r.da, r.db};
 }
 
 at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
     InterpolatePrepared r = prepare_interpolate(real, fake, eps);
-    const c10::cuda::CUDAGuard guard(r.real.device());
-    check_launch(interpolate_cuda_launch(r.p, kernel_dtype(r.real.scalar_type()),
-                                         at::cuda::getCurrentCUDAStream().stream()),
-                 "penalty_interpolate");
+    const c10::DeviceGuard guard(r.real.device());
+    const DType dtype = kernel_dtype(r.real.scalar_type());
+    if (use_nvrtc()) {
+        const int64_t n = r.p.batch * r.p.per_sample;
+        if (n > 0) nvrtc_elementwise("penalty_interpolate", r.real.device(), "interpolate_kernel", dtype, r.p, n);
+        return in_layout_of_real(r.out, real);
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(interpolate_cuda_launch(r.p, dtype, current_stream()), "penalty_interpolate");
+#endif
     return in_layout_of_real(r.out, real);
 }
 
 std::tuple<at::Tensor, at::Tensor> penalty_cuda(const at::Tensor& g, double weight, double center, double scale) {
     PenaltyPrepared r = prepare_penalty(g, nullptr, nullptr, weight, center, scale);
-    const c10::cuda::CUDAGuard guard(r.g.device());
-    check_launch(penalty_cuda_launch(r.p, kernel_dtype(r.g.scalar_type()), at::cuda::getCurrentCUDAStream().stream()),
-                 "grad_norm_penalty");
+    const c10::DeviceGuard guard(r.g.device());
+    const DType dtype = kernel_dtype(r.g.scalar_type());
+    if (use_nvrtc()) {
+        if (r.p.batch == 0) return {r.out, r.norms};
+        const std::string T = cuda_type_name(dtype);
+        nvrtc_run("grad_norm_penalty", r.g.device(),
+                  {{"losses", kernel_name("sample_norm_kernel", {T}), static_cast<unsigned>(r.p.batch), kThreads,
+                    {kernel_arg(r.p)}},
+                   {"losses", kernel_name("penalty_kernel", {T}), 1, kThreads, {kernel_arg(r.p)}}});
+        return {r.out, r.norms};
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(penalty_cuda_launch(r.p, dtype, current_stream()), "grad_norm_penalty");
+#endif
     return {r.out, r.norms};
 }
 
 at::Tensor penalty_backward_cuda(const at::Tensor& go, const at::Tensor& g, const at::Tensor& norms, double weight,
                                  double center, double scale) {
     PenaltyPrepared r = prepare_penalty(g, &go, &norms, weight, center, scale);
-    const c10::cuda::CUDAGuard guard(r.g.device());
-    check_launch(penalty_backward_cuda_launch(r.p, kernel_dtype(r.g.scalar_type()),
-                                              at::cuda::getCurrentCUDAStream().stream()),
-                 "grad_norm_penalty_backward");
+    const c10::DeviceGuard guard(r.g.device());
+    const DType dtype = kernel_dtype(r.g.scalar_type());
+    if (use_nvrtc()) {
+        const int64_t n = r.p.batch * r.p.per_sample;
+        if (n > 0) {
+            nvrtc_elementwise("grad_norm_penalty_backward", r.g.device(), "penalty_backward_kernel", dtype, r.p, n);
+        }
+        return r.out;
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(penalty_backward_cuda_launch(r.p, dtype, current_stream()), "grad_norm_penalty_backward");
+#endif
     return r.out;
 }
-#endif
 
 }  // namespace
 
@@ -387,7 +451,7 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("grad_norm_penalty_backward", &penalty_backward_cpu);
 }
 
-#ifdef FASTGAN_WITH_CUDA
+// Registered in every build: without nvcc the CUDA kernels run through NVRTC.
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("gan_loss", &gan_loss_cuda);
     m.impl("gan_loss_backward", &gan_loss_backward_cuda);
@@ -395,6 +459,5 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("grad_norm_penalty", &penalty_cuda);
     m.impl("grad_norm_penalty_backward", &penalty_backward_cuda);
 }
-#endif
 
 }  // namespace fastgan

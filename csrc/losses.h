@@ -7,8 +7,10 @@
 // max(u, 0) + log1p(exp(-|u|)) and its derivative, the sigmoid, without overflow for any |u|.
 #pragma once
 
+#if !defined(__CUDACC_RTC__)  // NVRTC: common.h defines the integers, math functions are built in
 #include <stdint.h>
 #include <math.h>
+#endif
 
 #include "common.h"
 

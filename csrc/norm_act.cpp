@@ -12,12 +12,15 @@
 
 #include <tuple>
 
+#include <c10/core/DeviceGuard.h>
+
 #include "glue.h"
+#include "launch.h"
 #include "norm_act.h"
+#include "nvrtc_launch.h"
 
 #ifdef FASTGAN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include "norm_act_cuda.h"
 #endif
 
@@ -321,51 +324,131 @@ void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_
     });
 }
 
-#ifdef FASTGAN_WITH_CUDA
+// --- CUDA: nvcc's launchers (norm_act_cuda.cu), or the same kernels through NVRTC in the same order and with the same
+// grids (launch.h) -------------------------------------------------------------------------------------------------
+
+// The NVRTC plan of norm_act_cuda.cu's forward: per-(group, chunk) partial moments, their merge, then y.
+void forward_nvrtc(const char* op, const Prepared& r, DType dtype, void* mean, void* var, at::Tensor& partials) {
+    NormActParams p = r.p;
+    const std::string T = cuda_type_name(dtype), M = cuda_math_type_name(dtype);
+    const int64_t numel = p.N * p.C * p.L;
+    std::vector<NvrtcLaunch> plan;
+    if (p.use_input_stats && p.groups > 0) {
+        const int64_t chunks = norm_act_chunks(p.group_size);
+        if (p.group_size > 0) {
+            plan.push_back({"norm_act", kernel_name("stats_partial_kernel", {T}),
+                            static_cast<unsigned>(p.groups * chunks), kThreads,
+                            {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks)}});
+        } else {
+            partials.zero_();
+        }
+        plan.push_back({"norm_act", kernel_name("stats_merge_kernel", {M}), thread_per_item_blocks(p.groups), kThreads,
+                        {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks), kernel_arg(mean),
+                         kernel_arg(var)}});
+        p.mean = mean;
+        p.var = var;
+    }
+    if (numel > 0) {
+        plan.push_back({"norm_act", kernel_name("apply_kernel", {T}), elementwise_blocks(numel), kThreads,
+                        {kernel_arg(p), kernel_arg(numel)}});
+    }
+    nvrtc_run(op, r.x.device(), plan);
+}
+
+// The NVRTC plan of norm_act_cuda.cu's backward: partial sums of dz and dz * xhat, their merge, then dx.
+void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz, void* sum_dz_xhat,
+                    at::Tensor& partials) {
+    NormActParams p = r.p;
+    const std::string T = cuda_type_name(dtype), M = cuda_math_type_name(dtype);
+    const int64_t numel = p.N * p.C * p.L;
+    std::vector<NvrtcLaunch> plan;
+    if (p.groups > 0) {
+        const int64_t chunks = norm_act_chunks(p.group_size);
+        if (p.group_size > 0) {
+            plan.push_back({"norm_act", kernel_name("grad_partial_kernel", {T}),
+                            static_cast<unsigned>(p.groups * chunks), kThreads,
+                            {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks)}});
+        } else {
+            partials.zero_();
+        }
+        plan.push_back({"norm_act", kernel_name("grad_merge_kernel", {M}), thread_per_item_blocks(p.groups), kThreads,
+                        {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks), kernel_arg(sum_dz),
+                         kernel_arg(sum_dz_xhat)}});
+    }
+    p.sum_dz = sum_dz;
+    p.sum_dz_xhat = sum_dz_xhat;
+    if (numel > 0) {
+        plan.push_back({"norm_act", kernel_name("dx_kernel", {T}), elementwise_blocks(numel), kThreads,
+                        {kernel_arg(p), kernel_arg(numel)}});
+    }
+    nvrtc_run(op, r.x.device(), plan);
+}
 
 Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
                     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
                     bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    const c10::cuda::CUDAGuard guard(x.device());
+    const c10::DeviceGuard guard(x.device());
+    const char* op = instance ? "instance_norm_act" : "batch_norm_act";
     Prepared r = prepare_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha);
     at::Tensor partials;
     if (r.p.use_input_stats) {
         partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, x.options().dtype(r.math));
     }
-    check_launch(norm_act_cuda_forward(r.p, kernel_dtype(r.x.scalar_type()), r.mean.data_ptr(), r.var.data_ptr(),
+    const DType dtype = kernel_dtype(r.x.scalar_type());
+    if (use_nvrtc()) {
+        forward_nvrtc(op, r, dtype, r.mean.data_ptr(), r.var.data_ptr(), partials);
+        return {r.out, r.mean, r.var};
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(norm_act_cuda_forward(r.p, dtype, r.mean.data_ptr(), r.var.data_ptr(),
                                        partials.defined() ? partials.data_ptr() : nullptr,
                                        at::cuda::getCurrentCUDAStream().stream()),
-                 instance ? "instance_norm_act" : "batch_norm_act");
+                 op);
+#endif
     return {r.out, r.mean, r.var};
 }
 
 Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
                      const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
                      bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    const c10::cuda::CUDAGuard guard(x.device());
+    const c10::DeviceGuard guard(x.device());
+    const char* op = instance ? "instance_norm_act_backward" : "batch_norm_act_backward";
     Prepared r = prepare_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha);
     at::Tensor sum_dz = at::empty({r.p.groups}, x.options().dtype(r.math));
     at::Tensor sum_dz_xhat = at::empty({r.p.groups}, x.options().dtype(r.math));
     at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 2}, x.options().dtype(r.math));
-    check_launch(norm_act_cuda_backward(r.p, kernel_dtype(r.x.scalar_type()), sum_dz.data_ptr(),
-                                        sum_dz_xhat.data_ptr(), partials.data_ptr(),
+    const DType dtype = kernel_dtype(r.x.scalar_type());
+    if (use_nvrtc()) {
+        backward_nvrtc(op, r, dtype, sum_dz.data_ptr(), sum_dz_xhat.data_ptr(), partials);
+        return finish_backward(r, sum_dz, sum_dz_xhat);
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(norm_act_cuda_backward(r.p, dtype, sum_dz.data_ptr(), sum_dz_xhat.data_ptr(), partials.data_ptr(),
                                         at::cuda::getCurrentCUDAStream().stream()),
-                 instance ? "instance_norm_act_backward" : "batch_norm_act_backward");
+                 op);
+#endif
     return finish_backward(r, sum_dz, sum_dz_xhat);
 }
-#endif
 
-#ifdef FASTGAN_WITH_CUDA
 void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
                        const at::Tensor& var, double factor, int64_t count, int64_t batch) {
-    const c10::cuda::CUDAGuard guard(running_mean.device());
+    const c10::DeviceGuard guard(running_mean.device());
     const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
-    check_launch(norm_act_cuda_update_stats(r.p, kernel_dtype(running_mean.scalar_type()),
-                                            r.mean.scalar_type() == at::kDouble,
-                                            at::cuda::getCurrentCUDAStream().stream()),
+    const DType dtype = kernel_dtype(running_mean.scalar_type());
+    const bool stats_double = r.mean.scalar_type() == at::kDouble;
+    if (use_nvrtc()) {
+        if (r.p.C == 0) return;
+        nvrtc_run("norm_act_update_stats", running_mean.device(),
+                  {{"norm_act", kernel_name("update_stats_kernel", {cuda_type_name(dtype),
+                                                                    stats_double ? "double" : "float"}),
+                    thread_per_item_blocks(r.p.C), kThreads, {kernel_arg(r.p)}}});
+        return;
+    }
+#ifdef FASTGAN_WITH_CUDA
+    check_launch(norm_act_cuda_update_stats(r.p, dtype, stats_double, at::cuda::getCurrentCUDAStream().stream()),
                  "norm_act_update_stats");
-}
 #endif
+}
 
 }  // namespace
 
@@ -384,12 +467,11 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("norm_act_update_stats", &update_stats_cpu);
 }
 
-#ifdef FASTGAN_WITH_CUDA
+// Registered in every build: without nvcc the CUDA kernels run through NVRTC.
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("norm_act", &forward_cuda);
     m.impl("norm_act_backward", &backward_cuda);
     m.impl("norm_act_update_stats", &update_stats_cuda);
 }
-#endif
 
 }  // namespace fastgan

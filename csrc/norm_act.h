@@ -7,12 +7,18 @@
 // group_offset(g, j), and the value at memory offset i belongs to group element_group(i).
 #pragma once
 
+#if !defined(__CUDACC_RTC__)  // NVRTC: common.h defines the integers, math functions are built in
 #include <stdint.h>
 #include <math.h>
+#endif
 
 #include "bias_act.h"
 
 namespace fastgan {
+
+// Values of one group reduced by one CUDA block; a group of group_size values has norm_act_chunks() (launch.h) chunks
+// whose partial results are merged in a fixed order, so the reductions are deterministic.
+constexpr int64_t kNormActChunk = 4096;
 
 struct NormActParams {
     const void* x;        // input [N, C, L] in the strides below

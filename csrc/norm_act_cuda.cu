@@ -1,169 +1,15 @@
-// norm_act CUDA kernels: per-(group, chunk) block reductions merged in a fixed order (deterministic), and grid-stride
-// elementwise kernels for y and dx. Two passes over x each way: reduce, then write.
+// norm_act CUDA launchers: the kernels are in norm_act_kernels.cuh (shared with the NVRTC path), the launch rules in
+// launch.h. Two passes over x each way: reduce, then write.
 // Includes only CUDA headers and our own (the CPU PyTorch wheel has no CUDA headers).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
 #include "norm_act_cuda.h"
+#include "norm_act_kernels.cuh"
 
 namespace fastgan {
 namespace {
-
-constexpr int kThreads = 256;
-
-
-
-// Sum of (a, b) over the block, in a fixed tree order (warp shuffles, then one warp over the warp sums).
-template <typename M>
-__device__ void block_sum2(M& a, M& b) {
-    __shared__ M shared[2][kThreads / 32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    for (int offset = 16; offset > 0; offset /= 2) {
-        a += __shfl_down_sync(0xffffffffu, a, offset);
-        b += __shfl_down_sync(0xffffffffu, b, offset);
-    }
-    if (lane == 0) {
-        shared[0][warp] = a;
-        shared[1][warp] = b;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        a = lane < kThreads / 32 ? shared[0][lane] : M(0);
-        b = lane < kThreads / 32 ? shared[1][lane] : M(0);
-        for (int offset = 16; offset > 0; offset /= 2) {
-            a += __shfl_down_sync(0xffffffffu, a, offset);
-            b += __shfl_down_sync(0xffffffffu, b, offset);
-        }
-    }
-}
-
-// One block per (group, chunk): shifted sums of the chunk's values -> (count, mean, m2) partial.
-template <typename T>
-__global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
-    using M = typename MathType<T>::type;
-    const T* x = static_cast<const T*>(p.x);
-    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
-    const int64_t j0 = k * kNormActChunk;
-    const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const M shift = shift_of(load(x, group_offset(p, g, 0)));
-    M s1 = 0, s2 = 0;
-    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
-        const M d = load(x, group_offset(p, g, j)) - shift;
-        s1 += d;
-        s2 += d * d;
-    }
-    block_sum2(s1, s2);
-    if (threadIdx.x == 0) {
-        const M n = static_cast<M>(j1 - j0);
-        M mean, m2;
-        shifted_moments<M>(n, shift, s1, s2, mean, m2);
-        M* out = partials + (g * chunks + k) * 3;
-        out[0] = n;
-        out[1] = mean;
-        out[2] = m2;
-    }
-}
-
-// One thread per group: Chan's merge of the chunks, in chunk order, in double.
-template <typename M>
-__global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* mean, M* var) {
-    const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (g >= p.groups) return;
-    Moments<double> m;
-    for (int64_t k = 0; k < chunks; ++k) {
-        const M* part = partials + (g * chunks + k) * 3;
-        m.merge(part[0], part[1], part[2]);
-    }
-    mean[g] = static_cast<M>(m.mean);
-    var[g] = static_cast<M>(m.count > 0 ? m.m2 / m.count : 0.0);
-}
-
-template <typename T>
-__global__ void apply_kernel(NormActParams p, int64_t numel) {
-    using M = typename MathType<T>::type;
-    const T* x = static_cast<const T*>(p.x);
-    T* y = static_cast<T*>(p.out);
-    const M* w = static_cast<const M*>(p.w);
-    const M* b = static_cast<const M*>(p.b);
-    const M* mean = static_cast<const M*>(p.mean);
-    const M* var = static_cast<const M*>(p.var);
-    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
-    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-        const int64_t g = element_group(p, i), c = g % p.C;
-        const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[c] : M(1), b ? b[c] : M(0));
-        y[i] = cast_to<T>(act_forward<M>(p.act, z, alpha));
-    }
-}
-
-// One block per (group, chunk): partial sums of dz and dz * xhat.
-template <typename T>
-__global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
-    using M = typename MathType<T>::type;
-    const T* x = static_cast<const T*>(p.x);
-    const T* dy = static_cast<const T*>(p.dy);
-    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks, c = g % p.C;
-    const int64_t j0 = k * kNormActChunk;
-    const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
-    const M wc = p.w ? static_cast<const M*>(p.w)[c] : M(1), bc = p.b ? static_cast<const M*>(p.b)[c] : M(0);
-    const M alpha = static_cast<M>(p.alpha);
-    M s_dz = 0, s_dzx = 0;
-    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
-        const int64_t i = group_offset(p, g, j);
-        const M xhat = (load(x, i) - mean) * invstd;
-        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
-        s_dz += dz;
-        s_dzx += dz * xhat;
-    }
-    block_sum2(s_dz, s_dzx);
-    if (threadIdx.x == 0) {
-        partials[(g * chunks + k) * 2] = s_dz;
-        partials[(g * chunks + k) * 2 + 1] = s_dzx;
-    }
-}
-
-template <typename M>
-__global__ void grad_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* sum_dz, M* sum_dz_xhat) {
-    const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (g >= p.groups) return;
-    double a = 0, b = 0;
-    for (int64_t k = 0; k < chunks; ++k) {
-        a += partials[(g * chunks + k) * 2];
-        b += partials[(g * chunks + k) * 2 + 1];
-    }
-    sum_dz[g] = static_cast<M>(a);
-    sum_dz_xhat[g] = static_cast<M>(b);
-}
-
-template <typename T>
-__global__ void dx_kernel(NormActParams p, int64_t numel) {
-    using M = typename MathType<T>::type;
-    const T* x = static_cast<const T*>(p.x);
-    const T* dy = static_cast<const T*>(p.dy);
-    T* dx = static_cast<T*>(p.out);
-    const M* w = static_cast<const M*>(p.w);
-    const M* b = static_cast<const M*>(p.b);
-    const M* mean = static_cast<const M*>(p.mean);
-    const M* var = static_cast<const M*>(p.var);
-    const M* sum_dz = static_cast<const M*>(p.sum_dz);
-    const M* sum_dz_xhat = static_cast<const M*>(p.sum_dz_xhat);
-    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps), count = static_cast<M>(p.group_size);
-    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-        const int64_t g = element_group(p, i), c = g % p.C;
-        const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
-        const M xhat = (load(x, i) - mean[g]) * invstd;
-        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
-        dx[i] = cast_to<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
-    }
-}
-
-unsigned elementwise_blocks(int64_t numel) {
-    int64_t blocks = (numel + kThreads - 1) / kThreads;
-    return static_cast<unsigned>(blocks > 65536 ? 65536 : (blocks < 1 ? 1 : blocks));
-}
 
 template <typename T>
 int forward(NormActParams p, void* mean, void* var, void* partials, cudaStream_t stream) {
@@ -177,7 +23,7 @@ int forward(NormActParams p, void* mean, void* var, void* partials, cudaStream_t
         } else {
             cudaMemsetAsync(partials, 0, sizeof(M) * 3 * p.groups * chunks, stream);
         }
-        const unsigned merge_blocks = static_cast<unsigned>((p.groups + kThreads - 1) / kThreads);
+        const unsigned merge_blocks = thread_per_item_blocks(p.groups);
         stats_merge_kernel<M><<<merge_blocks, kThreads, 0, stream>>>(p, static_cast<const M*>(partials), chunks,
                                                                     static_cast<M*>(mean), static_cast<M*>(var));
         p.mean = mean;
@@ -199,7 +45,7 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
         } else {
             cudaMemsetAsync(partials, 0, sizeof(M) * 2 * p.groups * chunks, stream);
         }
-        const unsigned merge_blocks = static_cast<unsigned>((p.groups + kThreads - 1) / kThreads);
+        const unsigned merge_blocks = thread_per_item_blocks(p.groups);
         grad_merge_kernel<M><<<merge_blocks, kThreads, 0, stream>>>(
             p, static_cast<const M*>(partials), chunks, static_cast<M*>(sum_dz), static_cast<M*>(sum_dz_xhat));
     }
@@ -209,16 +55,10 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
     return static_cast<int>(cudaGetLastError());
 }
 
-template <typename B, typename S>
-__global__ void update_stats_kernel(UpdateStatsParams p) {
-    const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-    if (c < p.C) update_running_channel<B, S, typename MathType<B>::type>(p, c);
-}
-
 template <typename B>
 int update_stats(const UpdateStatsParams& p, bool stats_double, cudaStream_t stream) {
     if (p.C == 0) return 0;
-    const unsigned blocks = static_cast<unsigned>((p.C + kThreads - 1) / kThreads);
+    const unsigned blocks = thread_per_item_blocks(p.C);
     if (stats_double) {
         update_stats_kernel<B, double><<<blocks, kThreads, 0, stream>>>(p);
     } else {

@@ -1,18 +1,10 @@
 // Launchers for the norm_act CUDA kernels, callable from the torch-facing glue without CUDA headers.
 #pragma once
 
-#include "bias_act_cuda.h"
+#include "launch.h"
 #include "norm_act.h"
 
 namespace fastgan {
-
-// Values of one group reduced by one CUDA block; a group of group_size values has norm_act_chunks() chunks whose
-// partial results are merged in a fixed order, so the reductions are deterministic.
-constexpr int64_t kNormActChunk = 4096;
-
-inline int64_t norm_act_chunks(int64_t group_size) {
-    return group_size > 0 ? (group_size + kNormActChunk - 1) / kNormActChunk : 1;
-}
 
 // Forward. With p.use_input_stats, first reduces mean and biased var per group into `mean`/`var` (math type,
 // [groups]) using `partials` (math type, [groups * chunks * 3]); then writes y. Otherwise p.mean/p.var are given.
