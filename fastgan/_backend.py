@@ -5,7 +5,10 @@ Every op takes ``impl=`` with one of ``IMPLS`` or ``"auto"``:
 - ``"ref"``: pure PyTorch, the specification; runs everywhere.
 - ``"triton"``: Triton kernels; on CUDA tensors, or on CPU tensors through the Triton interpreter
   (``TRITON_INTERPRET=1`` set before fastgan's kernels are first used).
-- ``"native"``: the compiled extension ``fastgan._C``: C++ kernels for CPU tensors, CUDA kernels for CUDA tensors.
+- ``"native"``: the compiled extension ``fastgan._C``: C++ kernels for CPU tensors, CUDA kernels for CUDA tensors,
+  compiled by nvcc into the extension or, where it was built without nvcc, the same kernel source compiled at run
+  time by NVRTC through CuPy (``fastgan/_nvrtc.py``). ``$FASTGAN_NATIVE`` chooses between them: ``auto`` (default:
+  nvcc's if built in, else NVRTC's), ``nvcc`` or ``nvrtc``; ``native_cuda_path()`` says which one runs and why.
 
 The process-wide default (used when an op gets ``impl="auto"``) comes from ``set_impl``/``use_impl``, else the
 environment variable ``FASTGAN_IMPL``, else ``"auto"``. ``"auto"`` picks the fastest implementation available for
@@ -82,7 +85,60 @@ def native_extension() -> tuple[ModuleType | None, str]:
             f"the compiled extension fastgan._C is not built ({error}); build it with "
             "`pip install --no-build-isolation -e .` from the repository root"
         )
+    from . import _nvrtc
+
+    _nvrtc.install(module)  # CuPy itself loads on the first NVRTC launch
     return module, ""
+
+
+NATIVE_CUDA_CHOICES = ("auto", "nvcc", "nvrtc")
+
+
+def native_cuda_choice() -> str:
+    """``$FASTGAN_NATIVE``: which CUDA kernels ``impl="native"`` runs (``auto``, ``nvcc`` or ``nvrtc``)."""
+    choice = os.environ.get("FASTGAN_NATIVE", "auto") or "auto"
+    if choice not in NATIVE_CUDA_CHOICES:
+        raise ValueError(
+            f"FASTGAN_NATIVE={choice!r} is not one of {', '.join(NATIVE_CUDA_CHOICES)}: 'nvcc' runs the CUDA kernels "
+            "compiled into fastgan._C, 'nvrtc' the same kernels compiled at run time through CuPy, 'auto' (the "
+            "default) the first of them available; unset it or set one of these"
+        )
+    return choice
+
+
+def native_cuda_path() -> tuple[str | None, str]:
+    """Which CUDA kernels ``impl="native"`` runs here: ``("nvcc", "")`` (compiled into fastgan._C), ``("nvrtc", "")``
+    (compiled at run time by NVRTC through CuPy) or ``(None, why neither)``; follows ``$FASTGAN_NATIVE`` and applies
+    the choice to fastgan._C. Asking about NVRTC imports CuPy (never at ``import fastgan``)."""
+    choice = native_cuda_choice()
+    module, reason = native_extension()
+    if module is None:
+        return None, reason
+    nvcc_built = bool(module.with_cuda())
+    no_nvcc = (
+        "fastgan._C was built without CUDA kernels (nvcc or a CUDA build of PyTorch was missing at build time; "
+        "rebuild with both: `pip install --no-build-isolation -e .`)"
+    )
+    path: str | None = None
+    if choice == "nvcc":
+        path, reason = ("nvcc", "") if nvcc_built else (None, f"FASTGAN_NATIVE=nvcc, but {no_nvcc}")
+    elif choice == "auto" and nvcc_built:
+        path = "nvcc"
+    elif not hasattr(module, "_set_nvrtc_launcher"):
+        reason = "fastgan._C predates the NVRTC path; rebuild it (`pip install --no-build-isolation -e .`)"
+    else:
+        from . import _nvrtc
+
+        usable, detail = _nvrtc.status()
+        if usable:
+            path = "nvrtc"
+        elif choice == "nvrtc":
+            reason = f"FASTGAN_NATIVE=nvrtc, but NVRTC via CuPy is unavailable: {detail}"
+        else:
+            reason = f"{no_nvcc}, and NVRTC via CuPy is unavailable: {detail}"
+    if path is not None and hasattr(module, "_set_nvrtc_requested"):
+        module._set_nvrtc_requested(path == "nvrtc")
+    return path, reason
 
 
 @functools.cache
@@ -110,11 +166,8 @@ def _why_unavailable(impl: str, device_type: str) -> str:
         module, reason = native_extension()
         if module is None:
             return reason
-        if device_type == "cuda" and not module.with_cuda():
-            return (
-                "fastgan._C was built without CUDA kernels; rebuild with nvcc on PATH and a CUDA build of PyTorch "
-                "(`pip install --no-build-isolation -e .`)"
-            )
+        if device_type == "cuda":
+            return native_cuda_path()[1]
         return ""
     version, reason = _triton_version()
     if version is None:
@@ -135,7 +188,10 @@ def available_impls() -> dict[str, dict[str, tuple[bool, str]]]:
     for impl in IMPLS:
         table[impl] = {}
         for device_type in ("cpu", "cuda"):
-            reason = _why_unavailable(impl, device_type)
+            try:
+                reason = _why_unavailable(impl, device_type)
+            except ValueError as error:  # a bad $FASTGAN_NATIVE: reported here, raised by the ops
+                reason = str(error)
             if not reason and device_type == "cuda" and not torch.cuda.is_available():
                 reason = "no CUDA device is visible to PyTorch"
             table[impl][device_type] = (not reason, reason)

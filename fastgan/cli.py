@@ -41,10 +41,29 @@ def _versions() -> list[tuple[str, str]]:
         ("CUDA (torch)", torch.version.cuda or "none (CPU build of PyTorch)"),
         ("compiled extension", ("built, with CUDA kernels" if module.with_cuda() else "built, C++ kernels only")
          if module is not None else f"unavailable: {reason}"),
+        ("native CUDA kernels", _native_cuda_line()),
         ("C++ compiler", _tool_version(["c++", "--version"], "")),
         ("nvcc", _tool_version(["nvcc", "--version"], "release")),
     ]
     return rows
+
+
+def _native_cuda_line() -> str:
+    """Which CUDA kernels impl="native" runs: nvcc's (compiled extension), NVRTC's via CuPy, or none and why."""
+    from fastgan import _nvrtc
+    from fastgan._backend import native_cuda_choice, native_cuda_path
+
+    try:
+        choice = native_cuda_choice()
+    except ValueError as error:
+        return f"none: {error}"
+    path, reason = native_cuda_path()
+    forced = " (FASTGAN_NATIVE)" if choice != "auto" else ""
+    if path == "nvcc":
+        return f"compiled extension (nvcc){forced}"
+    if path == "nvrtc":
+        return f"NVRTC via CuPy{forced}: {_nvrtc.status()[1]}; kernel cache {_nvrtc.cache_dir()}"
+    return f"none: {reason}"
 
 
 def _tool_version(cmd: list[str], marker: str) -> str:
@@ -61,10 +80,19 @@ def _tool_version(cmd: list[str], marker: str) -> str:
     return next((line.strip() for line in out.splitlines() if marker in line), "unknown")
 
 
-@command("info", "print versions, devices and which implementations are usable here")
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile-kernels", metavar="ARCHS",
+        help="compile every CUDA kernel through NVRTC (CuPy) for these architectures, e.g. sm_80,sm_90 (no GPU "
+             "needed), print one line per kernel and architecture, and exit non-zero on any failure")
+
+
+@command("info", "print versions, devices and which implementations are usable here", _info_arguments)
 def info(args: argparse.Namespace) -> int:
     import fastgan
 
+    if getattr(args, "compile_kernels", None):
+        return _compile_kernels(args.compile_kernels)
     print("fastgan info")
     for name, value in _versions():
         print(f"  {name:<24}{value}")
@@ -81,6 +109,32 @@ def info(args: argparse.Namespace) -> int:
         for device, (usable, reason) in devices.items():
             print(f"  {impl:<8}{device:<6}{'yes' if usable else 'no: ' + reason}")
     _autotune_info()
+    return 0
+
+
+def _compile_kernels(archs: str) -> int:
+    """`fastgan info --compile-kernels ARCHS`: the NVRTC compile check (fastgan/_nvrtc.py)."""
+    from fastgan import _nvrtc
+
+    try:
+        arch_list = [_nvrtc.parse_arch(a) for a in archs.split(",") if a.strip()]
+    except ValueError as error:
+        print(f"fastgan info: --compile-kernels: {error}", file=sys.stderr)
+        return 2
+    if not arch_list:
+        print("fastgan info: --compile-kernels: no architecture given; e.g. --compile-kernels sm_80,sm_90",
+              file=sys.stderr)
+        return 2
+    usable, detail = _nvrtc.status()
+    if not usable:
+        print(f"fastgan info: --compile-kernels: NVRTC via CuPy is unavailable: {detail}", file=sys.stderr)
+        return 1
+    print(f"CUDA kernels through NVRTC ({detail}), sources {_nvrtc.source_dir()}")
+    failures = _nvrtc.compile_check(arch_list)
+    if failures:
+        print(f"fastgan info: --compile-kernels: {failures} kernel module(s) failed to compile (above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,270 @@
+"""The NVRTC path of the native CUDA kernels (fastgan/_nvrtc.py): every kernel compiles for sm_80/sm_90 without a
+GPU, the disk cache's keys and writes, the choice between nvcc's and NVRTC's kernels ($FASTGAN_NATIVE), `fastgan info`,
+and CuPy staying out of `import fastgan`. Launches and parity on a GPU are in tests/test_gpu.py.
+
+Without CuPy (or the NVRTC library) the compile tests skip, saying so; FASTGAN_REQUIRE_NVRTC=1 (CI's NVRTC stage)
+turns that skip into a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from fastgan import _backend, _nvrtc
+from fastgan.cli import main
+
+
+def _require_nvrtc() -> None:
+    usable, detail = _nvrtc.status()
+    if usable:
+        return
+    if os.environ.get("FASTGAN_REQUIRE_NVRTC") == "1":
+        pytest.fail(f"FASTGAN_REQUIRE_NVRTC=1 but NVRTC via CuPy is unavailable: {detail}")
+    pytest.skip(f"NVRTC via CuPy is unavailable here: {detail}")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_NVRTC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_import_fastgan_never_imports_cupy():
+    code = ("import sys, fastgan, fastgan.ops, fastgan.nn, fastgan.losses; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupy_backends')], 'cupy imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_global_kernel_of_the_kernel_headers_is_compiled():
+    # A kernel added to csrc/<module>_kernels.cuh but not to KERNELS would be neither checked nor launchable.
+    for module, names in _nvrtc.KERNELS.items():
+        text = (_nvrtc.source_dir() / f"{module}_kernels.cuh").read_text()
+        declared = set(re.findall(r"__global__\s+void\s+(\w+)\s*\(", text))
+        listed = {re.match(r"fastgan::(\w+)<", name).group(1) for name in names}
+        assert declared and declared == listed, (module, declared ^ listed)
+
+
+def test_kernel_headers_include_no_torch_or_runtime_headers():
+    # One source of truth for nvcc and NVRTC: the kernel headers (and what they include) must compile with NVRTC.
+    for path in list(_nvrtc.source_dir().glob("*_kernels.cuh")) + [_nvrtc.source_dir() / h for h in
+                                                                  ("common.h", "bias_act.h", "norm_act.h", "losses.h")]:
+        includes = re.findall(r'#include [<"]([^>"]+)[>"]', path.read_text())
+        assert not [i for i in includes if i.startswith(("torch", "ATen", "c10", "cuda_runtime"))], (path, includes)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_through_nvrtc(arch, cache):
+    _require_nvrtc()
+    for module, names in _nvrtc.KERNELS.items():
+        compiled = _nvrtc.compile_module(module, arch, use_cache=False)
+        assert compiled.cubin[:4] == b"\x7fELF", module  # a cubin for sm_XY, not PTX
+        assert set(compiled.lowered) == set(names)
+        reports = compiled.kernel_reports()
+        for name in names:
+            assert compiled.lowered[name].startswith("_Z"), name
+            assert reports[name]["registers"] > 0, (name, reports.get(name))
+            assert reports[name]["spill_stores"] == 0, (name, reports[name])
+
+
+def test_cache_hits_keys_and_atomic_entries(cache, monkeypatch):
+    _require_nvrtc()
+    first = _nvrtc.compile_module("bias_act", "sm_90")
+    assert not first.cached
+    entries = list(cache.iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith("bias_act-sm_90-")
+    assert json.loads(entries[0].read_text())["lowered"] == first.lowered
+    # A hit compiles nothing.
+    monkeypatch.setattr(_nvrtc, "_compile_uncached", lambda *a: pytest.fail("compiled despite a cache entry"))
+    again = _nvrtc.compile_module("bias_act", 90)
+    assert again.cached and again.cubin == first.cubin and again.lowered == first.lowered
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTGAN_NVRTC_CACHE", str(cache))
+    # Another architecture is another entry; no temporary file is left behind.
+    _nvrtc.compile_module("bias_act", "sm_80")
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 2 and not [n for n in names if n.endswith(".tmp")], names
+    # An unreadable entry is compiled again and replaced.
+    entries[0].write_text("{not json")
+    fresh = _nvrtc.compile_module("bias_act", "sm_90")
+    assert not fresh.cached and json.loads(entries[0].read_text())["lowered"] == first.lowered
+
+
+def test_cache_key_follows_sources_arch_and_nvrtc_version(tmp_path, monkeypatch):
+    sources = [("bias_act.h", b"a"), ("common.h", b"b")]
+    key = _nvrtc.cache_key("bias_act", 90, (13, 0), sources)
+    assert key == _nvrtc.cache_key("bias_act", 90, (13, 0), list(sources))
+    assert key != _nvrtc.cache_key("bias_act", 80, (13, 0), sources)
+    assert key != _nvrtc.cache_key("bias_act", 90, (13, 1), sources)
+    assert key != _nvrtc.cache_key("bias_act", 90, (13, 0), [("bias_act.h", b"a "), ("common.h", b"b")])
+    assert key != _nvrtc.cache_key("norm_act", 90, (13, 0), sources)
+    # The sources hashed are every header of csrc: editing one (here a copy) changes the key.
+    copy = tmp_path / "csrc"
+    shutil.copytree(_nvrtc.source_dir(), copy)
+    monkeypatch.setenv("FASTGAN_CSRC", str(copy))
+    before = _nvrtc.cache_key("losses", 90, (13, 0), _nvrtc._sources())
+    (copy / "common.h").write_text((copy / "common.h").read_text() + "\n// edited\n")
+    assert _nvrtc.cache_key("losses", 90, (13, 0), _nvrtc._sources()) != before
+
+
+def test_a_compile_error_names_the_file_and_arch(tmp_path, monkeypatch, cache):
+    _require_nvrtc()
+    copy = tmp_path / "csrc"
+    shutil.copytree(_nvrtc.source_dir(), copy)
+    (copy / "bias_act_kernels.cuh").write_text((copy / "bias_act_kernels.cuh").read_text() + "\nnot c++;\n")
+    monkeypatch.setenv("FASTGAN_CSRC", str(copy))
+    with pytest.raises(_nvrtc.NvrtcError, match=r"bias_act_kernels.cuh for sm_90"):
+        _nvrtc.compile_module("bias_act", "sm_90")
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+@pytest.mark.parametrize("bad", ["90a", "sm90x", "compute_90", ""])
+def test_bad_architectures_are_rejected(bad):
+    with pytest.raises(ValueError, match="sm_80 or sm_90"):
+        _nvrtc.parse_arch(bad)
+
+
+# --- which CUDA kernels impl="native" runs -------------------------------------------------------------------------
+
+
+class _FakeExtension(types.ModuleType):
+    def __init__(self, nvcc: bool):
+        super().__init__("fastgan._C")
+        self.nvcc = nvcc
+        self.requested: list[bool] = []
+
+    def with_cuda(self) -> bool:
+        return self.nvcc
+
+    def _set_nvrtc_launcher(self, fn) -> None:
+        pass
+
+    def _set_nvrtc_requested(self, value: bool) -> None:
+        self.requested.append(value)
+
+
+@pytest.mark.parametrize(
+    "nvcc, nvrtc_ok, choice, expected",
+    [
+        (True, True, "auto", "nvcc"),
+        (True, True, "", "nvcc"),
+        (True, True, "nvrtc", "nvrtc"),
+        (True, False, "nvrtc", None),
+        (True, True, "nvcc", "nvcc"),
+        (False, True, "auto", "nvrtc"),
+        (False, True, "nvcc", None),
+        (False, False, "auto", None),
+    ],
+)
+def test_native_cuda_path_choice(monkeypatch, nvcc, nvrtc_ok, choice, expected):
+    ext = _FakeExtension(nvcc)
+    monkeypatch.setattr(_backend, "native_extension", lambda: (ext, ""))
+    monkeypatch.setattr(_nvrtc, "status", lambda: (nvrtc_ok, "CuPy test" if nvrtc_ok else "CuPy missing (test)"))
+    monkeypatch.setenv("FASTGAN_NATIVE", choice)
+    path, reason = _backend.native_cuda_path()
+    assert path == expected
+    if expected is None:
+        assert reason and ("CuPy missing (test)" in reason or "without CUDA kernels" in reason), reason
+        assert _backend._why_unavailable("native", "cuda") == reason
+    else:
+        assert reason == "" and ext.requested[-1] == (expected == "nvrtc")
+        assert _backend._why_unavailable("native", "cuda") == ""
+    assert _backend._why_unavailable("native", "cpu") == ""  # CPU tensors never depend on this
+
+
+def test_bad_fastgan_native_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FASTGAN_NATIVE", "cupy")
+    with pytest.raises(ValueError, match=r"FASTGAN_NATIVE='cupy' is not one of auto, nvcc, nvrtc"):
+        _backend.native_cuda_path()
+    import torch
+
+    with pytest.raises(ValueError, match="FASTGAN_NATIVE"):
+        _backend.resolve_impl("native", torch.device("cuda"), "bias_act")
+    table = _backend.available_impls()  # reported, not raised
+    assert "FASTGAN_NATIVE" in table["native"]["cuda"][1]
+    assert table["native"]["cpu"][0] == (_backend.native_extension()[0] is not None)
+
+
+def test_without_cupy_the_path_is_unavailable_with_the_reason(monkeypatch):
+    ext = _FakeExtension(nvcc=False)
+    monkeypatch.setattr(_backend, "native_extension", lambda: (ext, ""))
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    _nvrtc.status.cache_clear()
+    try:
+        usable, detail = _nvrtc.status()
+        path, reason = _backend.native_cuda_path()
+    finally:
+        _nvrtc.status.cache_clear()
+    assert not usable and "fastgan[cupy]" in detail
+    assert path is None and "without CUDA kernels" in reason and "fastgan[cupy]" in reason
+
+
+def test_the_extension_registers_cuda_kernels_and_the_launcher():
+    module, reason = _backend.native_extension()
+    if module is None:
+        pytest.skip(f"fastgan._C is not built: {reason}")
+    import torch
+
+    # Registered in every build, so builds without nvcc run CUDA tensors through NVRTC.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::bias_act", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::norm_act", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::gan_loss", "CUDA")
+    if not module.with_cuda():
+        assert module._uses_nvrtc()
+    else:
+        module._set_nvrtc_requested(True)
+        assert module._uses_nvrtc()
+        module._set_nvrtc_requested(False)
+        assert not module._uses_nvrtc()
+
+
+# --- fastgan info ---------------------------------------------------------------------------------------------------
+
+
+def test_info_says_which_native_cuda_path_is_active(capsys, monkeypatch):
+    monkeypatch.setattr(_backend, "native_cuda_path", lambda: ("nvrtc", ""))
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "native CUDA kernels" in x)
+    assert "NVRTC via CuPy" in line and "kernel cache" in line
+    monkeypatch.setattr(_backend, "native_cuda_path", lambda: (None, "no CuPy (test)"))
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "native CUDA kernels" in x)
+    assert line.split(None, 3)[-1] == "none: no CuPy (test)"
+    monkeypatch.setattr(_backend, "native_cuda_path", lambda: ("nvcc", ""))
+    assert main(["info"]) == 0
+    assert "compiled extension (nvcc)" in capsys.readouterr().out
+
+
+def test_info_compile_kernels_prints_one_line_per_kernel_and_arch(capsys, cache):
+    _require_nvrtc()
+    assert main(["info", "--compile-kernels", "sm_80,sm_90"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("sm_")]
+    total = sum(len(v) for v in _nvrtc.KERNELS.values())
+    assert len(lines) == 2 * total
+    assert all(re.match(r"sm_(80|90)\s+regs=\d+\s+stack=\d+\s+spill_st=0\s+spill_ld=0\s+fastgan::\w+<", x)
+               for x in lines), lines[:3]
+
+
+def test_info_compile_kernels_fails_loudly(capsys, monkeypatch, cache):
+    assert main(["info", "--compile-kernels", "sm_9x"]) == 2
+    assert "sm_80 or sm_90" in capsys.readouterr().err
+    monkeypatch.setattr(_nvrtc, "status", lambda: (True, "test"))
+
+    def broken(module, arch):
+        raise _nvrtc.NvrtcError(f"{module} does not compile (test)")
+
+    monkeypatch.setattr(_nvrtc, "_compile_uncached", broken)
+    monkeypatch.setattr(_nvrtc, "nvrtc_version", lambda: (13, 0))
+    assert main(["info", "--compile-kernels", "sm_90"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("FAILED") == len(_nvrtc.KERNELS) and "failed to compile" in captured.err
+    monkeypatch.setattr(_nvrtc, "status", lambda: (False, "no CuPy (test)"))
+    assert main(["info", "--compile-kernels", "sm_90"]) == 1
+    assert "no CuPy (test)" in capsys.readouterr().err
