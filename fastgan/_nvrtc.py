@@ -264,15 +264,18 @@ def compile_module(module: str, arch: int | str, use_cache: bool = True) -> Comp
 
 # --- launching -----------------------------------------------------------------------------------------------------
 
-_loaded: dict[tuple[int, str], tuple[object, dict[str, object]]] = {}
+_loaded: dict[tuple[int, str], tuple[object, dict[str, str]]] = {}  # (device, module) -> (cupy Module, lowered names)
+_functions: dict[tuple[int, str], object] = {}  # (device, kernel) -> cupy Function
 _lock = threading.Lock()
 
 
 def _function(device: int, module: str, kernel: str):
     """The loaded kernel ``kernel`` of ``module`` in ``device``'s context (compiled for its architecture)."""
-    key = (device, module)
+    function = _functions.get((device, kernel))
+    if function is not None:
+        return function
     with _lock:
-        if key not in _loaded:
+        if (device, module) not in _loaded:
             import cupy
             import torch
 
@@ -281,16 +284,18 @@ def _function(device: int, module: str, kernel: str):
             with cupy.cuda.Device(device):
                 loaded = cupy.cuda.function.Module()
                 loaded.load(compiled.cubin)
-            _loaded[key] = (loaded, {name: lowered for name, lowered in compiled.lowered.items()})
-        loaded, lowered = _loaded[key]
-    if kernel not in lowered:
-        raise NvrtcError(f"kernel {kernel} is not in fastgan._nvrtc.KERNELS[{module!r}]; add it there")
-    return loaded.get_function(lowered[kernel])
+            _loaded[(device, module)] = (loaded, dict(compiled.lowered))
+        loaded, lowered = _loaded[(device, module)]
+        if kernel not in lowered:
+            raise NvrtcError(f"kernel {kernel} is not in fastgan._nvrtc.KERNELS[{module!r}]; add it there")
+        function = _functions[(device, kernel)] = loaded.get_function(lowered[kernel])
+    return function
 
 
 def launch(device: int, plan: Sequence[tuple[str, str, int, int, Sequence[bytes]]]) -> None:
     """Run ``plan`` (steps of module, kernel name, grid, block, argument bytes) on ``device``'s current PyTorch stream,
-    in order. Called by fastgan._C's CUDA ops."""
+    in order. Called by fastgan._C's CUDA ops (on whichever thread runs them, autograd's included); the arguments are
+    copied by the driver at launch, so the buffers may go when it returns."""
     import cupy
     import torch
 

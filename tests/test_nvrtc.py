@@ -268,3 +268,137 @@ def test_info_compile_kernels_fails_loudly(capsys, monkeypatch, cache):
     monkeypatch.setattr(_nvrtc, "status", lambda: (False, "no CuPy (test)"))
     assert main(["info", "--compile-kernels", "sm_90"]) == 1
     assert "no CuPy (test)" in capsys.readouterr().err
+
+
+# --- the launch plans of the C++ glue, run on CPU tensors through the ops' CUDA kernels -----------------------------
+
+
+@pytest.fixture
+def recorded_plans():
+    """The plans fastgan._C's CUDA kernels hand to the NVRTC launcher, recorded instead of launched."""
+    module, reason = _backend.native_extension()
+    if module is None or not hasattr(module, "_set_nvrtc_launcher"):
+        pytest.skip(f"fastgan._C with the NVRTC path is not built: {reason or 'an older build'}")
+    plans: list[list[tuple]] = []
+    module._set_nvrtc_launcher(lambda device, plan: plans.append(list(plan)))
+    module._set_nvrtc_requested(True)
+    try:
+        yield plans
+    finally:
+        module._set_nvrtc_requested(False)
+        _nvrtc.install(module)
+
+
+def _cuda_kernel(op, *args):
+    """Run ``op``'s CUDA kernel (its argument checks and launch plan) on CPU tensors."""
+    import torch
+
+    return op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), *args)
+
+
+def _blocks(n: int) -> int:  # csrc/launch.h::elementwise_blocks
+    return max(1, min(65536, -(-n // 256)))
+
+
+def test_cuda_kernels_hand_nvrtc_plans_of_listed_kernels(recorded_plans):
+    import struct
+
+    import torch
+
+    ops = torch.ops.fastgan
+    x, b = torch.randn(2, 3, 40), torch.randn(3)
+    for dtype, name in ((torch.float32, "float"), (torch.float16, "__half"), (torch.bfloat16, "__nv_bfloat16"),
+                        (torch.float64, "double")):
+        out = _cuda_kernel(ops.bias_act.default, x.to(dtype), b.to(dtype), 1, 2, 0.2, 1.0, None)
+        ((module, kernel, grid, block, args),) = recorded_plans.pop()
+        assert (module, kernel, grid, block) == ("bias_act", f"fastgan::bias_act_kernel<{name}, 0>", 1, 256)
+        # BiasActParams by value: x, b, dy, g, out pointers first; the output is the op's result, not a copy.
+        xp, bp, dyp, gp, outp = struct.unpack("5P", args[0][:40])
+        assert outp == out.data_ptr() and dyp == gp == 0 and xp != 0 and bp != 0
+    _cuda_kernel(ops.bias_act_backward2.default, x, x, x, b, 1, 5, 1.0, 1.0, 0.5)
+    assert [s[1] for s in recorded_plans.pop()] == ["fastgan::bias_act_kernel<float, 2>"]
+
+    y = torch.randn(4, 3, 50, 50)  # 10000 values per channel: 3 chunks of 4096
+    _cuda_kernel(ops.norm_act.default, y, None, None, None, None, True, False, 1e-5, 1, 0.2)
+    plan = recorded_plans.pop()
+    assert [(s[1], s[2], [len(a) for a in s[4]][1:]) for s in plan] == [
+        ("fastgan::stats_partial_kernel<float>", 3 * 3, [8, 8]),
+        ("fastgan::stats_merge_kernel<float>", 1, [8, 8, 8, 8]),
+        ("fastgan::apply_kernel<float>", _blocks(y.numel()), [8]),
+    ]
+    mean, var = torch.zeros(12), torch.ones(12)  # instance statistics: one per (sample, channel)
+    _cuda_kernel(ops.norm_act_backward.default, y.double(), y.double(), None, None, mean, var, True, True, 1e-5, 0, 0.2)
+    assert [s[1] for s in recorded_plans.pop()] == [
+        "fastgan::grad_partial_kernel<double>", "fastgan::grad_merge_kernel<double>", "fastgan::dx_kernel<double>"]
+    half = torch.float16
+    _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(3, dtype=half), torch.ones(3, dtype=half),
+                 mean[:3], var[:3], 0.1, 10, 1)
+    assert [s[1] for s in recorded_plans.pop()] == ["fastgan::update_stats_kernel<__half, float>"]
+
+    _cuda_kernel(ops.gan_loss.default, torch.randn(100_000), torch.randn(10), 0, 1)
+    plan = recorded_plans.pop()
+    assert [(s[1], s[2], s[3]) for s in plan] == [("fastgan::gan_loss_kernel<float>", 25, 256),
+                                                  ("fastgan::gan_loss_finalize_kernel<float>", 1, 256)]
+    assert struct.unpack("i", plan[1][4][1]) == (25,)
+    _cuda_kernel(ops.gan_loss.default, torch.randn(10), None, 0, 0)
+    assert [(s[1], s[2], s[3]) for s in recorded_plans.pop()] == [("fastgan::gan_loss_kernel<float>", 1, 1024)]
+    g = torch.randn(5, 3, 4, 4, dtype=torch.bfloat16)
+    _cuda_kernel(ops.grad_norm_penalty.default, g, 10.0, 1.0, 1.0)
+    assert [(s[1], s[2]) for s in recorded_plans.pop()] == [("fastgan::sample_norm_kernel<__nv_bfloat16>", 5),
+                                                            ("fastgan::penalty_kernel<__nv_bfloat16>", 1)]
+    _cuda_kernel(ops.penalty_interpolate.default, g, g, torch.rand(5))
+    assert [s[1] for s in recorded_plans.pop()] == ["fastgan::interpolate_kernel<__nv_bfloat16>"]
+    assert not recorded_plans
+
+
+def test_the_plans_use_exactly_the_listed_kernels(recorded_plans):
+    # The C++ plans and fastgan._nvrtc.KERNELS spell the same instantiations, and every listed one is launched by some
+    # plan (every op, kind and dtype below).
+    import torch
+
+    ops = torch.ops.fastgan
+    z = torch.randn(3, 4, 5)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        zd, mt = z.to(dtype), torch.float64 if dtype == torch.float64 else torch.float32
+        _cuda_kernel(ops.bias_act.default, zd, None, 1, 3, 0.2, 1.0, None)
+        _cuda_kernel(ops.bias_act_backward.default, zd, zd, None, 1, 3, 0.2, 1.0, None)
+        _cuda_kernel(ops.bias_act_backward2.default, zd, zd, zd, None, 1, 3, 0.2, 1.0, None)
+        _, mean, var = _cuda_kernel(ops.norm_act.default, zd, None, None, None, None, True, False, 1e-5, 0, 0.0)
+        _cuda_kernel(ops.norm_act_backward.default, zd, zd, None, None, mean, var, True, False, 1e-5, 0, 0.0)
+        for stats in (torch.float32, torch.float64):
+            _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype),
+                         mean.to(stats), var.to(stats), 0.1, 15, 1)
+        _, grad_a, grad_b = _cuda_kernel(ops.gan_loss.default, torch.randn(70_000, dtype=dtype), zd, 0, 1)
+        _cuda_kernel(ops.gan_loss_backward.default, torch.ones((), dtype=dtype), grad_a, grad_b)
+        _, norms = _cuda_kernel(ops.grad_norm_penalty.default, zd, 10.0, 1.0, 1.0)
+        _cuda_kernel(ops.grad_norm_penalty_backward.default, torch.ones((), dtype=dtype), zd, norms.to(mt), 10.0,
+                     1.0, 1.0)
+        _cuda_kernel(ops.penalty_interpolate.default, zd, zd, torch.rand(3))
+    planned = {(s[0], s[1]) for plan in recorded_plans for s in plan}
+    listed = {(module, kernel) for module, names in _nvrtc.KERNELS.items() for kernel in names}
+    assert planned == listed, (planned - listed, listed - planned)
+    assert len(listed) == sum(len(v) for v in _nvrtc.KERNELS.values())  # no name listed twice
+
+
+def test_launch_passes_each_argument_by_pointer_on_torchs_stream(monkeypatch):
+    import contextlib
+
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+    import ctypes
+
+    import torch
+
+    calls = []
+
+    def fake_launch(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        pointers = (ctypes.c_void_p * 3).from_address(params)
+        calls.append((f, gx, gy, gz, bx, by, bz, shared, stream, extra,
+                      [ctypes.string_at(pointers[i], n) for i, n in enumerate((16, 8, 4))]))
+
+    monkeypatch.setattr(cupy.cuda.driver, "launchKernel", fake_launch)
+    monkeypatch.setattr(cupy.cuda, "Device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=4242))
+    monkeypatch.setattr(_nvrtc, "_function", lambda device, module, kernel: types.SimpleNamespace(ptr=77))
+    args = [bytes(range(16)), (123456789).to_bytes(8, "little"), (7).to_bytes(4, "little")]
+    _nvrtc.launch(0, [("bias_act", "fastgan::bias_act_kernel<float, 0>", 12, 256, args)])
+    assert calls == [(77, 12, 1, 1, 256, 1, 1, 0, 4242, 0, args)]
