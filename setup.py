@@ -1,7 +1,8 @@
 """Build fastgan and its compiled extension fastgan._C.
 
 C++ kernels are always built. CUDA kernels are added when the installed PyTorch has CUDA and a CUDA toolkit (nvcc)
-is found; no GPU is needed to build them. Knobs (all optional):
+is found; no GPU is needed to build them. Without them, CUDA tensors run the same kernel source compiled at run time
+by NVRTC when CuPy is installed (`pip install -e ".[cupy]"`, fastgan/_nvrtc.py). Knobs (all optional):
     FASTGAN_CUDA=0           skip the CUDA kernels
     CUDA_HOME=/path          the toolkit (default: found from nvcc on PATH, then /usr/local/cuda)
     TORCH_CUDA_ARCH_LIST     architectures (default: the visible GPUs', else sm_80 and sm_90 + PTX)
@@ -102,7 +103,9 @@ setup(
     packages=find_packages(include=["fastgan", "fastgan.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "numpy", "pillow", "tqdm", "triton; platform_system == 'Linux'"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn", "ruff"]},
+    # cupy: the CUDA kernels compiled at run time by NVRTC where fastgan._C was built without nvcc (CUDA 13; for a
+    # PyTorch built for CUDA 12 install cupy-cuda12x instead).
+    extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn", "ruff"], "cupy": ["cupy-cuda13x"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastgan = fastgan.cli:main"]},
