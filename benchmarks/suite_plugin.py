@@ -9,9 +9,9 @@ Options:
   "cuda" in the test function's name or a name ending in "_gpu"). ``--suite-quick`` also drops the parity matrix's
   ``ref`` rows (PyTorch checking itself) and its non-contiguous layouts.
 - ``--suite-shard I --suite-shards N``: run the I-th of N shards. Tests are ordered by priority (GPU-only branches,
-  then the Triton-specific and other GPU tests, then parity triton, native, ref), cut into blocks of neighbours (which
-  share Triton kernels, so a shard compiles each once) dealt round-robin to the shards; ``bigmem`` tests all go to
-  shard 0, first.
+  then the Triton-specific and other GPU tests, then parity triton, native (nvcc's and NVRTC's kernels), ref), cut
+  into blocks of neighbours (which share Triton kernels, so a shard compiles each once) dealt round-robin to the
+  shards; ``bigmem`` tests all go to shard 0, first.
 - ``--suite-skip FILE``: node ids not to run again (a restarted shard skips what its crashed predecessor finished).
 - ``--suite-current FILE``: the node id running now (so a crash without a report is attributed).
 
@@ -65,7 +65,7 @@ def priority(item) -> int:
     if item.path.name != "test_parity.py":
         return 1
     impl = getattr(item, "callspec", None) and item.callspec.params.get("impl")
-    return {"triton": 2, "native": 3}.get(impl, 4)
+    return {"triton": 2, "native": 3, "native-nvrtc": 3}.get(impl, 4)
 
 
 def _quick_drop(item) -> bool:

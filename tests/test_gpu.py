@@ -28,6 +28,7 @@ from fastgan.ops import (
     batch_norm_act,
     batch_norm_act_ref,
     bias_act,
+    bias_act_ref,
     conv2d_act,
     conv2d_act_ref,
     conv2d_batch_norm_act,
@@ -530,3 +531,46 @@ def test_auto_measures_on_cuda(tmp_path, monkeypatch):
         assert entry["impl"] == min(entry["ms"], key=entry["ms"].get)
     finally:
         _autotune.clear()
+
+
+# --- the NVRTC path of the native CUDA kernels (fastgan/_nvrtc.py) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=DTYPE_IDS.get)
+def test_nvrtc_kernels_run_on_the_current_stream_past_the_one_block_branches(dtype, tmp_path, monkeypatch):
+    """FASTGAN_NATIVE=nvrtc: the kernels compiled by NVRTC (cache in tmp_path) run on a side stream, the one current
+    when the op is called, on shapes that take the multi-block branches (several norm chunks, the loss finalize
+    kernel), and match the float64 reference; where nvcc's kernels are built in too, the two paths agree closely."""
+    from fastgan import _nvrtc
+    from fastgan._backend import native_extension
+
+    monkeypatch.setenv("FASTGAN_NATIVE", "nvrtc")
+    monkeypatch.setenv("FASTGAN_NVRTC_CACHE", str(tmp_path))
+    require("native", "cuda")
+    assert native_extension()[0]._uses_nvrtc()
+    x = _rand((8, 16, 40, 40), dtype, "cuda", 0, 2.0)  # 12,800 values per channel: 4 chunks of 4096
+    b = _rand((16,), dtype, "cuda", 1, 1.0)
+    logits = _rand(LOGITS[0], dtype, "cuda", 2, 3.0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    cases = [  # (ours, the specification)
+        (lambda t: bias_act(t, b, act="lrelu", alpha=0.2, impl="native"),
+         lambda t: bias_act_ref(t, b.to(t.dtype), act="lrelu", alpha=0.2)),
+        (lambda t: batch_norm_act(t, None, None, None, None, True, act="relu", impl="native"),
+         lambda t: batch_norm_act_ref(t, None, None, None, None, True, act="relu")),
+        (lambda t: instance_norm_act(t, act="tanh", impl="native"), lambda t: instance_norm_act_ref(t, act="tanh")),
+    ]
+    with torch.cuda.stream(side):
+        outs = [ours(x) for ours, _ in cases] + [g_loss(logits, "nonsaturating", impl="native")]
+    side.synchronize()
+    for i, (_, spec) in enumerate(cases):
+        assert_close_to_truth(outs[i], spec(x.double()).cpu(), spec(x), dtype, f"NVRTC case {i}")
+    assert_close_to_truth(outs[-1], g_loss_ref(logits.double(), "nonsaturating").cpu(),
+                          g_loss_ref(logits, "nonsaturating"), dtype, "NVRTC g_loss")
+    assert list(tmp_path.glob("*.json")), "no compiled module was cached"
+    if native_extension()[0].with_cuda():
+        monkeypatch.setenv("FASTGAN_NATIVE", "nvcc")
+        nvcc = bias_act(x, b, act="lrelu", alpha=0.2, impl="native")
+        assert not native_extension()[0]._uses_nvrtc()
+        torch.testing.assert_close(outs[0], nvcc)  # the same code; two compilers' versions may round differently
+    assert _nvrtc.KERNELS  # the module imported CuPy only now, on a GPU

@@ -14,6 +14,7 @@ from .conftest import DEVICES, assert_close_to_truth, require
 from .registry import all_cases
 
 DTYPE_IDS = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
+NATIVE_NVRTC = "native-nvrtc"  # impl="native" with FASTGAN_NATIVE=nvrtc: the CUDA kernels compiled by NVRTC
 
 
 def _params():
@@ -28,8 +29,12 @@ def _params():
                             if layout == "channels_last" and len(shape) != 4:
                                 continue
                             size = "x".join(map(str, shape))
-                            name = f"{case.name}-{impl}-{device}-{DTYPE_IDS[dtype]}-{layout}-{size}"
-                            yield pytest.param(case, impl, device, dtype, layout, shape, id=name)
+                            # Native CUDA rows run twice: the kernels the build has (nvcc's, else NVRTC's), and
+                            # NVRTC's by FASTGAN_NATIVE=nvrtc, which skips where CuPy is missing.
+                            native_cuda = impl == "native" and device == "cuda"
+                            for variant in (impl, NATIVE_NVRTC) if native_cuda else (impl,):
+                                name = f"{case.name}-{variant}-{device}-{DTYPE_IDS[dtype]}-{layout}-{size}"
+                                yield pytest.param(case, variant, device, dtype, layout, shape, id=name)
 
 
 def _apply_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -68,7 +73,10 @@ def _evaluate(fn, inputs, num_grad, order, gen_seed):
 
 
 @pytest.mark.parametrize("case,impl,device,dtype,layout,shape", list(_params()))
-def test_parity(case, impl, device, dtype, layout, shape):
+def test_parity(case, impl, device, dtype, layout, shape, monkeypatch):
+    if impl == NATIVE_NVRTC:
+        monkeypatch.setenv("FASTGAN_NATIVE", "nvrtc")
+        impl = "native"
     require(impl, device)
     gen = torch.Generator().manual_seed(0)
     inputs64 = case.make_inputs(shape, gen)
