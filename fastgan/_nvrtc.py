@@ -4,9 +4,10 @@ The kernels are the ones nvcc compiles: ``csrc/<module>_kernels.cuh``, included 
 compiled here as they are (no kernel code lives in Python). The ops' C++ glue checks arguments and packs the
 parameter structs as for nvcc's kernels, then calls ``launch(device, plan)`` (installed into ``fastgan._C`` by
 ``install``) with the kernels to run, each with its grid and block (the rules of ``csrc/launch.h``) and its arguments'
-bytes. Here each module is compiled once per GPU architecture with every kernel instantiation of ``KERNELS`` (about
-1-5 s), cached on disk under a key of the sources' hash, the architecture, the NVRTC version and the options, loaded
-into the device's context and launched on PyTorch's current stream with the tensors' own pointers (no copies).
+bytes. Here each module is compiled once per GPU architecture with every kernel instantiation of ``KERNELS`` (the
+three modules took 19 s for one architecture on 2 busy cores), cached on disk under a key of the sources' hash, the
+architecture, the NVRTC version and the options, loaded into the device's context and launched on PyTorch's current
+stream with the tensors' own pointers (no copies).
 
 CuPy is imported on first use, never at ``import fastgan``. ``status()`` says whether this path can run and why not.
 The cache: ``$FASTGAN_NVRTC_CACHE``, else ``$XDG_CACHE_HOME/fastgan/nvrtc``, else ``~/.cache/fastgan/nvrtc``.
