@@ -16,6 +16,7 @@ import os
 import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 # Without a visible GPU and without TORCH_CUDA_ARCH_LIST, build for the GPUs fastgan targets: A100 (sm_80) and
 # H100/H200 (sm_90), plus PTX so newer GPUs JIT-compile the sm_90 code.
@@ -96,6 +97,21 @@ def _extension():
     )
 
 
+class BuildPyWithKernelSources(build_py):
+    """Also ships the CUDA kernel sources (csrc/*.h, csrc/*.cuh) as fastgan/_csrc, where the NVRTC path of an install
+    that is not editable finds them (fastgan/_nvrtc.py); an editable install reads csrc/ itself."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = os.path.join(self.build_lib, "fastgan", "_csrc")
+        os.makedirs(target, exist_ok=True)
+        for pattern in ("*.h", "*.cuh"):
+            for path in sorted(glob.glob(os.path.join(HERE, "csrc", pattern))):
+                shutil.copy2(path, target)
+
+
 setup(
     name="fastgan",
     version="0.1.0",
@@ -107,6 +123,6 @@ setup(
     # PyTorch built for CUDA 12 install cupy-cuda12x instead).
     extras_require={"test": ["pytest", "pytest-benchmark", "scikit-learn", "ruff"], "cupy": ["cupy-cuda13x"]},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithKernelSources},
     entry_points={"console_scripts": ["fastgan = fastgan.cli:main"]},
 )

@@ -83,8 +83,13 @@ class NvrtcError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """The csrc folder holding the kernel sources: ``$FASTGAN_CSRC``, else the repository's beside the package."""
-    return Path(os.environ.get("FASTGAN_CSRC") or Path(__file__).resolve().parent.parent / "csrc")
+    """The folder holding the kernel sources: ``$FASTGAN_CSRC``, else the copy an installed wheel ships
+    (``fastgan/_csrc``, setup.py), else the repository's ``csrc`` beside the package (an editable install)."""
+    if os.environ.get("FASTGAN_CSRC"):
+        return Path(os.environ["FASTGAN_CSRC"])
+    here = Path(__file__).resolve().parent
+    shipped = here / "_csrc"
+    return shipped if shipped.is_dir() else here.parent / "csrc"
 
 
 def cache_dir() -> Path:

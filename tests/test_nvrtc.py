@@ -402,3 +402,15 @@ def test_launch_passes_each_argument_by_pointer_on_torchs_stream(monkeypatch):
     args = [bytes(range(16)), (123456789).to_bytes(8, "little"), (7).to_bytes(4, "little")]
     _nvrtc.launch(0, [("bias_act", "fastgan::bias_act_kernel<float, 0>", 12, 256, args)])
     assert calls == [(77, 12, 1, 1, 256, 1, 1, 0, 4242, 0, args)]
+
+
+def test_sources_are_found_in_a_wheel_an_editable_install_or_fastgan_csrc(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTGAN_CSRC", raising=False)
+    package = tmp_path / "site" / "fastgan"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(_nvrtc, "__file__", str(package / "_nvrtc.py"))
+    assert _nvrtc.source_dir() == tmp_path / "site" / "csrc"  # editable: the repository's csrc beside the package
+    (package / "_csrc").mkdir()
+    assert _nvrtc.source_dir() == package / "_csrc"  # a wheel: the copy setup.py's build_py ships
+    monkeypatch.setenv("FASTGAN_CSRC", str(tmp_path / "mine"))
+    assert _nvrtc.source_dir() == tmp_path / "mine"
