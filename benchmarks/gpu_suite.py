@@ -336,6 +336,14 @@ def run_env(out: Path) -> int:
         record["triton"] = triton.__version__
     except Exception as error:
         record["triton_error"] = f"{type(error).__name__}: {error}"
+    try:  # the NVRTC path of the native CUDA kernels (the parity matrix's native-nvrtc rows)
+        sys.path.insert(0, str(ROOT))
+        from fastgan import _nvrtc
+
+        usable, detail = _nvrtc.status()
+        record["nvrtc"] = detail if usable else f"unavailable: {detail}"
+    except Exception as error:
+        record["nvrtc"] = f"unavailable: {type(error).__name__}: {error}"
     record.setdefault("gpu", (record.get("nvidia_smi") or {}).get("name") or "no GPU")
     emit(out, record)
     print(json.dumps(record, indent=1, default=str))
