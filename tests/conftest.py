@@ -24,7 +24,11 @@ def tolerance(truth: torch.Tensor, torch_out: torch.Tensor, dtype: torch.dtype) 
 
     ``torch_out`` is the reference op run by PyTorch in ``dtype``; ``truth`` is the same computed in float64.
     """
-    torch_err = (torch_out.double() - truth).abs().max().item() if truth.numel() else 0.0
+    # PyTorch's own error over the entries it got finite: its bfloat16 channels_last CPU weight gradient sometimes
+    # returns NaN where the float64 truth is finite (seen in CI), which would make the tolerance NaN.
+    diff = (torch_out.double() - truth).abs()
+    diff = diff[diff.isfinite()]
+    torch_err = diff.max().item() if diff.numel() else 0.0
     scale = max(1.0, truth.abs().max().item()) if truth.numel() else 1.0
     return 2.0 * torch_err + 4.0 * torch.finfo(dtype).eps * scale
 
