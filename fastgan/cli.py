@@ -10,10 +10,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .metrics.cli import COMMANDS as EVAL_COMMANDS
 from .train.cli import COMMANDS as TRAIN_COMMANDS
 
 # Subcommand name -> (help, function adding its arguments, function running it): info below, then the training
-# commands defined beside their code (fastgan/train/cli.py), which knows nothing of this module.
+# commands and eval, defined beside their code (fastgan/train/cli.py, fastgan/metrics/cli.py), which know nothing of
+# this module.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -155,6 +157,7 @@ def _autotune_info() -> None:
 
 
 COMMANDS.update(TRAIN_COMMANDS)
+COMMANDS.update(EVAL_COMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):

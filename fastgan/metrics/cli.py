@@ -1,0 +1,179 @@
+"""``fastgan eval``: FID, KID, IS and precision/recall of a run's generator against held-out real images.
+
+Real images: the dataset's test split when it has one (held out from GAN training), else its train split. Features:
+``lenet`` (28x28 grey data only; trained on the labelled train split on first use, cached; when the train split is
+absent, on a seeded half of the test split, the other half then being the real reference) or ``inception`` (FID's
+InceptionV3, weights from ``--inception-weights`` / ``$FASTGAN_INCEPTION_WEIGHTS``). The table goes to stdout; the
+same numbers, with everything needed to reproduce them, to ``eval-<features>.json`` in the run folder (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .evaluate import METRICS, parse_metrics
+
+_FEATURES = ("lenet", "inception")
+_LABELS = {"fid": "FID", "kid_mean": "KID (mean)", "kid_std": "KID (std)", "is_mean": "IS (mean)",
+           "is_std": "IS (std)", "precision": "precision", "recall": "recall"}
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="RUN",
+                        help="a run folder or a .pt checkpoint (required; no default)")
+    parser.add_argument("--data", default=None, help="the real data's name (default: the run's --data)")
+    parser.add_argument("--data-root", default=None, metavar="PATH", help="its folder (default: the run's)")
+    parser.add_argument("--num", type=int, default=10000, metavar="N",
+                        help="generated images, and at most as many real ones (default: 10000)")
+    parser.add_argument("--metrics", default="fid,kid,is,pr", metavar="LIST",
+                        help=f"comma-separated, of {', '.join(METRICS)} (default: fid,kid,is,pr)")
+    parser.add_argument("--features", choices=_FEATURES, default=None,
+                        help="feature network (default: lenet for 28x28 grey data, else inception)")
+    parser.add_argument("--inception-weights", default=None, metavar="PATH",
+                        help="FID Inception weights file (default: $FASTGAN_INCEPTION_WEIGHTS; never downloaded)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the generator's noise and of KID's subsets (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=500, metavar="N",
+                        help="images generated and featurised at a time (default: 500)")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="score the trained generator, not its EMA (default: the EMA when the run kept one)")
+    parser.add_argument("--out", default=None, metavar="FILE.json",
+                        help="where to write the JSON (default: <run folder>/eval-<features>.json)")
+
+
+def _error(message: str) -> int:
+    print(f"fastgan eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _as_float_images(dataset) -> torch.Tensor:
+    """All images of a dataset as float32 [N, C, S, S] in [-1, 1] (fixed-size datasets without a per-item copy)."""
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor) and getattr(dataset, "image_size", None) in (None, images.shape[-1]) \
+            and dataset.channels == images.shape[1]:
+        return images.float().div(127.5).sub(1.0)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def _load_split(name: str, root, size: int, channels: int, split: str):
+    from ..data import make_dataset
+
+    try:
+        return make_dataset(name, root, size, channels, split, cli=True)
+    except FileNotFoundError:
+        return None
+
+
+def real_data(name: str, root, size: int, channels: int, seed: int = 0) -> dict:
+    """Real images for evaluation, and labelled images for LeNet: {"reference", "train", "held_out", "note"}."""
+    test = _load_split(name, root, size, channels, "test")
+    train = _load_split(name, root, size, channels, "train")
+    if test is None and train is None:
+        from ..data import make_dataset
+
+        make_dataset(name, root, size, channels, "train", cli=True)  # raises the dataset's own message
+    if test is not None and train is not None:
+        reference = _as_float_images(test)
+        return {"reference": reference, "train": (_as_float_images(train), train.labels),
+                "held_out": (reference, test.labels), "note": "reference: test split; LeNet trained on train split"}
+    only = test if test is not None else train
+    which = "test" if test is not None else "train"
+    images, labels = _as_float_images(only), getattr(only, "labels", None)
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    half = images.shape[0] // 2
+    first, second = order[:half], order[half:]
+    train_part = (images[first], labels[first]) if labels is not None else None
+    return {"reference": images[second] if train_part is not None else images, "train": train_part,
+            "held_out": (images[second], labels[second]) if labels is not None else None,
+            "note": f"only the {which} split is present: LeNet trained on a seeded half of it, the other half "
+                    f"({images.shape[0] - half} images) is the real reference"}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..train.cli import _one_line, _user_errors
+    from ..train.sampling import generate, load_generator
+
+    try:
+        metrics = parse_metrics(args.metrics)
+    except ValueError as err:
+        return _error(f"--metrics: {err}")
+    if args.num < 2:
+        return _error(f"--num must be at least 2 (scores need two samples), got {args.num}")
+    if args.batch_size < 1:
+        return _error(f"--batch-size must be positive, got {args.batch_size}")
+    try:
+        started = time.perf_counter()
+        generator, config, device = load_generator(args.checkpoint, args.device, None, not args.no_ema)
+        if config.model == "cyclegan":
+            return _error("--checkpoint: a cyclegan run translates images; fastgan eval scores noise-to-image "
+                          "generators (gan, dcgan, wgan, wgan-gp)")
+        features = args.features or ("lenet" if (config.image_size, config.channels) == (28, 1) else "inception")
+        if features == "lenet" and (config.image_size, config.channels) != (28, 1):
+            return _error(f"--features lenet needs 28x28 grey images; this run makes {config.image_size}x"
+                          f"{config.image_size}x{config.channels}: use --features inception")
+        data = args.data or config.data
+        root = args.data_root if args.data_root is not None else config.data_root
+        real = real_data(data, root, config.image_size, config.channels, args.seed)
+        extract, about = _extractor(features, real, args, device)
+        reference = real["reference"][: args.num]
+        fake = generate(generator, config, device, args.num, args.seed, args.batch_size)
+        from .evaluate import evaluate_images
+
+        scores = evaluate_images(fake, reference, extract, metrics, args.seed, args.batch_size)
+    except _user_errors() as err:
+        return _error(_one_line(err))
+    run = Path(args.checkpoint)
+    folder = run if run.is_dir() else run.parent
+    out = Path(args.out) if args.out else folder / f"eval-{features}.json"
+    record = {"checkpoint": str(run.resolve()), "ema": not args.no_ema, "features": features, **about,
+              "data": data, "data_root": str(root) if root is not None else None, "real": real["note"],
+              "num_generated": fake.shape[0], "num_real": reference.shape[0], "seed": args.seed,
+              "metrics": metrics, "scores": scores, "seconds": round(time.perf_counter() - started, 2)}
+    _write_json(out, record)
+    print(f"fastgan eval: {run} ({'EMA' if record['ema'] else 'raw'} generator), {fake.shape[0]} generated vs "
+          f"{reference.shape[0]} real {data} images, {features} features")
+    for key, value in about.items():
+        print(f"  {key:<22}{value}")
+    for key, value in scores.items():
+        print(f"  {_LABELS[key]:<22}{value:.6g}")
+    print(f"  written to            {out}")
+    return 0
+
+
+def _extractor(features: str, real: dict, args: argparse.Namespace, device: torch.device):
+    """(images -> (features, logits), facts to report about the feature network)."""
+    if features == "lenet":
+        from .lenet import cached_lenet
+
+        if real["train"] is None:
+            raise ValueError("--features lenet needs labelled real images to train on; this dataset has no labels")
+        net, accuracy, file, trained = cached_lenet(real["train"], real["held_out"])
+        net = net.to(device)
+        return net.features, {"lenet_accuracy": round(accuracy, 4), "lenet_cache": str(file),
+                              "lenet_trained_now": trained}
+    from .inception import load_inception
+
+    net = load_inception(args.inception_weights, device)
+    return net.features, {"inception_weights": str(Path(args.inception_weights or "").resolve())
+                          if args.inception_weights else "$FASTGAN_INCEPTION_WEIGHTS"}
+
+
+def _write_json(path: Path, record: dict) -> None:
+    from .._io import atomic_writer
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as handle:
+        handle.write((json.dumps(record, indent=2) + "\n").encode())
+
+
+COMMANDS = {
+    "eval": ("score a run's generator against real images: FID, KID, IS, precision/recall (LeNet or Inception "
+             "features)", add_eval_arguments, run_eval),
+}

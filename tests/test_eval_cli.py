@@ -1,0 +1,94 @@
+"""``fastgan eval``: a table and a JSON beside the run, numbers equal to the library's; bad input in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastgan.cli import COMMANDS, main
+from fastgan.metrics import frechet_distance, precision_recall
+from fastgan.metrics.lenet import LeNetFeatures
+from fastgan.train.sampling import generate, load_generator
+
+from .test_cli import TINY, one_line
+from .test_data import write_mnist
+
+TINY_28 = [flag if flag != "16" else "28" for flag in TINY]  # the same tiny DCGAN, at MNIST's 28x28
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """A 2-step DCGAN run on tiny random MNIST files (train and t10k splits)."""
+    root = tmp_path_factory.mktemp("eval")
+    write_mnist(root / "mnist", "train", 160, gz=True, seed=0)
+    write_mnist(root / "mnist", "t10k", 96, gz=True, seed=1)
+    run = root / "run"
+    assert main(["train", *TINY_28, "--data", "mnist", "--data-root", str(root / "mnist"), "--steps", "2",
+                 "--out", str(run)]) == 0
+    return run, root / "mnist"
+
+
+def test_eval_is_a_subcommand():
+    assert "eval" in COMMANDS
+
+
+def test_eval_writes_a_table_and_json_beside_the_run_with_the_librarys_numbers(mnist_run, capsys, monkeypatch,
+                                                                               tmp_path):
+    run, data_root = mnist_run
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--checkpoint", str(run), "--num", "80", "--metrics", "fid,pr,is,kid", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((run / "eval-lenet.json").read_text())
+    assert record["features"] == "lenet" and record["lenet_trained_now"] is True
+    assert record["num_generated"] == 80 and record["num_real"] == 80
+    assert set(record["scores"]) == {"fid", "precision", "recall", "is_mean", "is_std", "kid_mean", "kid_std"}
+    assert "reference: test split; LeNet trained on train split" == record["real"]
+    for label in ("FID", "precision", "recall", "IS (mean)", "KID (mean)", "lenet_accuracy", "eval-lenet.json"):
+        assert label in printed
+    # The same numbers from the library: the cached LeNet, the run's EMA generator with the seed, the test split.
+    net = LeNetFeatures()
+    net.load_state_dict(torch.load(record["lenet_cache"], weights_only=True)["net"])
+    generator, config, device = load_generator(run, "cpu")
+    fake = net.features(generate(generator, config, device, 80, seed=3))[0]
+    from fastgan.data import MNISTDataset
+
+    real = net.features(MNISTDataset(data_root, split="test").images[:80].float().div(127.5).sub(1))[0]
+    assert record["scores"]["fid"] == pytest.approx(frechet_distance(real, fake), rel=1e-9)
+    assert (record["scores"]["precision"], record["scores"]["recall"]) == precision_recall(real, fake)
+    # A second evaluation reuses the cached network.
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--num", "80", "--metrics", "fid", "--seed", "3",
+                 "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["lenet_trained_now"] is False and again["scores"]["fid"] == record["scores"]["fid"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--metrics", "fid,xyz"], "--metrics: unknown metric(s) xyz: choose from fid, kid, is, pr"),
+        (["--num", "1"], "--num must be at least 2"),
+        (["--features", "inception", "--inception-weights", "/nonexistent/w.pth"],
+         "the Inception weights file /nonexistent/w.pth does not exist"),
+        (["--data-root", "/nonexistent/mnist"], "MNIST: the train split was not found"),
+    ],
+)
+def test_bad_eval_input_gets_one_line(argv, message, mnist_run, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--checkpoint", str(mnist_run[0]), *argv]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("fastgan eval: error: ") and message in line
+
+
+def test_eval_refuses_lenet_for_other_sizes_and_missing_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run16"
+    assert main(["train", *TINY, "--steps", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--features", "lenet"]) == 2
+    assert "--features lenet needs 28x28 grey images" in one_line(capsys.readouterr().err)
+    assert main(["eval", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "no checkpoint at" in one_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", str(run), "--features", "vgg"])
+    assert "invalid choice" in one_line(capsys.readouterr().err)
