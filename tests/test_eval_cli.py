@@ -92,3 +92,17 @@ def test_eval_refuses_lenet_for_other_sizes_and_missing_checkpoints(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", str(run), "--features", "vgg"])
     assert "invalid choice" in one_line(capsys.readouterr().err)
+
+
+def test_eval_with_only_a_test_split_trains_lenet_on_half_and_scores_against_the_other(mnist_run, capsys,
+                                                                                        monkeypatch, tmp_path):
+    run, _ = mnist_run
+    images, _ = write_mnist(tmp_path / "only-test", "t10k", 160, gz=False, seed=2)
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run), "--data-root", str(tmp_path / "only-test"), "--num", "100",
+                 "--metrics", "fid", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["real"].startswith("only the test split is present: LeNet trained on a seeded half of it")
+    assert record["num_real"] == 80 and record["num_generated"] == 100  # the other half of 160
+    assert "only the test split" in capsys.readouterr().out

@@ -71,7 +71,7 @@ def _load_split(name: str, root, size: int, channels: int, split: str):
         return None
 
 
-def real_data(name: str, root, size: int, channels: int, seed: int = 0) -> dict:
+def real_data(name: str, root, size: int, channels: int, seed: int = 0, lenet: bool = True) -> dict:
     """Real images for evaluation, and labelled images for LeNet: {"reference", "train", "held_out", "note"}."""
     test = _load_split(name, root, size, channels, "test")
     train = _load_split(name, root, size, channels, "train")
@@ -79,19 +79,22 @@ def real_data(name: str, root, size: int, channels: int, seed: int = 0) -> dict:
         from ..data import make_dataset
 
         make_dataset(name, root, size, channels, "train", cli=True)  # raises the dataset's own message
+    which = "test" if test is not None else "train"
+    if not lenet:
+        only = test if test is not None else train
+        return {"reference": _as_float_images(only), "train": None, "held_out": None,
+                "note": f"reference: the {which} split"}
     if test is not None and train is not None:
         reference = _as_float_images(test)
         return {"reference": reference, "train": (_as_float_images(train), train.labels),
                 "held_out": (reference, test.labels), "note": "reference: test split; LeNet trained on train split"}
     only = test if test is not None else train
-    which = "test" if test is not None else "train"
-    images, labels = _as_float_images(only), getattr(only, "labels", None)
+    images, labels = _as_float_images(only), only.labels
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
     half = images.shape[0] // 2
     first, second = order[:half], order[half:]
-    train_part = (images[first], labels[first]) if labels is not None else None
-    return {"reference": images[second] if train_part is not None else images, "train": train_part,
-            "held_out": (images[second], labels[second]) if labels is not None else None,
+    return {"reference": images[second], "train": (images[first], labels[first]),
+            "held_out": (images[second], labels[second]),
             "note": f"only the {which} split is present: LeNet trained on a seeded half of it, the other half "
                     f"({images.shape[0] - half} images) is the real reference"}
 
@@ -120,7 +123,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           f"{config.image_size}x{config.channels}: use --features inception")
         data = args.data or config.data
         root = args.data_root if args.data_root is not None else config.data_root
-        real = real_data(data, root, config.image_size, config.channels, args.seed)
+        real = real_data(data, root, config.image_size, config.channels, args.seed, features == "lenet")
         extract, about = _extractor(features, real, args, device)
         reference = real["reference"][: args.num]
         fake = generate(generator, config, device, args.num, args.seed, args.batch_size)
@@ -139,6 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _write_json(out, record)
     print(f"fastgan eval: {run} ({'EMA' if record['ema'] else 'raw'} generator), {fake.shape[0]} generated vs "
           f"{reference.shape[0]} real {data} images, {features} features")
+    print(f"  {'real images':<22}{real['note']}")
     for key, value in about.items():
         print(f"  {key:<22}{value}")
     for key, value in scores.items():
@@ -152,7 +156,7 @@ def _extractor(features: str, real: dict, args: argparse.Namespace, device: torc
     if features == "lenet":
         from .lenet import cached_lenet
 
-        if real["train"] is None:
+        if bool((real["train"][1] < 0).any()):
             raise ValueError("--features lenet needs labelled real images to train on; this dataset has no labels")
         net, accuracy, file, trained = cached_lenet(real["train"], real["held_out"])
         net = net.to(device)
