@@ -106,3 +106,33 @@ def test_eval_with_only_a_test_split_trains_lenet_on_half_and_scores_against_the
     assert record["real"].startswith("only the test split is present: LeNet trained on a seeded half of it")
     assert record["num_real"] == 80 and record["num_generated"] == 100  # the other half of 160
     assert "only the test split" in capsys.readouterr().out
+
+
+def test_train_eval_every_logs_the_scores_fastgan_eval_gives_and_changes_no_training(mnist_run, capsys, monkeypatch,
+                                                                                    tmp_path):
+    import csv
+
+    from fastgan.train import load_checkpoint
+
+    _, data_root = mnist_run
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path / "cache"))
+    common = [*TINY_28, "--data", "mnist", "--data-root", str(data_root), "--steps", "4", "--seed", "0"]
+    assert main(["train", *common, "--eval-every", "2", "--eval-num", "40", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "b")]) == 0
+    with open(tmp_path / "a" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    scored = {int(r["step"]): r for r in rows if r["lenet_fid"]}
+    assert sorted(scored) == [2, 4] and len(rows) == 6  # 4 loss rows (--log-every 1) and 2 score rows
+    assert all(0 <= float(scored[s][k]) <= 1 for s in scored for k in ("precision", "recall"))
+    # The scores are fastgan eval's for the same generator, seed and number of images.
+    assert main(["eval", "--checkpoint", str(tmp_path / "a"), "--num", "40", "--metrics", "fid,pr"]) == 0
+    record = json.loads((tmp_path / "a" / "eval-lenet.json").read_text())
+    assert float(scored[4]["lenet_fid"]) == pytest.approx(record["scores"]["fid"], rel=1e-9)
+    assert float(scored[4]["recall"]) == pytest.approx(record["scores"]["recall"], abs=1e-12)
+    # Scoring touches no training state: the same weights as the run without it.
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert all(torch.equal(a["nets"]["G"][k], v) for k, v in b["nets"]["G"].items())
+    assert all(torch.equal(a["ema"][k], v) for k, v in b["ema"].items())
+    capsys.readouterr()
+    assert main(["train", *TINY, "--eval-every", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "--eval-every scores with LeNet features: 28x28 grey" in one_line(capsys.readouterr().err)

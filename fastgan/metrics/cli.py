@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import METRICS, parse_metrics
+from .evaluate import METRICS, parse_metrics, real_data
 
 _FEATURES = ("lenet", "inception")
 _LABELS = {"fid": "FID", "kid_mean": "KID (mean)", "kid_std": "KID (std)", "is_mean": "IS (mean)",
@@ -51,52 +51,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def _error(message: str) -> int:
     print(f"fastgan eval: error: {message}", file=sys.stderr)
     return 2
-
-
-def _as_float_images(dataset) -> torch.Tensor:
-    """All images of a dataset as float32 [N, C, S, S] in [-1, 1] (fixed-size datasets without a per-item copy)."""
-    images = getattr(dataset, "images", None)
-    if isinstance(images, torch.Tensor) and getattr(dataset, "image_size", None) in (None, images.shape[-1]) \
-            and dataset.channels == images.shape[1]:
-        return images.float().div(127.5).sub(1.0)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
-def _load_split(name: str, root, size: int, channels: int, split: str):
-    from ..data import make_dataset
-
-    try:
-        return make_dataset(name, root, size, channels, split, cli=True)
-    except FileNotFoundError:
-        return None
-
-
-def real_data(name: str, root, size: int, channels: int, seed: int = 0, lenet: bool = True) -> dict:
-    """Real images for evaluation, and labelled images for LeNet: {"reference", "train", "held_out", "note"}."""
-    test = _load_split(name, root, size, channels, "test")
-    train = _load_split(name, root, size, channels, "train")
-    if test is None and train is None:
-        from ..data import make_dataset
-
-        make_dataset(name, root, size, channels, "train", cli=True)  # raises the dataset's own message
-    which = "test" if test is not None else "train"
-    if not lenet:
-        only = test if test is not None else train
-        return {"reference": _as_float_images(only), "train": None, "held_out": None,
-                "note": f"reference: the {which} split"}
-    if test is not None and train is not None:
-        reference = _as_float_images(test)
-        return {"reference": reference, "train": (_as_float_images(train), train.labels),
-                "held_out": (reference, test.labels), "note": "reference: test split; LeNet trained on train split"}
-    only = test if test is not None else train
-    images, labels = _as_float_images(only), only.labels
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
-    half = images.shape[0] // 2
-    first, second = order[:half], order[half:]
-    return {"reference": images[second], "train": (images[first], labels[first]),
-            "held_out": (images[second], labels[second]),
-            "note": f"only the {which} split is present: LeNet trained on a seeded half of it, the other half "
-                    f"({images.shape[0] - half} images) is the real reference"}
 
 
 def run_eval(args: argparse.Namespace) -> int:

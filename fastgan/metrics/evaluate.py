@@ -76,3 +76,91 @@ def evaluate_images(
     real_feats, _ = batched_features(extract, real, batch_size)
     fake_feats, fake_logits = batched_features(extract, fake, batch_size)
     return scores_of_features(real_feats, fake_feats, fake_logits, metrics, seed)
+
+
+def _as_float_images(dataset) -> torch.Tensor:
+    """All images of a dataset as float32 [N, C, S, S] in [-1, 1] (fixed-size datasets without a per-item copy)."""
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor) and getattr(dataset, "image_size", None) in (None, images.shape[-1]) \
+            and dataset.channels == images.shape[1]:
+        return images.float().div(127.5).sub(1.0)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def _load_split(name: str, root, size: int, channels: int, split: str):
+    """A split of a named dataset, or None when its files are absent."""
+    from ..data import make_dataset
+
+    try:
+        return make_dataset(name, root, size, channels, split, cli=True)
+    except FileNotFoundError:
+        return None
+
+
+def real_data(name: str, root, size: int, channels: int, seed: int = 0, lenet: bool = True) -> dict:
+    """Real images for evaluation, and labelled images for LeNet: {"reference", "train", "held_out", "note"}."""
+    test = _load_split(name, root, size, channels, "test")
+    train = _load_split(name, root, size, channels, "train")
+    if test is None and train is None:
+        from ..data import make_dataset
+
+        make_dataset(name, root, size, channels, "train", cli=True)  # raises the dataset's own message
+    which = "test" if test is not None else "train"
+    if not lenet:
+        only = test if test is not None else train
+        return {"reference": _as_float_images(only), "train": None, "held_out": None,
+                "note": f"reference: the {which} split"}
+    if test is not None and train is not None:
+        reference = _as_float_images(test)
+        return {"reference": reference, "train": (_as_float_images(train), train.labels),
+                "held_out": (reference, test.labels), "note": "reference: test split; LeNet trained on train split"}
+    only = test if test is not None else train
+    images, labels = _as_float_images(only), only.labels
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    half = images.shape[0] // 2
+    first, second = order[:half], order[half:]
+    return {"reference": images[second], "train": (images[first], labels[first]),
+            "held_out": (images[second], labels[second]),
+            "note": f"only the {which} split is present: LeNet trained on a seeded half of it, the other half "
+                    f"({images.shape[0] - half} images) is the real reference"}
+
+
+# The columns ``fastgan train --eval-every`` adds to metrics.csv.
+QUALITY_FIELDS = ("lenet_fid", "precision", "recall")
+
+
+class QualityMonitor:
+    """LeNet-FID, precision and recall of a generator during training (``fastgan train --eval-every``).
+
+    The real images and the LeNet (trained on first use, cached as ``fastgan eval`` caches it) are those of
+    ``fastgan eval --features lenet`` on the same data, so the numbers are the ones it would print for the same
+    generator, noise seed and number of images. Touches no random state but its own generator's.
+    """
+
+    def __init__(self, data: str, root, seed: int = 0) -> None:
+        self.data, self.root, self.seed = data, root, seed
+        self._net = None
+        self._reference: torch.Tensor | None = None
+
+    def _prepare(self) -> None:
+        from .lenet import cached_lenet
+
+        real = real_data(self.data, self.root, 28, 1, self.seed, lenet=True)
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():  # called under no_grad; LeNet may need training
+            self._net, _, _, _ = cached_lenet(real["train"], real["held_out"])
+        self._reference = self._net.features(real["reference"])[0]
+
+    @torch.no_grad()
+    def __call__(self, generator: torch.nn.Module, z_dim: int, device: torch.device, num: int) -> dict[str, float]:
+        if self._net is None:
+            self._prepare()
+        was_training = generator.training
+        generator.eval()
+        noise = torch.Generator(device).manual_seed(self.seed)
+        images = torch.cat([generator(torch.randn(min(500, num - s), z_dim, generator=noise, device=device)).float()
+                            .cpu() for s in range(0, num, 500)])
+        generator.train(was_training)
+        fake = self._net.features(images)[0]
+        reference = self._reference[:num]  # fastgan eval --num N compares with N real images too
+        precision, recall = precision_recall(reference, fake)
+        return {"lenet_fid": frechet_distance(reference, fake), "precision": precision, "recall": recall}

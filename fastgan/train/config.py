@@ -57,7 +57,7 @@ _DEFAULT_SIZE = {"digits": 32, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, 
 
 # Settings a resumed run may change: they decide where, how fast and how visibly it runs, not what is trained.
 RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "log_every", "sample_every", "checkpoint_every",
-                       "keep_every", "data_root", "download"})
+                       "keep_every", "data_root", "download", "eval_every", "eval_num"})
 
 
 def _setting(default, help: str, *, group: str, family: str | None = None, choices: tuple | None = None,
@@ -125,6 +125,10 @@ class TrainConfig:
     sample_every: int = _setting(500, "steps between sample grids (default: 500)", group="output")
     checkpoint_every: int = _setting(500, "steps between checkpoints, last.pt (default: 500)", group="output")
     keep_every: int = _setting(0, "also keep step_N.pt every N steps; 0: only last.pt (default: 0)", group="output")
+    eval_every: int = _setting(0, "steps between quality scores of the sampled (EMA) generator in metrics.csv: "
+                               "LeNet-FID, precision, recall against held-out real images, as fastgan eval; 28x28 "
+                               "grey data; 0: never (default: 0)", group="output")
+    eval_num: int = _setting(1000, "generated images per --eval-every score (default: 1000)", group="output")
     extra: dict = _setting(dataclasses.MISSING, "free-form KEY=VALUE saved with the run; repeatable (default: none)",
                            group="output", default_factory=dict)
 
@@ -158,6 +162,10 @@ class TrainConfig:
             decay_start=family.decay_start if self.decay_start is None else self.decay_start,
         )
         config.validate()
+        if config.eval_every and (config.model == "cyclegan" or (config.image_size, config.channels) != (28, 1)):
+            raise ValueError(f"--eval-every scores with LeNet features: 28x28 grey noise-to-image runs only (this is "
+                             f"{config.model} at {config.image_size}x{config.image_size}x{config.channels}); score "
+                             "its checkpoints with fastgan eval --features inception")
         return config
 
     def validate(self) -> None:
@@ -187,12 +195,13 @@ class TrainConfig:
             check_image_size(self.model, _positive("image_size", self.image_size))
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        for name in ("steps", "z_dim", "ngf", "ndf", "num_samples", "sample_every", "checkpoint_every", "log_every"):
+        for name in ("steps", "z_dim", "ngf", "ndf", "num_samples", "sample_every", "checkpoint_every", "log_every",
+                     "eval_num"):
             _positive(name, getattr(self, name))
         for name in ("batch_size", "n_critic", "n_blocks"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
-        for name in ("keep_every", "pool_size", "workers"):
+        for name in ("keep_every", "pool_size", "workers", "eval_every"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")

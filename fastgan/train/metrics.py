@@ -41,8 +41,11 @@ class LossMeter:
 class MetricsWriter:
     """Appends one row per logging interval to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if present)."""
 
-    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+    def __init__(self, folder: Path, tensorboard: bool = True, extra_fields: tuple[str, ...] = ()) -> None:
+        """``extra_fields``: columns of rows written only now and then (quality scores), in the CSV header from the
+        start; rows without them leave them empty."""
         self.folder = folder
+        self.extra_fields = extra_fields
         self.jsonl_path, self.csv_path = folder / "metrics.jsonl", folder / "metrics.csv"
         self._csv_fields: list[str] | None = None
         if self.csv_path.is_file():
@@ -56,9 +59,9 @@ class MetricsWriter:
             handle.write(json.dumps(row) + "\n")
         new = self._csv_fields is None
         if new:
-            self._csv_fields = list(row)
+            self._csv_fields = list(row) + [name for name in self.extra_fields if name not in row]
         with open(self.csv_path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self._csv_fields, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=self._csv_fields, extrasaction="ignore", restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -30,6 +30,7 @@ from torch import nn
 from .._io import atomic_writer
 from ..data import make_dataset, save_image_grid
 from ..losses import d_loss, g_loss, gradient_penalty
+from ..metrics.evaluate import QUALITY_FIELDS, QualityMonitor
 from ..models import build_networks
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
@@ -262,7 +263,8 @@ class Trainer:
         config = self.config
         total = config.steps if steps is None else steps
         self.save_config()
-        writer = MetricsWriter(self.out)
+        quality = self._quality_monitor() if config.eval_every else None
+        writer = MetricsWriter(self.out, extra_fields=QUALITY_FIELDS if quality else ())
         progress = Progress(total, enabled=self.verbose, initial=self.step)
         meter = LossMeter()
         row: dict[str, float] = {}
@@ -284,12 +286,19 @@ class Trainer:
                     tick, tick_step, tick_images = now, self.step, self.images_seen
                 if self.step % config.sample_every == 0 or self.step == total:
                     self.save_samples()
+                if quality is not None and (self.step % config.eval_every == 0 or self.step == total):
+                    scores = quality(self.sampling_generator(), config.z_dim, self.device, config.eval_num)
+                    writer.write({"step": self.step, **scores})
                 if self.step % config.checkpoint_every == 0 or self.step == total or self.stop_requested:
                     self.save()
         finally:
             progress.close()
             writer.close()
         return row
+
+    def _quality_monitor(self) -> QualityMonitor:
+        """What ``--eval-every`` scores with (the real images and LeNet of ``fastgan eval --features lenet``)."""
+        return QualityMonitor(self.config.data, self.config.data_root, self.config.seed)
 
     # -- samples -------------------------------------------------------------------------------------------------
 
