@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .._cli_errors import command_error, one_line, user_errors
 from .evaluate import METRICS, parse_metrics, real_data
 
 _FEATURES = ("lenet", "inception")
@@ -48,33 +48,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the JSON (default: <run folder>/eval-<features>.json)")
 
 
-def _error(message: str) -> int:
-    print(f"fastgan eval: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from ..train.cli import _one_line, _user_errors
     from ..train.sampling import generate, load_generator
 
     try:
         metrics = parse_metrics(args.metrics)
     except ValueError as err:
-        return _error(f"--metrics: {err}")
+        return command_error("eval", f"--metrics: {err}")
     if args.num < 2:
-        return _error(f"--num must be at least 2 (scores need two samples), got {args.num}")
+        return command_error("eval", f"--num must be at least 2 (scores need two samples), got {args.num}")
     if args.batch_size < 1:
-        return _error(f"--batch-size must be positive, got {args.batch_size}")
+        return command_error("eval", f"--batch-size must be positive, got {args.batch_size}")
     try:
         started = time.perf_counter()
         generator, config, device = load_generator(args.checkpoint, args.device, None, not args.no_ema)
         if config.model == "cyclegan":
-            return _error("--checkpoint: a cyclegan run translates images; fastgan eval scores noise-to-image "
-                          "generators (gan, dcgan, wgan, wgan-gp)")
+            return command_error("eval", "--checkpoint: a cyclegan run translates images; fastgan eval scores "
+                                 "noise-to-image generators (gan, dcgan, wgan, wgan-gp)")
         features = args.features or ("lenet" if (config.image_size, config.channels) == (28, 1) else "inception")
         if features == "lenet" and (config.image_size, config.channels) != (28, 1):
-            return _error(f"--features lenet needs 28x28 grey images; this run makes {config.image_size}x"
-                          f"{config.image_size}x{config.channels}: use --features inception")
+            return command_error("eval", f"--features lenet needs 28x28 grey images; this run makes "
+                                 f"{config.image_size}x{config.image_size}x{config.channels}: use --features inception")
         data = args.data or config.data
         root = args.data_root if args.data_root is not None else config.data_root
         real = real_data(data, root, config.image_size, config.channels, args.seed, features == "lenet")
@@ -84,8 +78,8 @@ def run_eval(args: argparse.Namespace) -> int:
         from .evaluate import evaluate_images
 
         scores = evaluate_images(fake, reference, extract, metrics, args.seed, args.batch_size)
-    except _user_errors() as err:
-        return _error(_one_line(err))
+    except user_errors() as err:
+        return command_error("eval", one_line(err))
     run = Path(args.checkpoint)
     folder = run if run.is_dir() else run.parent
     out = Path(args.out) if args.out else folder / f"eval-{features}.json"

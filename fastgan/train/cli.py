@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .._cli_errors import command_error, one_line, user_errors
 from .config import FAMILIES, IMPLS, TrainConfig, check_setting, read_config_file, setting_kind
 
 _SETTINGS = dataclasses.fields(TrainConfig)
@@ -92,25 +93,6 @@ def _settings(args: argparse.Namespace) -> dict:
     return values
 
 
-def _one_line(error: BaseException) -> str:
-    """An error as one line. A DataLoader worker's error carries the worker's traceback: keep its last line."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
-    return lines[-1] if "Original Traceback" in str(error) else "; ".join(lines)
-
-
-def _error(name: str, message: str) -> int:
-    print(f"fastgan {name}: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What bad input raises: answered in one line, never a traceback."""
-    from .._backend import ImplUnavailableError
-    from ..data import DownloadError
-
-    return ValueError, OSError, ImplUnavailableError, DownloadError, ImportError
-
-
 class _Interrupts:
     """SIGINT / SIGTERM while ``fastgan train`` runs: the first asks the trainer to stop after its current step (it
     then saves), a second one, or one before training started, raises KeyboardInterrupt at once."""
@@ -163,7 +145,7 @@ def _train(args: argparse.Namespace, interrupts: _Interrupts) -> int:
         given = _settings(args)
         if args.resume:
             if args.overwrite:
-                return _error("train", "--overwrite starts a new run; it cannot be combined with --resume")
+                return command_error("train", "--overwrite starts a new run; it cannot be combined with --resume")
             if args.checkpoint:
                 checkpoint = Path(args.checkpoint)
             else:
@@ -171,21 +153,21 @@ def _train(args: argparse.Namespace, interrupts: _Interrupts) -> int:
                                                       data=given.get("data")).resolved().out
                 checkpoint = Path(out) / LAST
             if not checkpoint.is_file():
-                return _error("train", f"--resume: no checkpoint at {checkpoint}")
+                return command_error("train", f"--resume: no checkpoint at {checkpoint}")
             trainer = Trainer.resume(checkpoint, verbose=not args.quiet, **given)
         else:
             if args.checkpoint:
-                return _error("train", "--checkpoint is only meaningful with --resume")
+                return command_error("train", "--checkpoint is only meaningful with --resume")
             config = TrainConfig(**given).resolved()  # every check before any data is read
             earlier = previous_run(config.out)
             if earlier and not args.overwrite:
                 names = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
-                return _error("train", f"{config.out} already holds a run ({names}): pass --resume to continue it, "
-                              "or --overwrite to start a new one there (deletes them)")
+                return command_error("train", f"{config.out} already holds a run ({names}): pass --resume to "
+                                     "continue it, or --overwrite to start a new one there (deletes them)")
             trainer = Trainer(config, verbose=not args.quiet)
             clear_run(config.out)  # only once the new run could be built
-    except _user_errors() as err:
-        return _error("train", _one_line(err))
+    except user_errors() as err:
+        return command_error("train", one_line(err))
     interrupts.trainer = trainer
     config = trainer.config
     if trainer.step >= config.steps:
@@ -196,8 +178,8 @@ def _train(args: argparse.Namespace, interrupts: _Interrupts) -> int:
           f"impl {config.impl}, amp {config.amp} -> {trainer.out}")
     try:
         row = trainer.fit()
-    except _user_errors() as err:  # e.g. an image file that cannot be decoded, found when its batch is read
-        return _error("train", _one_line(err))
+    except user_errors() as err:  # e.g. an image file that cannot be decoded, found when its batch is read
+        return command_error("train", one_line(err))
     if trainer.stop_requested:
         name = signal.Signals(interrupts.signum).name if interrupts.signum else "request"
         print(f"fastgan train: stopped by {name} at step {trainer.step} of {config.steps}; checkpoint saved to "
@@ -234,12 +216,12 @@ def sample(args: argparse.Namespace) -> int:
     from .sampling import load_generator, write_samples
 
     if args.num < 1 or args.batch_size < 1:
-        return _error("sample", "--num and --batch-size must be positive")
+        return command_error("sample", "--num and --batch-size must be positive")
     try:
         generator, config, device = load_generator(args.checkpoint, args.device, args.impl, not args.no_ema)
         path = write_samples(generator, config, device, args.num, args.out, args.seed, args.batch_size)
-    except _user_errors() as err:
-        return _error("sample", _one_line(err))
+    except user_errors() as err:
+        return command_error("sample", one_line(err))
     print(f"wrote {args.num} {config.image_size}x{config.image_size} images to {path}")
     return 0
 
