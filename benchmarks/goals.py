@@ -137,6 +137,13 @@ def workloads(tiny: bool = False) -> list[Workload]:
 
     for kind in LOSS_KINDS:
         out.append(_loss_workload(kind, (2, 1, 4, 4) if tiny else (batch, 1, 30, 30), 3, tiny))
+
+    # M1: FID's InceptionV3 feature throughput (fastgan.metrics, plain PyTorch: reported, no target), 28x28 digits
+    # as `fastgan eval --features inception` feeds them (quantise, TF1 bilinear resize to 299).
+    images = 2 if tiny else 250
+    out.append(Workload(
+        "M1", f"FID InceptionV3 features {images}x1x28x28 float32", "fwd", ("eager",),
+        lambda dev, n=images: _inception(dev, n), grad_inputs=(), tier=3, est_s=10, info={"images": images}))
     return sorted(out, key=lambda w: w.tier)  # stable: goal order within a tier
 
 
@@ -230,6 +237,15 @@ def _losses(dev, shape, kind):
         "eager": lambda r, f: d_loss_ref(r, f, kind),
         "fastgan": lambda impl: lambda r, f: d_loss(r, f, kind, impl=impl),
     }
+
+
+def _inception(dev, images):
+    torch = _torch()
+    from fastgan.metrics import FIDInceptionV3
+
+    net = FIDInceptionV3().to(dev).eval()  # random weights: the same work as the published ones
+    x = torch.rand(images, 1, 28, 28, device=dev) * 2 - 1
+    return [x], {"eager": lambda x: net.features(x)[0]}
 
 
 def _channels_last(t):
@@ -478,6 +494,8 @@ class Runner:
             self.copy_gbs[numel_bytes] = row["GB/s"]
         elif workload.flops:
             row["TFLOP/s"] = round(workload.flops / (median * 1e-3) / 1e12, 2)
+        if "images" in workload.info:
+            row["images/s"] = round(workload.info["images"] / (median * 1e-3))
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

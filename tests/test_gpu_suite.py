@@ -126,7 +126,7 @@ def test_dry_run_walks_every_stage_and_writes_the_files(tmp_path):
     assert next(r for r in recs if r["type"] == "build")["dry_run"] is True
     assert "--suite-select gpu" in next(r for r in recs if r["type"] == "tests-plan")["command"]
     planned = [r for r in recs if r["type"] == "bench-plan"]
-    assert {r["goal"] for r in planned} == {"G1", "G2", "G3", "G4", "G7"}
+    assert {r["goal"] for r in planned} == {"G1", "G2", "G3", "G4", "G7", "M1"}
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and "## Benchmarks (planned)" in summary
     ET.parse(out / "junit.xml")
@@ -436,3 +436,15 @@ def test_publish_copies_the_run_and_updates_the_readme(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "Latest GPU run: **NVIDIA H200**, 2026-12-01" in text and "| G1 | w | >= 1.5x eager | 4.00x | yes |" in text
+
+
+def test_inception_throughput_is_reported_in_images_per_second(tmp_path):
+    """M1 (FID InceptionV3 features, fastgan.metrics) runs in the bench stage after the goals: one eager row with
+    images/s, and a verdict with no target (a throughput report)."""
+    out = tmp_path / "bench.jsonl"
+    assert goals.main(["--tiny", "--only", "M1", "--device", "cpu", "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    (row,) = [r for r in recs if r["type"] == "bench"]
+    assert row["provider"] == "eager" and "error" not in row, row
+    assert row["images/s"] == round(2 / (row["median_ms"] * 1e-3))
+    assert [r["checks"] for r in recs if r["type"] == "goal"] == [[]]
