@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from .cyclegan import PatchDiscriminator, ResnetBlock, ResnetGenerator, check_cyclegan_size
-from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_levels
+from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_sizes
 from .gan import MLPDiscriminator, MLPGenerator
 from .layers import conv_block, dcgan_init
 
@@ -38,7 +38,7 @@ def check_image_size(model: str, image_size: int) -> None:
     elif model == "cyclegan":
         check_cyclegan_size(image_size)
     else:
-        dcgan_levels(image_size)
+        dcgan_sizes(image_size)
 
 
 def build_networks(
@@ -90,5 +90,5 @@ __all__ = [
     "check_model",
     "conv_block",
     "dcgan_init",
-    "dcgan_levels",
+    "dcgan_sizes",
 ]

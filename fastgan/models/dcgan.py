@@ -1,8 +1,10 @@
 """DCGAN (Radford et al., 2015) for any power-of-two image size from 16 to 128 and for MNIST's 28x28.
 
-The generator starts from a ``start x start`` map (4 for powers of two, 7 for 28) made by a transposed convolution
-of the noise, then doubles the size with stride-2 4x4 transposed convolutions; the discriminator mirrors it. Widths
-double per level (capped at 8x ``ngf``/``ndf``). WGAN and WGAN-GP critics are this discriminator with ``norm=None``.
+The generator starts from a 4x4 map made by a transposed convolution of the noise, then doubles the size with
+stride-2 4x4 transposed convolutions; the discriminator mirrors it. At 28x28 the maps are 4 -> 7 -> 14 -> 28, as in
+the usual MNIST DCGAN (4 -> 7 by a stride-2 3x3 kernel). Widths double per level towards the start map (capped at
+8x ``ngf``/``ndf``): 256-128-64 at 28x28 with the default 64. WGAN and WGAN-GP critics are this discriminator with
+``norm=None``.
 """
 
 from __future__ import annotations
@@ -13,19 +15,25 @@ from torch import nn
 from .layers import conv_block, dcgan_init
 
 POWER_OF_TWO_SIZES = (16, 32, 64, 128)
+_START = 4
 _MAX_MULT = 8
 
 
-def dcgan_levels(image_size: int) -> tuple[int, int]:
-    """``(start, upsamplings)`` such that ``start * 2**upsamplings == image_size``; ValueError if not buildable."""
+def dcgan_sizes(image_size: int) -> list[int]:
+    """Feature-map sizes from the start map to the image, e.g. [4, 8, 16, 32]; ValueError if not buildable."""
     if image_size == 28:
-        return 7, 2
+        return [4, 7, 14, 28]
     if image_size in POWER_OF_TWO_SIZES:
-        return 4, image_size.bit_length() - 3
+        return [_START * 2**i for i in range(image_size.bit_length() - 2)]
     raise ValueError(
         f"DCGAN: cannot make {image_size}x{image_size} images; image_size must be 28 (MNIST) or a power of two "
         f"in {', '.join(map(str, POWER_OF_TWO_SIZES))}"
     )
+
+
+def _kernel(small: int, large: int) -> int:
+    """The stride-2, padding-1 kernel between maps of these sizes: 4 doubles, 3 gives 2 * small - 1 (4 <-> 7)."""
+    return 4 if large == 2 * small else 3
 
 
 def _widths(base: int, levels: int) -> list[int]:
@@ -49,13 +57,15 @@ class DCGANGenerator(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        start, ups = dcgan_levels(image_size)
+        sizes = dcgan_sizes(image_size)
         self.z_dim, self.image_size, self.channels = z_dim, image_size, channels
-        widths = _widths(ngf, ups)[::-1]  # coarsest first
-        layers = [conv_block(z_dim, widths[0], start, 1, 0, norm=norm, act="relu", transposed=True, impl=impl)]
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            layers.append(conv_block(fan_in, fan_out, 4, 2, 1, norm=norm, act="relu", transposed=True, impl=impl))
-        layers.append(conv_block(widths[-1], channels, 4, 2, 1, act="tanh", transposed=True, impl=impl))
+        widths = _widths(ngf, len(sizes) - 1)[::-1] + [channels]  # coarsest first
+        layers = [conv_block(z_dim, widths[0], _START, 1, 0, norm=norm, act="relu", transposed=True, impl=impl)]
+        for i in range(len(sizes) - 1):
+            last = i == len(sizes) - 2
+            layers.append(conv_block(widths[i], widths[i + 1], _kernel(sizes[i], sizes[i + 1]), 2, 1,
+                                     norm=None if last else norm, act="tanh" if last else "relu", transposed=True,
+                                     impl=impl))
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
@@ -79,12 +89,12 @@ class DCGANDiscriminator(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        start, downs = dcgan_levels(image_size)
-        widths = _widths(ndf, downs)
-        layers = [conv_block(channels, widths[0], 4, 2, 1, act="lrelu", alpha=0.2, impl=impl)]
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            layers.append(conv_block(fan_in, fan_out, 4, 2, 1, norm=norm, act="lrelu", alpha=0.2, impl=impl))
-        layers.append(conv_block(widths[-1], 1, start, 1, 0, impl=impl))
+        sizes = dcgan_sizes(image_size)[::-1]  # the image first
+        widths = [channels] + _widths(ndf, len(sizes) - 1)
+        layers = [conv_block(widths[i], widths[i + 1], _kernel(sizes[i + 1], sizes[i]), 2, 1,
+                             norm=norm if i > 0 else None, act="lrelu", alpha=0.2, impl=impl)
+                  for i in range(len(sizes) - 1)]
+        layers.append(conv_block(widths[-1], 1, _START, 1, 0, impl=impl))
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
