@@ -185,3 +185,27 @@ def test_lenet_trains_caches_atomically_and_reloads_the_same_network(tmp_path):
     assert cached_lenet(train, held_out, tmp_path, epochs=2)[3]
     with pytest.raises(ValueError, match="LeNet features: images must be"):
         LeNetFeatures().features(torch.zeros(2, 1, 32, 32))
+
+
+def test_quality_benchmark_compares_the_default_dcgan_with_a_recipe_of_the_same_layout(tmp_path):
+    """benchmarks/quality_mnist.py: the plain recipe has the default 28x28 DCGAN's convolution shapes, and a
+    two-step run scores all three generators (fastgan raw and EMA, the recipe) and times both steps."""
+    from benchmarks import quality_mnist
+    from fastgan.models import build_networks
+
+    nets = build_networks("dcgan", 28, 1, z_dim=quality_mnist.Z_DIM, impl="ref")
+
+    def conv_shapes(module):
+        return [tuple(m.weight.shape) for m in module.modules() if getattr(m, "weight", None) is not None
+                and m.weight.dim() == 4]
+
+    g, d = quality_mnist.recipe_networks()
+    assert conv_shapes(g) == conv_shapes(nets["G"]) and conv_shapes(d) == conv_shapes(nets["D"])
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not any(root.glob("t10k-images*")):
+        pytest.skip(f"MNIST test files (t10k-images-idx3-ubyte[.gz]) not in {root}")
+    result = quality_mnist.compare(root, steps=2, seed=0, num=100, out=tmp_path, impl="ref")
+    assert set(result["scores"]) == {"fastgan", "fastgan (EMA)", "recipe"}
+    for scores in result["scores"].values():
+        assert scores["lenet_fid"] > 0 and 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
+    assert all(ms > 0 for ms in result["step_ms_median"].values()) and result["lenet_accuracy"] > 0.9
