@@ -76,7 +76,11 @@ def _extension():
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
     # No -std flag: PyTorch adds the standard its headers need (C++17 up to 2.13, C++20 from 2.14).
-    cxx_flags = ["-O3"]
+    # -fno-trapping-math lets the compiler turn the activations' selects (z > 0 ? z : z * alpha) into branch-free
+    # vector code: with trapping math on, GCC keeps a branch per element (a multiply it must not run speculatively),
+    # which made the C++ bias_act 5x slower than PyTorch's leaky_relu on random data. Results are unchanged (no
+    # reassociation; only floating-point exception flags may differ).
+    cxx_flags = ["-O3"] if os.name == "nt" else ["-O3", "-fno-trapping-math"]
     with_cuda = (
         os.environ.get("FASTGAN_CUDA", "1") != "0" and torch.version.cuda is not None and CUDA_HOME is not None
     )

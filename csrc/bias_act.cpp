@@ -8,8 +8,11 @@
 
 #include <c10/core/DeviceGuard.h>
 
+#include <vector>
+
 #include "glue.h"
 #include "bias_act.h"
+#include "cpu_vec.h"
 #include "launch.h"
 #include "nvrtc_launch.h"
 
@@ -94,39 +97,69 @@ inline M cpu_element(M z, M dy, M g, M alpha, M gain, M clamp) {
     else return bias_act_backward2<M>(A, z, dy, g, alpha, gain, clamp);
 }
 
+// n values of one run: bias bs[k] per value (a row) or the one bias (bs null); __restrict, so the loop vectorises
+// without run-time alias checks.
+template <int K, int A, typename M>
+inline void cpu_block(const M* __restrict xs, const M* __restrict bs, M bias, const M* __restrict ds,
+                      const M* __restrict gs, M* __restrict os, int64_t n, M alpha, M gain, M clamp) {
+    if (bs) {
+        for (int64_t k = 0; k < n; ++k) {
+            os[k] = cpu_element<K, A, M>(xs[k] + bs[k], K != kForward ? ds[k] : M(0), K == kBackward2 ? gs[k] : M(0),
+                                         alpha, gain, clamp);
+        }
+    } else {
+        for (int64_t k = 0; k < n; ++k) {
+            os[k] = cpu_element<K, A, M>(xs[k] + bias, K != kForward ? ds[k] : M(0), K == kBackward2 ? gs[k] : M(0),
+                                         alpha, gain, clamp);
+        }
+    }
+}
+
 template <typename scalar_t, int K, int A>
 void cpu_kernel(const BiasActParams& p) {
     // float64 computes in double (gradcheck); float, half and bfloat16 in float.
     using M = at::opmath_type<scalar_t>;
+    using cpu::kCpuBlock;
     const scalar_t* x = static_cast<const scalar_t*>(p.x);
     const scalar_t* b = static_cast<const scalar_t*>(p.b);
     const scalar_t* dy = static_cast<const scalar_t*>(p.dy);
     const scalar_t* g = static_cast<const scalar_t*>(p.g);
     scalar_t* out = static_cast<scalar_t*>(p.out);
     const M alpha = static_cast<M>(p.alpha), gain = static_cast<M>(p.gain), clamp = static_cast<M>(p.clamp);
-    auto element = [&](int64_t i, M bias) {
-        const M z = static_cast<M>(x[i]) + bias;
-        const M d = K != kForward ? static_cast<M>(dy[i]) : M(0);
-        const M gg = K == kBackward2 ? static_cast<M>(g[i]) : M(0);
-        out[i] = static_cast<scalar_t>(cpu_element<K, A, M>(z, d, gg, alpha, gain, clamp));
-    };
     // Memory splits into runs that share one bias value (bias_stride > 1: e.g. an NCHW plane) or into rows that
-    // walk the whole bias (bias_stride == 1: channels_last or a Linear output). Either way the inner loop is
-    // contiguous and free of index division.
+    // walk the whole bias (bias_stride == 1: channels_last or a Linear output). Either way a run is contiguous and
+    // its bias index is known from the loop, never divided out of an element's index.
     // A size-1 bias dimension may carry any stride: its bias is one constant over all of memory.
     const bool constant = b == nullptr || p.bias_size == 1;
     const bool rows = !constant && p.bias_stride == 1;
     const int64_t run = constant ? p.numel : (rows ? p.bias_size : p.bias_stride);
     const int64_t runs = run == 0 ? 0 : p.numel / run;
-    at::parallel_for(0, runs, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(run, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t base = r * run;
+    std::vector<M> bias_row;  // rows: the bias in the math type, once
+    if (rows) {
+        bias_row.resize(p.bias_size);
+        for (int64_t j = 0; j < p.bias_size; ++j) bias_row[j] = static_cast<M>(b[j]);
+    }
+    // One task is a range of whole runs, or of blocks within the one constant run; ~32K values per task.
+    const int64_t blocks_per_run = (run + kCpuBlock - 1) / kCpuBlock;
+    const int64_t items = runs * blocks_per_run;
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / kCpuBlock);
+    at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+        M xbuf[kCpuBlock], dbuf[kCpuBlock], gbuf[kCpuBlock], obuf[kCpuBlock];
+        for (int64_t item = i0; item < i1; ++item) {
+            const int64_t r = item / blocks_per_run, j0 = (item % blocks_per_run) * kCpuBlock;  // per block
+            const int64_t n = std::min(kCpuBlock, run - j0);
+            const int64_t base = r * run + j0;
+            const M* xs = cpu::as_math<scalar_t, M>(x + base, n, xbuf);
+            const M* ds = K != kForward ? cpu::as_math<scalar_t, M>(dy + base, n, dbuf) : nullptr;
+            const M* gs = K == kBackward2 ? cpu::as_math<scalar_t, M>(g + base, n, gbuf) : nullptr;
+            M* os = cpu::out_math<scalar_t, M>(out + base, obuf);
             if (rows) {
-                for (int64_t j = 0; j < run; ++j) element(base + j, static_cast<M>(b[j]));
+                cpu_block<K, A, M>(xs, bias_row.data() + j0, M(0), ds, gs, os, n, alpha, gain, clamp);
             } else {
-                const M bias = b ? static_cast<M>(b[r % p.bias_size]) : M(0);
-                for (int64_t j = 0; j < run; ++j) element(base + j, bias);
+                const M bias = constant ? (b ? static_cast<M>(b[0]) : M(0)) : static_cast<M>(b[r % p.bias_size]);
+                cpu_block<K, A, M>(xs, nullptr, bias, ds, gs, os, n, alpha, gain, clamp);
             }
+            cpu::store_math<scalar_t, M>(obuf, n, out + base);
         }
     });
 }
