@@ -36,6 +36,15 @@ _CHOICES = ("auto", *IMPLS)
 # Fastest first. The Triton interpreter is a correctness tool, not a fast path, so "auto" never picks it on CPU.
 _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 
+# impl="auto" on the CPU is native, except for the op classes where the CPU benchmarks (benchmarks/bench_cpu.py, the
+# README's CPU table) measured the C++ kernel slower than the reference, which "auto" then runs instead:
+# - smooth activations in bias_act, the conv epilogues and norm_act: the C++ kernels call scalar libm functions
+#   where PyTorch's kernels are vectorised (tanh of a 64x1x28x28 DCGAN output: 1.6 ms against 0.04 ms);
+# - the adversarial losses: a few thousand logits at most, where the custom op's Python-side autograd costs more than
+#   the kernel saves (nonsaturating d_loss on [64] logits, forward+backward: 132 us against 101 us).
+CPU_REF_ACTIVATIONS = frozenset({"tanh", "sigmoid", "elu", "selu", "softplus", "silu", "swish"})
+CPU_REF_OPS = frozenset({"d_loss", "g_loss"})
+
 _default_impl: str | None = None
 _warned: set[tuple[str, str]] = set()
 
@@ -202,11 +211,18 @@ def available_impls() -> dict[str, dict[str, tuple[bool, str]]]:
 available_backends = available_impls
 
 
-def resolve_impl(impl: str, device: torch.device, op: str) -> str:
+def cpu_prefers_ref(op: str, act: str | None = None) -> bool:
+    """Whether ``impl="auto"`` runs the reference for ``op`` (with activation ``act``) on the CPU, because the CPU
+    benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``, ``CPU_REF_OPS``)."""
+    return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS
+
+
+def resolve_impl(impl: str, device: torch.device, op: str, act: str | None = None) -> str:
     """The concrete implementation ``op`` runs for a tensor on ``device``.
 
     ``impl="auto"`` consults the process-wide default, then picks the fastest available implementation,
-    warning once per (op, reason) when it has to fall back.
+    warning once per (op, reason) when it has to fall back. On the CPU that is native, or the reference for the op
+    classes measured faster there (``cpu_prefers_ref``; ``act``: the op's activation name, if it has one).
     """
     _check_choice(impl, op)
     if impl == "auto":
@@ -217,6 +233,8 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
         if reason:
             raise ImplUnavailableError(f"{op}: impl={impl!r} is unavailable for {device_type} tensors: {reason}")
         return impl
+    if device_type == "cpu" and cpu_prefers_ref(op, act):
+        return "ref"
     order = _AUTO_ORDER.get(device_type, ("ref",))
     for candidate in order:
         reason = _why_unavailable(candidate, device_type)

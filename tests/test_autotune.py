@@ -230,6 +230,35 @@ def test_cpu_auto_keeps_its_fixed_order():
     assert _autotune.entries() == {}
     expected = "native" if _backend.available_impls()["native"]["cpu"][0] else "ref"
     assert _backend.resolve_impl("auto", torch.device("cpu"), "bias_act") == expected
+    assert _backend.resolve_impl("auto", torch.device("cpu"), "batch_norm_act", "lrelu") == expected
+
+
+@pytest.mark.parametrize("op,act", [("bias_act", "tanh"), ("conv_transpose2d_act", "tanh"), ("batch_norm_act", "silu"),
+                                    ("instance_norm_act", "sigmoid"), ("d_loss", None), ("g_loss", None)])
+def test_cpu_auto_runs_ref_where_native_measured_slower(op, act):
+    """Issue 17: "auto" on the CPU never picks the C++ kernel for an op class the CPU benchmarks measured slower than
+    the reference (smooth activations: scalar libm calls against PyTorch's vectorised ones; the losses: overhead);
+    an explicit or process-wide impl is still obeyed."""
+    cpu = torch.device("cpu")
+    assert _backend.resolve_impl("auto", cpu, op, act) == "ref"
+    if _backend.available_impls()["native"]["cpu"][0]:
+        assert _backend.resolve_impl("native", cpu, op, act) == "native"
+        with fastgan.use_impl("native"):
+            assert _backend.resolve_impl("auto", cpu, op, act) == "native"
+
+
+def test_cpu_auto_tanh_epilogue_runs_no_custom_op():
+    """The DCGAN generator's tanh output layer under "auto" on the CPU is the reference: no fastgan:: op runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastgan.ops import conv_transpose2d_act
+
+    x, w, b = torch.randn(2, 4, 3, 3), torch.randn(4, 1, 4, 4), torch.randn(1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = conv_transpose2d_act(x, w, b, 2, 1, act="tanh")
+    names = {event.key for event in prof.key_averages()}
+    assert not any(name.startswith("fastgan::") for name in names), names
+    torch.testing.assert_close(y, torch.tanh(torch.nn.functional.conv_transpose2d(x, w, b, 2, 1)))
 
 
 def sys_module(name):
