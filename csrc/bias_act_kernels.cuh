@@ -20,10 +20,15 @@ __global__ void bias_act_kernel(BiasActParams p) {
     T* out = static_cast<T*>(p.out);
     const M alpha = static_cast<M>(p.alpha), gain = static_cast<M>(p.gain), clamp = static_cast<M>(p.clamp);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= p.numel) return;
+    // The bias index (i / bias_stride) % bias_size is digit 1 of i in the radix (bias_stride, bias_size), walked
+    // along with i: no division per element.
+    RadixWalker at(i, stride, p.bias_stride, p.bias_size);
     // Grid-stride loop: a bounded grid covers any numel, including > 2^31 elements.
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += stride) {
+    for (; i < p.numel; i += stride, at.advance()) {
         M z = load(x, i);
-        if (b != nullptr) z += load(b, (i / p.bias_stride) % p.bias_size);
+        if (b != nullptr) z += load(b, at.d1);
         M v;
         if (Kind == 0) {
             v = bias_act_forward<M>(p.act, z, alpha, gain, clamp);

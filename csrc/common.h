@@ -77,4 +77,36 @@ __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i
 }
 #endif
 
+// The digits of a flat index i = (d2 * s1 + d1) * s0 + d0 in the mixed radix (s0, s1, unbounded), advanced by a
+// fixed step with adds and compares only: a grid-stride loop divides once per thread, where recomputing the channel
+// of each element, (i / s0) % s1, took two 64-bit divisions per element (a 64-bit division is a ~70-instruction
+// subroutine on a GPU). Construct it only for i < the loop's end: the radixes may be 0 when there is no element.
+struct RadixWalker {
+    int64_t d0, d1, d2;   // the digits of the current index
+    int64_t e0, e1, e2;   // the digits of the step
+    int64_t s0, s1;
+
+    FASTGAN_HD RadixWalker(int64_t i, int64_t step, int64_t radix0, int64_t radix1) : s0(radix0), s1(radix1) {
+        int64_t q = i / s0;
+        d0 = i - q * s0;
+        d2 = q / s1;
+        d1 = q - d2 * s1;
+        q = step / s0;
+        e0 = step - q * s0;
+        e2 = q / s1;
+        e1 = q - e2 * s1;
+    }
+
+    // Digits below their radix plus a step's digits (each below its radix) carry at most 1.
+    FASTGAN_HD void advance() {
+        d0 += e0;
+        const int64_t carry0 = d0 >= s0 ? 1 : 0;
+        d0 -= carry0 * s0;
+        d1 += e1 + carry0;
+        const int64_t carry1 = d1 >= s1 ? 1 : 0;
+        d1 -= carry1 * s1;
+        d2 += e2 + carry1;
+    }
+};
+
 }  // namespace fastgan

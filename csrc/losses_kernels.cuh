@@ -95,8 +95,11 @@ __global__ void interpolate_kernel(InterpolateParams p) {
     T* out = static_cast<T*>(p.out);
     const int64_t total = p.batch * p.per_sample;
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const M e = static_cast<const M*>(p.eps)[i / p.per_sample];
+    int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    RadixWalker at(i, stride, p.per_sample, p.batch);  // the sample of value i (digit 1) without a division
+    for (; i < total; i += stride, at.advance()) {
+        const M e = static_cast<const M*>(p.eps)[at.d1];
         out[i] = cast_to<T>(interpolate_value<M>(e, load(real, i), load(fake, i)));
     }
 }
@@ -139,8 +142,11 @@ __global__ void penalty_backward_kernel(PenaltyParams p) {
     T* out = static_cast<T*>(p.out);
     const int64_t total = p.batch * p.per_sample;
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const M coef = penalty_coef<M>(norms[i / p.per_sample], go, M(p.weight), M(p.center), M(p.scale), p.batch);
+    int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    RadixWalker at(i, stride, p.per_sample, p.batch);  // the sample of value i (digit 1) without a division
+    for (; i < total; i += stride, at.advance()) {
+        const M coef = penalty_coef<M>(norms[at.d1], go, M(p.weight), M(p.center), M(p.scale), p.batch);
         out[i] = cast_to<T>(coef * load(g, i));
     }
 }

@@ -4,7 +4,9 @@
 // x is seen as [N, C, L] (L = the spatial dims flattened) with strides (sN, sC, sL): contiguous NCHW has
 // (C*L, L, 1), channels_last (L*C, 1, C). A statistic group is a channel (batch norm: its N*L values) or a
 // (sample, channel) pair (instance norm: its L values); group g has channel g % C. The j-th value of a group lives at
-// group_offset(g, j), and the value at memory offset i belongs to group element_group(i).
+// group_offset(g, j), and the value at memory offset i belongs to group element_group(i): the specification (and the
+// Triton kernels'); the CUDA kernels walk the same offsets and groups without their per-value divisions
+// (walker_offset, walker_group).
 #pragma once
 
 #if !defined(__CUDACC_RTC__)  // NVRTC: common.h defines the integers, math functions are built in
@@ -52,6 +54,32 @@ FASTGAN_HD int64_t element_group(const NormActParams& p, int64_t i) {
     // The batch stride is the largest (C * L) in both supported layouts, so i / sN is the sample.
     const int64_t c = (i / p.sC) % p.C;
     return p.instance ? (i / p.sN) * p.C + c : c;
+}
+
+// Value j of group g is at group_base(g) + (j / L) * sN + (j % L) * sL (instance statistics: j < L, so j / L = 0):
+// group_offset without its divisions, from a RadixWalker over j in the radix (L, N) (walker_offset).
+FASTGAN_HD int64_t group_base(const NormActParams& p, int64_t g) {
+    return (p.instance ? (g / p.C) * p.sN : 0) + (g % p.C) * p.sC;
+}
+
+FASTGAN_HD int64_t walker_offset(const NormActParams& p, int64_t base, const RadixWalker& at) {
+    return base + at.d1 * p.sN + at.d0 * p.sL;
+}
+
+// The walker of a grid-stride loop over memory offsets (see RadixWalker in common.h): contiguous memory is
+// (n, c, l) with l fastest, radix (L, C); channels_last is (n, l, c), radix (C, L). walker_channel/walker_group read
+// the walker's digits, so the elementwise kernels find each value's group without dividing.
+FASTGAN_HD RadixWalker element_walker(const NormActParams& p, int64_t i, int64_t step) {
+    return p.sC == 1 ? RadixWalker(i, step, p.C, p.L) : RadixWalker(i, step, p.L, p.C);
+}
+
+FASTGAN_HD int64_t walker_channel(const NormActParams& p, const RadixWalker& at) {
+    return p.sC == 1 ? at.d0 : at.d1;
+}
+
+FASTGAN_HD int64_t walker_group(const NormActParams& p, const RadixWalker& at) {
+    const int64_t c = walker_channel(p, at);
+    return p.instance ? at.d2 * p.C + c : c;
 }
 
 // Running (count, mean, m2) of a sequence, merged with Chan et al.'s pairwise formula: exact up to rounding for any

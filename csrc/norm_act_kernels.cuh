@@ -42,12 +42,16 @@ __global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type
     const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
     const int64_t j0 = k * kNormActChunk;
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const M shift = shift_of(load(x, group_offset(p, g, 0)));
+    const int64_t base = group_base(p, g);
+    const M shift = shift_of(load(x, base));
     M s1 = 0, s2 = 0;
-    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
-        const M d = load(x, group_offset(p, g, j)) - shift;
-        s1 += d;
-        s2 += d * d;
+    if (j0 + threadIdx.x < j1) {
+        RadixWalker at(j0 + threadIdx.x, kThreads, p.L, p.N);  // (l, n) of value j: no division per value
+        for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads, at.advance()) {
+            const M d = load(x, walker_offset(p, base, at)) - shift;
+            s1 += d;
+            s2 += d * d;
+        }
     }
     block_sum2(s1, s2);
     if (threadIdx.x == 0) {
@@ -86,8 +90,11 @@ __global__ void apply_kernel(NormActParams p, int64_t numel) {
     const M* var = static_cast<const M*>(p.var);
     const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-        const int64_t g = element_group(p, i), c = g % p.C;
+    int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= numel) return;
+    RadixWalker at = element_walker(p, i, stride);  // each value's channel and sample without a division
+    for (; i < numel; i += stride, at.advance()) {
+        const int64_t g = walker_group(p, at), c = walker_channel(p, at);
         const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[c] : M(1), b ? b[c] : M(0));
         y[i] = cast_to<T>(act_forward<M>(p.act, z, alpha));
     }
@@ -106,12 +113,16 @@ __global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type*
     const M wc = p.w ? static_cast<const M*>(p.w)[c] : M(1), bc = p.b ? static_cast<const M*>(p.b)[c] : M(0);
     const M alpha = static_cast<M>(p.alpha);
     M s_dz = 0, s_dzx = 0;
-    for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads) {
-        const int64_t i = group_offset(p, g, j);
-        const M xhat = (load(x, i) - mean) * invstd;
-        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
-        s_dz += dz;
-        s_dzx += dz * xhat;
+    if (j0 + threadIdx.x < j1) {
+        const int64_t base = group_base(p, g);
+        RadixWalker at(j0 + threadIdx.x, kThreads, p.L, p.N);  // (l, n) of value j: no division per value
+        for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads, at.advance()) {
+            const int64_t i = walker_offset(p, base, at);
+            const M xhat = (load(x, i) - mean) * invstd;
+            const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
+            s_dz += dz;
+            s_dzx += dz * xhat;
+        }
     }
     block_sum2(s_dz, s_dzx);
     if (threadIdx.x == 0) {
@@ -147,8 +158,11 @@ __global__ void dx_kernel(NormActParams p, int64_t numel) {
     const M* sum_dz_xhat = static_cast<const M*>(p.sum_dz_xhat);
     const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps), count = static_cast<M>(p.group_size);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-        const int64_t g = element_group(p, i), c = g % p.C;
+    int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= numel) return;
+    RadixWalker at = element_walker(p, i, stride);  // each value's channel and sample without a division
+    for (; i < numel; i += stride, at.advance()) {
+        const int64_t g = walker_group(p, at), c = walker_channel(p, at);
         const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
         const M xhat = (load(x, i) - mean[g]) * invstd;
         const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
