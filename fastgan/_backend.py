@@ -41,9 +41,13 @@ _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 # - smooth activations in bias_act, the conv epilogues and norm_act: the C++ kernels call scalar libm functions
 #   where PyTorch's kernels are vectorised (tanh of a 64x1x28x28 DCGAN output: 1.6 ms against 0.04 ms);
 # - the adversarial losses: a few thousand logits at most, where the custom op's Python-side autograd costs more than
-#   the kernel saves (nonsaturating d_loss on [64] logits, forward+backward: 132 us against 101 us).
+#   the kernel saves (nonsaturating d_loss on [64] logits, forward+backward: 132 us against 101 us);
+# - float16 and bfloat16 tensors: the C++ kernels compute in float32 from SSE2 code (this extension is built for the
+#   baseline ISA), PyTorch's from AVX2/AVX-512 code (bfloat16 batch norm + ReLU at 64x64x14x14: 1.3 ms against
+#   0.67 ms forward).
 CPU_REF_ACTIVATIONS = frozenset({"tanh", "sigmoid", "elu", "selu", "softplus", "silu", "swish"})
 CPU_REF_OPS = frozenset({"d_loss", "g_loss"})
+CPU_REF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 
 _default_impl: str | None = None
 _warned: set[tuple[str, str]] = set()
@@ -211,18 +215,22 @@ def available_impls() -> dict[str, dict[str, tuple[bool, str]]]:
 available_backends = available_impls
 
 
-def cpu_prefers_ref(op: str, act: str | None = None) -> bool:
-    """Whether ``impl="auto"`` runs the reference for ``op`` (with activation ``act``) on the CPU, because the CPU
-    benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``, ``CPU_REF_OPS``)."""
-    return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS
+def cpu_prefers_ref(op: str, act: str | None = None, dtype: torch.dtype | None = None) -> bool:
+    """Whether ``impl="auto"`` runs the reference for ``op`` (with activation ``act``, on ``dtype`` tensors) on the
+    CPU, because the CPU benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``, ``CPU_REF_OPS``,
+    ``CPU_REF_DTYPES``)."""
+    return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS or dtype in CPU_REF_DTYPES
 
 
-def resolve_impl(impl: str, device: torch.device, op: str, act: str | None = None) -> str:
+def resolve_impl(
+    impl: str, device: torch.device, op: str, act: str | None = None, dtype: torch.dtype | None = None
+) -> str:
     """The concrete implementation ``op`` runs for a tensor on ``device``.
 
     ``impl="auto"`` consults the process-wide default, then picks the fastest available implementation,
     warning once per (op, reason) when it has to fall back. On the CPU that is native, or the reference for the op
-    classes measured faster there (``cpu_prefers_ref``; ``act``: the op's activation name, if it has one).
+    classes measured faster there (``cpu_prefers_ref``; ``act``: the op's activation name, if it has one; ``dtype``:
+    its input's).
     """
     _check_choice(impl, op)
     if impl == "auto":
@@ -233,7 +241,7 @@ def resolve_impl(impl: str, device: torch.device, op: str, act: str | None = Non
         if reason:
             raise ImplUnavailableError(f"{op}: impl={impl!r} is unavailable for {device_type} tensors: {reason}")
         return impl
-    if device_type == "cpu" and cpu_prefers_ref(op, act):
+    if device_type == "cpu" and cpu_prefers_ref(op, act, dtype):
         return "ref"
     order = _AUTO_ORDER.get(device_type, ("ref",))
     for candidate in order:

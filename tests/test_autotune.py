@@ -241,6 +241,8 @@ def test_cpu_auto_runs_ref_where_native_measured_slower(op, act):
     an explicit or process-wide impl is still obeyed."""
     cpu = torch.device("cpu")
     assert _backend.resolve_impl("auto", cpu, op, act) == "ref"
+    assert _backend.resolve_impl("auto", cpu, "bias_act", "lrelu", torch.bfloat16) == "ref"
+    assert _backend.resolve_impl("auto", cpu, "batch_norm_act", "relu", torch.float16) == "ref"
     if _backend.available_impls()["native"]["cpu"][0]:
         assert _backend.resolve_impl("native", cpu, op, act) == "native"
         with fastgan.use_impl("native"):

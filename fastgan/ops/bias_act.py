@@ -175,7 +175,7 @@ def bias_act(
     """
     alpha, gain = _with_defaults(act, alpha, gain, defaults)
     spec, dim_, alpha_ = _check(x, b, dim, act, alpha, clamp)
-    impl = resolve_impl(impl, x.device, "bias_act", act)
+    impl = resolve_impl(impl, x.device, "bias_act", act, x.dtype)
     if impl == "ref":
         return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
     forward = custom_ops("bias_act", impl).bias_act

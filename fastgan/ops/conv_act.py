@@ -138,12 +138,14 @@ def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
     return size[0], size[1]
 
 
-def conv_impl(impl: str, device: torch.device, op: str, act: str | None = None) -> str:
+def conv_impl(
+    impl: str, device: torch.device, op: str, act: str | None = None, dtype: torch.dtype | None = None
+) -> str:
     """The implementation a convolution op runs (``resolve_impl``, but ``auto`` prefers cuDNN on CUDA)."""
     # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
     if impl == "auto" and get_impl() == "auto" and device.type == "cuda" and available_impls()["native"]["cuda"][0]:
         return "native"
-    return resolve_impl(impl, device, op, act)
+    return resolve_impl(impl, device, op, act, dtype)
 
 
 def conv2d_act_ref(
@@ -209,7 +211,7 @@ def conv2d_act(
     """
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, _, alpha_ = check_conv("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
-    impl = conv_impl(impl, x.device, "conv2d_act", act)
+    impl = conv_impl(impl, x.device, "conv2d_act", act, x.dtype)
     if impl == "ref":
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
     if impl == "native" and act == "linear":  # nothing to fuse: cuDNN adds the bias itself
@@ -255,7 +257,7 @@ def conv_transpose2d_act(
     op = "conv_transpose2d_act"
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, out_pad, alpha_ = check_conv(op, x, weight, bias, stride, padding, output_padding, act, alpha)
-    impl = conv_impl(impl, x.device, op, act)
+    impl = conv_impl(impl, x.device, op, act, x.dtype)
     if impl == "ref":
         return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
     if impl == "native" and act == "linear":

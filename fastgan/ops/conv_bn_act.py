@@ -75,7 +75,7 @@ def conv2d_batch_norm_act(
     op = "conv2d_batch_norm_act"
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, _, _ = check_conv(op, x, weight, bias, stride, padding, None, "linear", None)
-    impl = conv_impl(impl, x.device, op, act)
+    impl = conv_impl(impl, x.device, op, act, x.dtype)
     if impl == "triton" and training:
         z, *stats = custom_ops("conv_bn_act", "triton").conv2d_bn_stats(x, weight, bias, list(stride_), list(padding_))
     else:
@@ -112,7 +112,7 @@ def conv_transpose2d_batch_norm_act(
     op = "conv_transpose2d_batch_norm_act"
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, out_pad, _ = check_conv(op, x, weight, bias, stride, padding, output_padding, "linear", None)
-    impl = conv_impl(impl, x.device, op, act)
+    impl = conv_impl(impl, x.device, op, act, x.dtype)
     if impl == "triton" and training:
         stats_op = custom_ops("conv_bn_act", "triton").conv_transpose2d_bn_stats
         z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))

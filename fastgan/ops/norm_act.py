@@ -237,7 +237,7 @@ def batch_norm_act(
         in PyTorch ops). Batch statistics are float32, reduced deterministically (fixed chunking and merge order).
     """
     spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
-    impl = resolve_impl(impl, x.device, _BN, act)
+    impl = resolve_impl(impl, x.device, _BN, act, x.dtype)
     if impl == "ref":
         return batch_norm_act_ref(
             x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
@@ -294,7 +294,7 @@ def instance_norm_act(
         ``y`` shaped, typed and laid out like ``x``; gradients as for :func:`batch_norm_act`.
     """
     spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
-    impl = resolve_impl(impl, x.device, _IN, act)
+    impl = resolve_impl(impl, x.device, _IN, act, x.dtype)
     if impl == "ref":
         return instance_norm_act_ref(
             x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, act, alpha
