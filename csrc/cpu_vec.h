@@ -12,8 +12,6 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 namespace fastgan {
@@ -27,35 +25,11 @@ constexpr int64_t kCpuBlock = 256;
 // 65536 values) as exact as the former all-double loops.
 constexpr int64_t kCpuFold = 2048;
 
-// bfloat16 <-> float as bit operations in plain loops, which the compiler vectorises (at::vec::convert is a scalar
-// loop through c10::BFloat16 for this baseline-ISA build: bfloat16 kernels were 1.5-2x slower than float32 ones).
-// The rounding is c10's round-to-nearest-even, NaN to 0x7FC0, so results are bitwise those of static_cast.
-inline void bf16_to_float(const c10::BFloat16* __restrict p, float* __restrict out, int64_t n) {
-    const uint16_t* bits = reinterpret_cast<const uint16_t*>(p);
-    for (int64_t k = 0; k < n; ++k) {
-        const uint32_t u = static_cast<uint32_t>(bits[k]) << 16;
-        std::memcpy(out + k, &u, sizeof(u));
-    }
-}
-
-inline void float_to_bf16(const float* __restrict v, c10::BFloat16* __restrict p, int64_t n) {
-    uint16_t* bits = reinterpret_cast<uint16_t*>(p);
-    for (int64_t k = 0; k < n; ++k) {
-        uint32_t u;
-        std::memcpy(&u, v + k, sizeof(u));
-        const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1u)) >> 16;
-        bits[k] = v[k] != v[k] ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
-    }
-}
-
 // A read-only view of n values of T at p in the math type M: p itself when T is M, else a converted copy in buf.
 template <typename T, typename M>
 inline const M* as_math(const T* p, int64_t n, M* buf) {
     if constexpr (std::is_same_v<T, M>) {
         return p;
-    } else if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<M, float>) {
-        bf16_to_float(p, buf, n);
-        return buf;
     } else {
         at::vec::convert<T, M>(p, buf, n);
         return buf;
@@ -75,11 +49,7 @@ inline M* out_math(T* p, M* buf) {
 
 template <typename T, typename M>
 inline void store_math(const M* buf, int64_t n, T* p) {
-    if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<M, float>) {
-        float_to_bf16(buf, p, n);
-    } else if constexpr (!std::is_same_v<T, M>) {
-        at::vec::convert<M, T>(buf, p, n);
-    }
+    if constexpr (!std::is_same_v<T, M>) at::vec::convert<M, T>(buf, p, n);
 }
 
 // Lanes of the sums below: each lane is a separate accumulator, so the compiler vectorises them without
