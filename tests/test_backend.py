@@ -52,8 +52,8 @@ def test_default_impl_reaches_the_op(monkeypatch):
     seen = []
     real = _backend.resolve_impl
 
-    def spy(impl, device, op):
-        chosen = real(impl, device, op)
+    def spy(impl, device, op, *rule_args):  # rule_args: the activation and dtype of the CPU rule
+        chosen = real(impl, device, op, *rule_args)
         seen.append(chosen)
         return chosen
 
