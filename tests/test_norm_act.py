@@ -185,6 +185,32 @@ def test_statistics_far_from_zero(impl, layout):
     assert (yi.double() - truth_i).abs().max().item() < 2e-3
 
 
+@pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+def test_native_cpu_deterministic_across_layouts(layout, instance):
+    """The C++ kernels split reductions into tasks of a fixed geometry (an NCHW plane; up to 64 channels_last rows of
+    one sample) merged in task order: equal bits with 1 and 2 threads in both layouts, for both norms, with more
+    channels than one vector and rows than one task."""
+    require("native", "cpu")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 70, 20, 9, generator=gen).contiguous(memory_format=layout).requires_grad_()
+    go = torch.randn(x.shape, generator=gen)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            if instance:
+                y = instance_norm_act(x, act="lrelu", impl="native")
+            else:
+                y = batch_norm_act(x, None, None, None, None, True, act="lrelu", impl="native")
+            (dx,) = torch.autograd.grad(y, x, go)
+            runs.append((y, dx))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_deterministic_regardless_of_threads(impl):
     """The reduction order is fixed by construction: equal bits with 1 thread and with several."""
