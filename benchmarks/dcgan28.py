@@ -2,8 +2,9 @@
 
 G: noise 100 -> 256 (4x4) -> 128 (7x7) -> 64 (14x14) transposed convs with BatchNorm + ReLU, then a stride-2
 transposed conv to 1 channel (28x28) and tanh; D mirrors it (4x4 stride-2 convs, BatchNorm from the second layer,
-LeakyReLU 0.2, one logit). One step: a discriminator update on real and (detached) fake images, then a generator
-update, BCE with logits, Adam, batch 64. The data are fixed random images (loading is not timed).
+LeakyReLU 0.2, one logit); no biases, as in PyTorch's DCGAN example. One step: a discriminator update on real and
+(detached) fake images, then a generator update, BCE with logits, Adam, batch 64. The data are fixed random images
+(loading is not timed). ``benchmarks/quality_mnist.py`` trains these networks as the plain recipe.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ def generator(z_dim: int = 100) -> nn.Sequential:
         nn.ConvTranspose2d(z_dim, 256, 4, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
         nn.ConvTranspose2d(256, 128, 3, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
         nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),
+        nn.ConvTranspose2d(64, 1, 4, 2, 1, bias=False), nn.Tanh(),
     )
 
 
 def discriminator() -> nn.Sequential:
     """The mirrored discriminator: [N, 1, 28, 28] -> logits [N, 1, 1, 1]."""
     return nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(1, 64, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
         nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
         nn.Conv2d(128, 256, 3, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2),
-        nn.Conv2d(256, 1, 4, 1, 0),
+        nn.Conv2d(256, 1, 4, 1, 0, bias=False),
     )
 
 

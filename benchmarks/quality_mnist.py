@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import dcgan28
 from fastgan._io import atomic_writer
 from fastgan.data import MNISTDataset
 from fastgan.metrics import frechet_distance, precision_recall
@@ -37,19 +38,8 @@ Z_DIM = 100
 
 
 def recipe_networks() -> tuple[nn.Module, nn.Module]:
-    """The canonical MNIST DCGAN in plain torch.nn (D returns logits: the loss applies the sigmoid)."""
-    g = nn.Sequential(
-        nn.ConvTranspose2d(Z_DIM, 256, 4, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
-        nn.ConvTranspose2d(256, 128, 3, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True),
-        nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True),
-        nn.ConvTranspose2d(64, 1, 4, 2, 1, bias=False), nn.Tanh(),
-    )
-    d = nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(128, 256, 3, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(256, 1, 4, 1, 0, bias=False), nn.Flatten(0),
-    )
+    """The canonical MNIST DCGAN (``benchmarks/dcgan28.py``) with DCGAN's N(0, 0.02) initialisation; D gives [N]."""
+    g, d = dcgan28.generator(Z_DIM), nn.Sequential(*dcgan28.discriminator(), nn.Flatten(0))
     for m in [*g.modules(), *d.modules()]:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
