@@ -1,4 +1,4 @@
-"""CPU: fastgan's C++ kernels side by side with the eager PyTorch ops they replace (issue 17), and the DCGAN-28 step.
+"""CPU: fastgan's C++ kernels side by side with the eager PyTorch ops they replace, and the DCGAN-28 step.
 
 Every fused op must be at least as fast as eager PyTorch on the CPU, forward and forward+backward, and the canonical
 28x28 MNIST DCGAN step (``benchmarks/dcgan28.py``) through ``fastgan.optimize`` at most 0.9x plain PyTorch's time.

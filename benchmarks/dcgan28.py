@@ -1,4 +1,4 @@
-"""The canonical 28x28 MNIST DCGAN training step (issue 17's yardstick), plain PyTorch or through ``fastgan.optimize``.
+"""The canonical 28x28 MNIST DCGAN training step, plain PyTorch or through ``fastgan.optimize``.
 
 G: noise 100 -> 256 (4x4) -> 128 (7x7) -> 64 (14x14) transposed convs with BatchNorm + ReLU, then a stride-2
 transposed conv to 1 channel (28x28) and tanh; D mirrors it (4x4 stride-2 convs, BatchNorm from the second layer,
