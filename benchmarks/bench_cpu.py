@@ -69,39 +69,29 @@ def test_bias_lrelu(benchmark, provider, mode, shape, dtype, layout):
          op="bias_act[lrelu]", shape=shape_id(shape), dtype=str(dtype), layout=layout)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", BN_SHAPES, ids=shape_id)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_batch_norm_relu(benchmark, provider, mode, shape, dtype, layout):
-    gen = torch.Generator().manual_seed(0)
-    x = _tensor(shape, dtype, layout, gen)
-    w, b = torch.rand(shape[1], generator=gen) + 0.5, torch.randn(shape[1], generator=gen)
-    rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
-    if provider == "eager":
-        fn = lambda x, w, b: F.relu(F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5))  # noqa: E731
-    else:
-        fn = lambda x, w, b: batch_norm_act(x, w, b, rm, rv, True, act="relu", impl=provider)  # noqa: E731
-    _run(benchmark, f"cpu-batch_norm_relu-{mode}-{shape_id(shape)}-{dtype}-{layout}", provider, mode, fn, [x, w, b],
-         op="batch_norm_act[relu]", shape=shape_id(shape), dtype=str(dtype), layout=layout)
+# (norm, shape): batch norm at the DCGAN shapes, instance norm at the CycleGAN ones.
+NORM_CASES = [("batch", s) for s in BN_SHAPES] + [("instance", s) for s in IN_SHAPES]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", IN_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("norm, shape", NORM_CASES, ids=lambda c: c if isinstance(c, str) else shape_id(c))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_instance_norm_relu(benchmark, provider, mode, shape, dtype, layout):
+def test_norm_relu(benchmark, provider, mode, norm, shape, dtype, layout):
     gen = torch.Generator().manual_seed(0)
     x = _tensor(shape, dtype, layout, gen)
     w, b = torch.rand(shape[1], generator=gen) + 0.5, torch.randn(shape[1], generator=gen)
-    if provider == "eager":
-        fn = lambda x, w, b: F.relu(F.instance_norm(x, None, None, w, b))  # noqa: E731
+    if norm == "batch":
+        rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
+        eager = lambda x, w, b: F.relu(F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5))  # noqa: E731
+        fused = lambda x, w, b: batch_norm_act(x, w, b, rm, rv, True, act="relu", impl=provider)  # noqa: E731
     else:
-        fn = lambda x, w, b: instance_norm_act(x, w, b, act="relu", impl=provider)  # noqa: E731
-    _run(benchmark, f"cpu-instance_norm_relu-{mode}-{shape_id(shape)}-{dtype}-{layout}", provider, mode, fn,
-         [x, w, b], op="instance_norm_act[relu]", shape=shape_id(shape), dtype=str(dtype), layout=layout)
+        eager = lambda x, w, b: F.relu(F.instance_norm(x, None, None, w, b))  # noqa: E731
+        fused = lambda x, w, b: instance_norm_act(x, w, b, act="relu", impl=provider)  # noqa: E731
+    _run(benchmark, f"cpu-{norm}_norm_relu-{mode}-{shape_id(shape)}-{dtype}-{layout}", provider, mode,
+         eager if provider == "eager" else fused, [x, w, b], op=f"{norm}_norm_act[relu]", shape=shape_id(shape),
+         dtype=str(dtype), layout=layout)
 
 
 @pytest.mark.parametrize("shape", [(64,), (1, 1, 30, 30)], ids=shape_id)
