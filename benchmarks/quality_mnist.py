@@ -18,6 +18,7 @@ digits: LeNet-FID, precision, recall (k = 3).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -98,11 +99,17 @@ def samples(generator: nn.Module, num: int, seed: int) -> torch.Tensor:
     return torch.cat([generator(z[i : i + 500].view(-1, Z_DIM, 1, 1)) for i in range(0, num, 500)])
 
 
-def compare(root: Path, steps: int, seed: int, num: int, out: Path, impl: str = "auto") -> dict:
-    """Train both for ``steps`` in lockstep; return their LeNet scores and step times (medians, ms)."""
+@functools.lru_cache(maxsize=1)
+def _judge(root: Path):
+    """The splits, the LeNet trained on the judge split and its features of the GAN split: once for every seed."""
     splits = mnist_splits(root)
     lenet = train_lenet(*splits["judge"], epochs=6, seed=0)
-    reference = lenet.features(splits["gan"][0])[0]
+    return splits, lenet, lenet.features(splits["gan"][0])[0]
+
+
+def compare(root: Path, steps: int, seed: int, num: int, out: Path, impl: str = "auto") -> dict:
+    """Train both for ``steps`` in lockstep; return their LeNet scores and step times (medians, ms)."""
+    splits, lenet, reference = _judge(root)
     config = TrainConfig(model="dcgan", data="mnist", image_size=28, batch_size=BATCH, steps=steps, seed=seed,
                          impl=impl, out=str(out / f"fastgan-seed{seed}"), log_every=max(steps, 1))
     trainer = Trainer(config, dataset=torch.utils.data.TensorDataset(*splits["gan"]), verbose=False)
