@@ -202,7 +202,7 @@ def _stage_cmd(name: str) -> Callable[[Context, float], list[str]]:
 
 
 def default_stages(quick: bool) -> list[Stage]:
-    """The five stages with their estimates on an H100/H200 (16 cores) and their budget weights."""
+    """The six stages with their estimates on an H100/H200 (16 cores) and their budget weights."""
     return [
         Stage("env", "GPU, driver, CUDA, torch, Triton, clocks", _stage_cmd("env"), 8, fixed=True, max_s=60),
         Stage("build", "pip install --no-deps --no-build-isolation -e . (C++/CUDA extension)", _stage_cmd("build"),
@@ -211,6 +211,8 @@ def default_stages(quick: bool) -> list[Stage]:
               _stage_cmd("tests"), est_s=60 if quick else 150, weight=0.25 if quick else 0.3, min_s=30, max_s=600),
         Stage("bench", "goals G1-G7: eager / torch.compile / fastgan side by side", _stage_cmd("bench"),
               est_s=60 if quick else 150, weight=0.25, min_s=30, max_s=600),
+        Stage("steps", "whole training steps: CUDA graphs checked against eager, then timed; penalty cost",
+              _stage_cmd("steps"), est_s=60 if quick else 150, weight=0.2, min_s=30, max_s=400),
         Stage("summary", "summary.md, written last and printed", _stage_cmd("summary"), 3, fixed=True, max_s=30,
               reserve_s=20, always=True),
     ]
@@ -515,6 +517,20 @@ def run_bench(out: Path, deadline: float, dry_run: bool, quick: bool) -> int:
     return goals.main(["--out", str(out / RESULTS), "--deadline", f"{deadline:.1f}"] + (["--quick"] if quick else []))
 
 
+def run_steps(out: Path, deadline: float, dry_run: bool, quick: bool) -> int:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import steps
+
+    if dry_run:
+        for name in steps.CHECK_CASES:
+            emit(out, {"type": "steps-plan", "part": "check", "case": name})
+        for name in list(steps.TIME_CASES)[: 1 if quick else None]:
+            emit(out, {"type": "steps-plan", "part": "time", "case": name})
+        emit(out, {"type": "steps-plan", "part": "penalty", "case": "DCGAN-64 D step"})
+        return 0
+    return steps.main(["--out", str(out / RESULTS), "--deadline", f"{deadline:.1f}"] + (["--quick"] if quick else []))
+
+
 def run_summary(out: Path) -> int:
     text = render_summary(records(out))
     (out / "summary.md").write_text(text)
@@ -564,7 +580,7 @@ def render_summary(recs: list[dict]) -> str:
         if r.get("type") == "stage":
             lines.append(f"| {r['stage']} | {r['status']}{' (' + r['reason'] + ')' if r.get('reason') else ''} | "
                          f"{_fmt(r.get('seconds'), '.0f')} | {_fmt(r.get('timeout_s'), '.0f')} |")
-    lines += _build_section(recs) + _tests_section(recs) + _goals_section(recs) + _bench_section(recs)
+    lines += _build_section(recs) + _tests_section(recs) + _goals_section(recs) + _bench_section(recs) + _steps_section(recs)
     lines += _autotune_section(recs)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -664,6 +680,43 @@ def _bench_section(recs: list[dict]) -> list[str]:
                 f"{_fmt(r.get('max_rel_err'), '.2g')} | {error} |")
     if skipped:
         lines += ["", "Not run (budget): " + "; ".join(f"{r['goal']} {r['workload']}" for r in skipped)]
+    return lines
+
+
+def _steps_section(recs: list[dict]) -> list[str]:
+    checks = [r for r in recs if r.get("type") == "steps-check"]
+    times = [r for r in recs if r.get("type") == "steps-time"]
+    penalties = [r for r in recs if r.get("type") == "steps-penalty"]
+    plans = [r for r in recs if r.get("type") == "steps-plan"]
+    if not (checks or times or penalties):
+        return ["", "## Training steps (planned)", ""] + [f"- {p['part']}: {p['case']}" for p in plans] if plans else []
+    lines = ["", "## Training steps", ""]
+    if checks:
+        lines += ["CUDA graphs against eager, same seed and steps (cuDNN deterministic):", "",
+                  "| case | steps | bitwise equal | max rel diff | ok |", "|---|---|---|---|---|"]
+        for r in checks:
+            note = r.get("skipped") or r.get("error", "")[:120].replace("|", "/")
+            lines.append(f"| {r['case']} | {r.get('steps', '-')} | {r.get('bitwise', '-')} | "
+                         f"{_fmt(r.get('max_rel_diff'), '.2g')} | {'yes' if r.get('ok') else note or 'NO'} |")
+    if times:
+        lines += ["", "Milliseconds per `Trainer.train_step` (median of CUDA-event timings after warm-up); "
+                  "speed-up: the provider's time over fastgan+graph's:", "",
+                  "| case | provider | amp | median ms | fastgan+graph speed-up | goal | error |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in times:
+            goal = f">= {r['goal']}x: {'met' if r['met'] else 'NOT MET'}" if "goal" in r else ""
+            error = (r.get("error") or r.get("skipped") or "").splitlines()[0][:100].replace("|", "/") \
+                if (r.get("error") or r.get("skipped")) else ""
+            lines.append(f"| {r['case']} | {r.get('provider', '-')} | {r.get('amp', '-')} | "
+                         f"{_fmt(r.get('median_ms'), '.4g')} | {_fmt(r.get('speedup_of_fastgan'), '.2f')} | {goal} | "
+                         f"{error} |")
+    if penalties:
+        lines += ["", "A DCGAN-64 discriminator step alone, with and without penalties:", "",
+                  "| provider | penalty | median ms | over the plain step | goal |", "|---|---|---|---|---|"]
+        for r in penalties:
+            goal = f"<= {r['goal']}x: {'met' if r['met'] else 'NOT MET'}" if "goal" in r else ""
+            lines.append(f"| {r.get('provider', '-')} | {r.get('penalty', '-')} | {_fmt(r.get('median_ms'), '.4g')} "
+                         f"| {_fmt(r.get('over_plain'), '.2f')} | {goal} |")
     return lines
 
 
@@ -822,6 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "build": lambda: run_build(out, deadline, args.dry_run),
             "tests": lambda: run_tests(out, deadline, args.dry_run, args.quick, args.shards, args.tests),
             "bench": lambda: run_bench(out, deadline, args.dry_run, args.quick),
+            "steps": lambda: run_steps(out, deadline, args.dry_run, args.quick),
             "summary": lambda: run_summary(out),
         }
         return bodies[args.stage]()

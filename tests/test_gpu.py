@@ -574,3 +574,66 @@ def test_nvrtc_kernels_run_on_the_current_stream_past_the_one_block_branches(dty
         assert not native_extension()[0]._uses_nvrtc()
         torch.testing.assert_close(outs[0], nvcc)  # the same code; two compilers' versions may round differently
     assert _nvrtc.KERNELS  # the module imported CuPy only now, on a GPU
+
+
+# --- whole training steps as CUDA graphs ------------------------------------------------------------------------------
+
+
+def test_graphed_step_replays_a_training_step_as_eager_runs_it():
+    """A fused-Adam step of a small network with a gradient penalty (double backward) and noise from a registered
+    generator: 8 calls graphed (3 warm-up, a capture, replays) against 8 eager calls from the same state."""
+    require("ref", "cuda")
+    from fastgan.losses import gradient_penalty
+    from fastgan.train import graphed_step
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LeakyReLU(0.2), torch.nn.Linear(32, 1)).cuda()
+        return net, torch.optim.Adam(net.parameters(), lr=1e-2, fused=True), torch.Generator("cuda").manual_seed(1)
+
+    def step(net, opt, noise, real):
+        opt.zero_grad(set_to_none=True)
+        fake = torch.randn(real.shape, device="cuda", generator=noise)
+        eps = torch.rand(real.shape[0], device="cuda", generator=noise)
+        loss = net(fake).mean() - net(real).mean() + gradient_penalty(net, real, fake, eps=eps, impl="ref")
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    batches = [torch.randn(8, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(i)) for i in range(8)]
+    eager_net, eager_opt, eager_noise = make()
+    eager_losses = [step(eager_net, eager_opt, eager_noise, b).clone() for b in batches]
+    net, opt, noise = make()
+    graphed = graphed_step(lambda real: step(net, opt, noise, real), generators=[noise])
+    losses = [graphed(b).clone() for b in batches]
+    assert graphed.graph is not None  # the last calls were replays
+    torch.testing.assert_close(torch.stack(losses), torch.stack(eager_losses), rtol=1e-5, atol=1e-6)
+    for p, q in zip(net.parameters(), eager_net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="graphed_step: argument 0 is"):
+        graphed(torch.randn(4, 16, device="cuda"))
+
+
+@pytest.mark.parametrize("changes", [dict(model="wgan-gp", n_critic=2), dict(model="dcgan", r1_gamma=1.0, r1_every=2),
+                                     dict(model="dcgan", amp="bf16")], ids=["wgan-gp", "dcgan-lazy-r1", "dcgan-bf16"])
+def test_trainer_cuda_graphs_train_as_the_eager_trainer_does(changes, tmp_path):
+    require("ref", "cuda")
+    from fastgan.train import TrainConfig, Trainer
+
+    torch.backends.cudnn.deterministic = True
+    try:
+        runs = []
+        for graphs in (False, True):
+            config = TrainConfig(data="digits", image_size=16, ngf=8, ndf=8, z_dim=16, batch_size=8, steps=20,
+                                 device="cuda", cuda_graphs=graphs, out=str(tmp_path / str(graphs)), **changes)
+            trainer = Trainer(config, verbose=False)
+            for _ in range(10):
+                trainer.train_step()
+            runs.append(trainer)
+    finally:
+        torch.backends.cudnn.deterministic = False
+    eager, graphed = runs
+    assert graphed.graphs and all(g.graph is not None for g in graphed.graphs.values())
+    for (name, p), q in zip(eager.nets["G"].named_parameters(), graphed.nets["G"].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"G.{name}: {m}")
+    assert torch.equal(eager.noise.get_state(), graphed.noise.get_state())  # the same random numbers were drawn

@@ -112,14 +112,15 @@ def test_dry_run_walks_every_stage_and_writes_the_files(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--dry-run", "--out", str(out),
                            "--budget", "120"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("env", "build", "tests", "bench", "summary"):
+    for name in ("env", "build", "tests", "bench", "steps", "summary"):
         assert f"  {name:<8} ~" in proc.stdout  # each stage listed with its estimated time
     assert "# fastgan GPU suite" in proc.stdout  # the summary is printed
     assert set(os.listdir(out)) == set(gpu_suite.FILES)
     recs = records(out)
     kinds = [r["type"] for r in recs]
     assert kinds[0] == "suite" and kinds[-1] == "suite"
-    assert [r["stage"] for r in recs if r["type"] == "stage"] == ["env", "build", "tests", "bench", "summary"]
+    assert [r["stage"] for r in recs if r["type"] == "stage"] == ["env", "build", "tests", "bench", "steps",
+                                                                            "summary"]
     assert all(r["status"] == "ok" for r in recs if r["type"] == "stage")
     env_rec = next(r for r in recs if r["type"] == "env")
     assert env_rec["torch"] == torch.__version__ and "could not communicate" in json.dumps(env_rec["nvidia_smi_errors"])
@@ -127,8 +128,9 @@ def test_dry_run_walks_every_stage_and_writes_the_files(tmp_path):
     assert "--suite-select gpu" in next(r for r in recs if r["type"] == "tests-plan")["command"]
     planned = [r for r in recs if r["type"] == "bench-plan"]
     assert {r["goal"] for r in planned} == {"G1", "G2", "G3", "G4", "G7", "M1"}
+    assert {r["part"] for r in recs if r["type"] == "steps-plan"} == {"check", "time", "penalty"}
     summary = (out / "summary.md").read_text()
-    assert "DRY RUN" in summary and "## Benchmarks (planned)" in summary
+    assert "DRY RUN" in summary and "## Benchmarks (planned)" in summary and "## Training steps (planned)" in summary
     ET.parse(out / "junit.xml")
 
 
@@ -448,3 +450,22 @@ def test_inception_throughput_is_reported_in_images_per_second(tmp_path):
     assert row["provider"] == "eager" and "error" not in row, row
     assert row["images/s"] == round(2 / (row["median_ms"] * 1e-3))
     assert [r["checks"] for r in recs if r["type"] == "goal"] == [[]]
+
+
+def test_the_steps_stage_runs_on_the_cpu_without_its_graph_providers(tmp_path):
+    """benchmarks/steps.py --tiny: the graph check is recorded as skipped with its reason, the steps and the penalty
+    D step are timed for eager and fastgan, and the summary renders them."""
+    from benchmarks import steps
+
+    out = tmp_path / "results.jsonl"
+    assert steps.main(["--tiny", "--quick", "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    checks = [r for r in recs if r["type"] == "steps-check"]
+    assert checks and all(r["skipped"] == "CUDA graphs need a CUDA device" for r in checks)
+    timed = [r for r in recs if r["type"] == "steps-time"]
+    assert {r["provider"] for r in timed} == {"eager", "fastgan"} and all(r["median_ms"] > 0 for r in timed)
+    penalties = {(r["provider"], r["penalty"]): r for r in recs if r["type"] == "steps-penalty"}
+    assert set(penalties) == {(p, k) for p in ("eager", "fastgan") for k in ("none", "R1", "R1+R2")}
+    assert all(penalties[(p, "none")]["over_plain"] == 1.0 for p in ("eager", "fastgan"))
+    text = gpu_suite.render_summary(recs)
+    assert "## Training steps" in text and "CUDA graphs need a CUDA device" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 from pathlib import Path
 
@@ -309,3 +310,102 @@ def test_loss_meter_means():
     meter.add({"a": torch.tensor(3.0)})
     assert meter.mean() == {"a": 2.0}
     assert meter.mean() == {}
+
+
+def test_loss_meter_averages_each_loss_over_the_steps_that_made_it_and_copies_its_inputs():
+    meter = LossMeter()
+    replayed = torch.tensor(1.0)  # a CUDA graph's output: the same tensor, overwritten by every replay
+    meter.add({"a": replayed, "r1": torch.tensor(4.0)})
+    replayed.fill_(3.0)
+    meter.add({"a": replayed})
+    replayed.fill_(100.0)
+    assert meter.mean() == {"a": 2.0, "r1": 4.0}
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that read a tensor's value on the host (``.item()``, ``bool(t)``, ``float(t)``: on a GPU each
+    waits for the device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+STEP_OPTIONS = {
+    "gan": {}, "dcgan": {}, "wgan": {}, "wgan-gp": {}, "cyclegan": {},
+    "dcgan-ema-decay": dict(model="dcgan", decay_start=0.0, ema_decay=0.9),
+    "dcgan-lazy-r1": dict(model="dcgan", r1_gamma=1.0, r1_every=2),
+    "dcgan-fp16": dict(model="dcgan", amp="fp16"),
+    "dcgan-r1-fp16": dict(model="dcgan", amp="fp16", r1_gamma=1.0),
+    "wgan-gp-fp16": dict(model="wgan-gp", amp="fp16"),
+    "wgan-gp-bf16-channels-last": dict(model="wgan-gp", amp="bf16", channels_last=True),
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_OPTIONS))
+def test_steady_state_steps_read_nothing_back_from_the_device(name, tmp_path, unpaired_root):
+    """No host synchronisation in a training step, for every family and option: fused / capturable optimisers, the
+    penalties unscaled by the GradScaler's tensor, losses kept on the device (read only when logging)."""
+    changes = dict(STEP_OPTIONS[name])
+    family = changes.pop("model", name)
+    trainer = Trainer(config_for(family, tmp_path, unpaired_root, steps=8, **changes), verbose=False)
+    trainer.train_step()  # the first step creates the optimiser state
+    # A DataLoader draws its epoch's seed from a CPU generator with .item(): host data, never a wait on the device.
+    make_loader = trainer.batches._epoch_loader
+
+    def loader_outside_the_count():
+        with torch.utils._python_dispatch._disable_current_modes():
+            return make_loader()
+
+    trainer.batches._epoch_loader = loader_outside_the_count
+    meter = LossMeter()
+    with _HostReads() as counter:
+        for _ in range(3):
+            meter.add(trainer.train_step())
+    assert counter.reads == 0
+    assert {"loss_d", "loss_g"} <= set(meter.mean())  # (float16 losses may be inf while the scaler backs off)
+    assert all(p.isfinite().all() for net in trainer.nets.values() for p in net.parameters())
+
+
+def test_lazy_r1_runs_every_nth_critic_step_and_resumes_on_schedule(tmp_path, unpaired_root):
+    trainer = Trainer(config_for("dcgan", tmp_path / "a", unpaired_root, r1_gamma=10.0, r1_every=3, steps=6),
+                      verbose=False)
+    seen = ["r1" in trainer.train_step() for _ in range(4)]
+    assert seen == [True, False, False, True]
+    trainer.save()
+    resumed = Trainer.resume(tmp_path / "a", verbose=False)
+    assert ["r1" in resumed.train_step() for _ in range(2)] == [False, False]
+
+    # The penalty trains the critic: the same run without it ends elsewhere.
+    plain = Trainer(config_for("dcgan", tmp_path / "b", unpaired_root, steps=6), verbose=False)
+    for _ in range(4):
+        plain.train_step()
+    assert not torch.equal(next(plain.nets["D"].parameters()), next(trainer.nets["D"].parameters()))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(cuda_graphs=True, device="cpu"), "--cuda-graphs replays CUDA graphs: it needs a CUDA device"),
+        (dict(r1_gamma=-1.0), "r1_gamma must be a number >= 0"),
+        (dict(r1_every=0), "r1_every must be a positive integer"),
+        (dict(model="cyclegan", data=None, r1_gamma=1.0), "--r1-gamma applies to the noise-to-image families"),
+    ],
+)
+def test_step_options_refuse_what_cannot_run(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**changes).resolved()
+
+
+def test_graphed_step_refuses_the_cpu_and_a_bad_warmup():
+    from fastgan.train import graphed_step
+
+    with pytest.raises(RuntimeError, match="graphed_step: CUDA graphs need a CUDA device"):
+        graphed_step(lambda x: x * 2)(torch.ones(2))
+    with pytest.raises(ValueError, match="graphed_step: warmup must be a positive int"):
+        graphed_step(lambda x: x, warmup=0)

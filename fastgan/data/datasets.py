@@ -549,9 +549,11 @@ class _TwoDomains(Dataset[tuple[Tensor, Tensor]]):
     def set_epoch(self, epoch: int) -> None:
         """Redraw the B index, crop positions and flips of every item from a generator seeded by (seed, epoch)."""
         generator = torch.Generator().manual_seed((self.seed + epoch * 0x9E3779B97F4A7C15) % 2**64)
-        self._b_index = torch.randint(self.counts[1], (len(self),), generator=generator)
-        self._crops = torch.rand(len(self), 2, 2, generator=generator, dtype=torch.float64)  # [item, domain, (y, x)]
-        self._flips = torch.rand(len(self), 2, generator=generator) < 0.5
+        # Python lists: reading an item then makes no tensor reads (each a host read in the training step's profile).
+        self._b_index = torch.randint(self.counts[1], (len(self),), generator=generator).tolist()
+        # [item][domain] -> (y, x)
+        self._crops = torch.rand(len(self), 2, 2, generator=generator, dtype=torch.float64).tolist()
+        self._flips = (torch.rand(len(self), 2, generator=generator) < 0.5).tolist()
 
     def __len__(self) -> int:
         return max(self.counts)
@@ -561,16 +563,16 @@ class _TwoDomains(Dataset[tuple[Tensor, Tensor]]):
             raise IndexError(f"index {index} is out of range for a {type(self).__name__} of length {len(self)}")
         index %= len(self)
         a = self._prepare(self._load(0, index % self.counts[0]), index, 0)
-        b = self._prepare(self._load(1, int(self._b_index[index])), index, 1)
+        b = self._prepare(self._load(1, self._b_index[index]), index, 1)
         return a, b
 
     def _prepare(self, image: Tensor, item: int, domain: int) -> Tensor:
         image = to_signed_unit(image)
         if not self.augment:
             return _as_stored(resize_center_crop(image, self.image_size))
-        top, left = self._crops[item, domain].tolist()
+        top, left = self._crops[item][domain]
         image = crop(resize_short_side(image, self.load_size), self.image_size, top, left)
-        if self._flips[item, domain]:
+        if self._flips[item][domain]:
             image = image.flip(-1)
         return _as_stored(image)
 

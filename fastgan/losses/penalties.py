@@ -33,12 +33,10 @@ __all__ = [
 ]
 
 
-def _unscale(scaler) -> float:
-    return 1.0 if scaler is None else 1.0 / scaler.get_scale()
-
-
 def _input_gradient(output: torch.Tensor, inputs: torch.Tensor, scaler, op: str) -> torch.Tensor:
-    """d output.sum() / d inputs with ``create_graph=True`` (scaled by ``scaler`` when given)."""
+    """d output.sum() / d inputs with ``create_graph=True``. With a GradScaler the seed is scaled (so float16
+    gradients do not underflow) and the gradient unscaled in float32 by the scale tensor itself: ``get_scale()``
+    would read it on the host, a synchronisation in every step (and impossible inside a CUDA graph)."""
     seed = output.sum()
     if scaler is not None:
         seed = scaler.scale(seed)
@@ -46,6 +44,8 @@ def _input_gradient(output: torch.Tensor, inputs: torch.Tensor, scaler, op: str)
         (grad,) = torch.autograd.grad(seed, inputs, create_graph=True)
     except RuntimeError as error:
         raise RuntimeError(f"{op}: the critic's output does not depend on its input ({error})") from error
+    if scaler is not None:
+        grad = grad.float() / scaler.scale(torch.ones((), device=grad.device))
     return grad
 
 
@@ -69,7 +69,7 @@ def gradient_penalty_ref(
     if not x_hat.requires_grad:
         x_hat.requires_grad_(True)
     grad = _input_gradient(critic(x_hat), x_hat, scaler, "gradient_penalty")
-    return grad_norm_penalty_ref(grad, weight, center, _unscale(scaler))
+    return grad_norm_penalty_ref(grad, weight, center)
 
 
 def gradient_penalty(
@@ -95,11 +95,12 @@ def gradient_penalty(
         eps: optional ``[B]`` interpolation weights.
         impl: ``"auto"``, ``"ref"``, ``"triton"`` or ``"native"`` for the interpolation and the penalty ops.
         scaler: a ``torch.amp.GradScaler`` when training in float16: the input gradient is taken of the scaled
-            output and unscaled inside the penalty kernel (PyTorch's AMP gradient-penalty recipe).
+            output and unscaled in float32 (PyTorch's AMP gradient-penalty recipe, without its host read of the
+            scale).
 
     Returns:
-        A 0-dim tensor in the gradient's dtype (float32 for float32 inputs under autocast: the norms and the mean
-        are computed in float32 in every case).
+        A 0-dim tensor in the gradient's dtype (float32 for float32 inputs under autocast, and with a scaler: the
+        norms and the mean are computed in float32 in every case).
     """
     eps = _eps(real, eps)
     check_interpolate(real, fake, eps, "gradient_penalty")
@@ -111,7 +112,7 @@ def gradient_penalty(
     if not x_hat.requires_grad:
         x_hat.requires_grad_(True)
     grad = _input_gradient(critic(x_hat), x_hat, scaler, "gradient_penalty")
-    return grad_norm_penalty(grad, weight, center, _unscale(scaler), impl=impl)
+    return grad_norm_penalty(grad, weight, center, impl=impl)
 
 
 def _check_r1(real_logits: torch.Tensor, real: torch.Tensor) -> None:
@@ -129,7 +130,7 @@ def r1_penalty_ref(real_logits: torch.Tensor, real: torch.Tensor, gamma: float =
     """The textbook R1 penalty in plain PyTorch (Mescheder et al. 2018, as StyleGAN2 computes it)."""
     _check_r1(real_logits, real)
     grad = _input_gradient(real_logits, real, scaler, "r1_penalty")
-    return gamma / 2 * (_unscale(scaler) * grad).reshape(grad.shape[0], -1).square().sum(1).mean()
+    return gamma / 2 * grad.reshape(grad.shape[0], -1).square().sum(1).mean()
 
 
 def r1_penalty(
@@ -158,7 +159,7 @@ def r1_penalty(
     if impl == "ref":
         return r1_penalty_ref(real_logits, real, gamma, scaler)
     grad = _input_gradient(real_logits, real, scaler, "r1_penalty")
-    return grad_norm_penalty(grad, gamma / 2, 0.0, _unscale(scaler), impl=impl)
+    return grad_norm_penalty(grad, gamma / 2, 0.0, impl=impl)
 
 
 class LazyRegularizer:

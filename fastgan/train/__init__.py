@@ -7,6 +7,7 @@
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import AMP_MODES, FAMILIES, RESUMABLE, FamilyDefaults, TrainConfig, read_config_file, resolve_device
 from .ema import EMA
+from .graphs import GraphedStep, graphed_step
 from .metrics import LossMeter, MetricsWriter, Progress
 from .pool import ImagePool
 from .trainer import Trainer
@@ -17,6 +18,7 @@ __all__ = [
     "FAMILIES",
     "LAST",
     "FamilyDefaults",
+    "GraphedStep",
     "ImagePool",
     "LossMeter",
     "MetricsWriter",
@@ -24,6 +26,7 @@ __all__ = [
     "RESUMABLE",
     "TrainConfig",
     "Trainer",
+    "graphed_step",
     "load_checkpoint",
     "read_config_file",
     "resolve_device",

@@ -56,7 +56,7 @@ _DEFAULT_SIZE = {"digits": 32, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, 
                  "digit-styles": 32}
 
 # Settings a resumed run may change: they decide where, how fast and how visibly it runs, not what is trained.
-RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "log_every", "sample_every", "checkpoint_every",
+RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "cuda_graphs", "log_every", "sample_every", "checkpoint_every",
                        "keep_every", "data_root", "download", "eval_every", "eval_num"})
 
 
@@ -98,6 +98,9 @@ class TrainConfig:
     impl: str = _setting("auto", "implementation of fastgan's ops (default: auto)", group="run", choices=IMPLS)
     amp: str = _setting("off", "mixed precision (default: off)", group="run", choices=AMP_MODES)
     channels_last: bool = _setting(False, "NHWC memory format (default: off)", group="run")
+    cuda_graphs: bool = _setting(
+        False, "capture each kind of training step (penalties included) once as a CUDA graph and replay it; "
+        "CUDA only, --amp off or bf16 (default: off)", group="run")
     z_dim: int = _setting(100, "generator input noise size (default: 100)", group="model")
     ngf: int = _setting(64, "generator width (default: 64)", group="model")
     ndf: int = _setting(64, "discriminator width (default: 64)", group="model")
@@ -111,6 +114,11 @@ class TrainConfig:
     clip: float | None = _setting(None, "WGAN weight clipping bound", group="optimisation", family="clip")
     gp_weight: float | None = _setting(None, "WGAN-GP gradient penalty weight (0: none)", group="optimisation",
                                        family="gp_weight")
+    r1_gamma: float = _setting(
+        0.0, "R1 penalty weight on real images (Mescheder et al.; 0: none; StyleGAN2 uses 1-10); noise-to-image "
+        "families (default: 0)", group="optimisation")
+    r1_every: int = _setting(1, "lazy regularisation: R1 every N critic steps, weighted by N (StyleGAN2: 16; "
+                             "default: 1)", group="optimisation")
     decay_start: float | None = _setting(
         None, "fraction of the run after which the learning rates decay linearly to 0 (1: never)",
         group="optimisation", family="decay_start")
@@ -215,7 +223,15 @@ class TrainConfig:
             raise ValueError(f"decay_start must be a fraction in [0, 1], got {self.decay_start}")
         if self.betas is not None and (len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if isinstance(self.r1_gamma, bool) or not isinstance(self.r1_gamma, int | float) or not self.r1_gamma >= 0:
+            raise ValueError(f"r1_gamma must be a number >= 0, got {self.r1_gamma!r}")
+        _positive("r1_every", self.r1_every)
+        if self.r1_gamma > 0 and self.model == "cyclegan":
+            raise ValueError("--r1-gamma applies to the noise-to-image families (gan, dcgan, wgan, wgan-gp), not "
+                             "cyclegan; drop it")
         device = resolve_device(self.device)
+        if self.cuda_graphs:
+            _check_cuda_graphs(self, device)
         if self.impl != "auto":
             from .._backend import available_impls
 
@@ -240,6 +256,19 @@ class TrainConfig:
         if values.get("betas") is not None:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
+
+
+def _check_cuda_graphs(config: TrainConfig, device: torch.device) -> None:
+    """What ``--cuda-graphs`` cannot replay, refused by name."""
+    if device.type != "cuda":
+        raise ValueError(f"--cuda-graphs replays CUDA graphs: it needs a CUDA device, and this run is on "
+                         f"{device.type}; drop --cuda-graphs")
+    if config.amp == "fp16":
+        raise ValueError("--cuda-graphs with --amp fp16: the GradScaler's skipped steps and scale updates are not "
+                         "replayed by a graph here; use --amp bf16 (no scaler) or drop --cuda-graphs")
+    if config.model == "cyclegan" and config.pool_size > 0:
+        raise ValueError("--cuda-graphs with cyclegan: the image pool (--pool-size) picks its images on the host every "
+                         "step; use --pool-size 0 or drop --cuda-graphs")
 
 
 def _positive(name: str, value: int) -> int:

@@ -12,8 +12,8 @@ class EMA:
     """A frozen copy of ``model`` whose parameters follow ``p_ema += (1 - d) * (p - p_ema)`` after each step.
 
     ``d = min(decay, (1 + step) / (10 + step))`` ramps the decay up so short runs are not dominated by the random
-    initialisation. Buffers (batch-norm running statistics) are copied as they are. One fused ``_foreach_lerp_``
-    per update: no host synchronisation.
+    initialisation. Buffers (batch-norm running statistics) are copied as they are. Two ops per update (a
+    ``_foreach_lerp_`` and a ``_foreach_copy_``): no host synchronisation, few launches.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
@@ -26,8 +26,9 @@ class EMA:
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
+        ema_buffers = list(self.module.buffers())
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

@@ -16,25 +16,27 @@ import torch
 
 
 class LossMeter:
-    """Sums of detached scalar tensors since the last ``mean()``, kept on their device."""
+    """Sums of detached scalar tensors since the last ``mean()``, kept on their device, and how many of each (a loss
+    made only on some steps, as lazy R1, is averaged over those)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         for name, value in losses.items():
+            # A copy, never the tensor itself: a CUDA graph overwrites its outputs with every replay.
             value = value.detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def mean(self) -> dict[str, float]:
         """Means since the last call (one host transfer for all of them), then reset."""
-        if not self.count:
+        if not self.sums:
             return {}
         names = list(self.sums)
-        values = (torch.stack([self.sums[n] for n in names]) / self.count).tolist()
-        self.sums, self.count = {}, 0
+        values = torch.stack([self.sums[n] / self.counts[n] for n in names]).tolist()
+        self.sums, self.counts = {}, {}
         return dict(zip(names, values))
 
 
@@ -110,7 +112,7 @@ class Progress:
         """Called at each logging interval with the metrics row: losses onto the bar, or one plain line."""
         if not self.enabled:
             return
-        losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty")))
+        losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty", "r1")))
         if self.bar is not None:
             self.bar.set_postfix_str(f"{losses} | {row.get('images_per_s', 0.0):.0f} img/s", refresh=False)
             self.bar.update(step - self.bar.n)

@@ -17,10 +17,8 @@ bit-identical parameters to ``fit(m)`` on CPU.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -29,13 +27,14 @@ from torch import nn
 
 from .._io import atomic_writer
 from ..data import make_dataset, save_image_grid
-from ..losses import d_loss, g_loss, gradient_penalty
+from ..losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from ..metrics.evaluate import QUALITY_FIELDS, QualityMonitor
 from ..models import build_networks
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import FAMILIES, RESUMABLE, TrainConfig, config_toml, resolve_device
 from .ema import EMA
+from .graphs import GraphedStep
 from .metrics import LossMeter, MetricsWriter, Progress
 from .pool import ImagePool
 
@@ -105,9 +104,6 @@ class Trainer:
             "G": self._optimizer([p for net in self.generators for p in net.parameters()], config.lr_g),
             "D": self._optimizer([p for net in self.discriminators for p in net.parameters()], config.lr_d),
         }
-        self.schedulers = {
-            name: torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) for name, opt in self.optimizers.items()
-        }
         fp16 = config.amp == "fp16"
         self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in self.optimizers}
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
@@ -124,16 +120,25 @@ class Trainer:
                 self.fixed_input = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
         else:
             self.fixed_input = torch.randn(config.num_samples, config.z_dim, generator=self.noise, device=self.device)
+        self.graphs: dict[tuple, GraphedStep] = {}  # cuda_graphs: one captured step per kind of step
+        self._graph_pool = None
         self.step = 0
         self.images_seen = 0
+        self._lr_scale = None  # the learning-rate factor last written into the optimisers
+        self._apply_lr_schedule()
         self.stop_requested = False  # set by request_stop(): fit() saves and returns after the current step
 
     # -- construction helpers ------------------------------------------------------------------------------------
 
     def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """Fused Adam (one kernel per step, its step counters on the device: no host read) or the foreach RMSprop
+        (PyTorch has no fused one; capturable on CUDA so its counters stay there too). Under CUDA graphs the learning
+        rate is a device tensor, so the schedule can change it between replays."""
+        graphs = self.config.cuda_graphs
+        lr = torch.tensor(lr, device=self.device) if graphs else lr
         if self.family.optimizer == "rmsprop":
-            return torch.optim.RMSprop(params, lr=lr)
-        return torch.optim.Adam(params, lr=lr, betas=self.config.betas)
+            return torch.optim.RMSprop(params, lr=lr, foreach=True, capturable=self.device.type == "cuda")
+        return torch.optim.Adam(params, lr=lr, betas=self.config.betas, fused=True)
 
     def _lr_factor(self, step: int) -> float:
         """1 until ``decay_start * steps``, then linearly down to 0 at ``steps`` (CycleGAN's schedule)."""
@@ -142,10 +147,26 @@ class Trainer:
             return 1.0
         return max(0.0, 1.0 - (step - start) / max(self.config.steps - start, 1.0))
 
+    def _apply_lr_schedule(self) -> None:
+        """Set the learning rates of step ``self.step``: a pure function of the step (nothing to checkpoint), written
+        only when it changes (a tensor learning rate is filled in place: no host read, graph-safe)."""
+        scale = self._lr_factor(self.step)
+        if scale == self._lr_scale:
+            return
+        self._lr_scale = scale
+        for name, optimizer in self.optimizers.items():
+            lr = scale * (self.config.lr_g if name == "G" else self.config.lr_d)
+            for group in optimizer.param_groups:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # A CUDA graph replays the casts it captured: autocast's cache of cast weights would go stale.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.config.cuda_graphs)
 
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, generator=self.noise, device=self.device)
@@ -153,17 +174,25 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        """One generator update (and its discriminator updates); returns the losses as detached device tensors."""
+        """One generator update (and its discriminator updates); returns the losses as device tensors (under CUDA
+        graphs the graph's own outputs, overwritten by the next step: ``LossMeter`` copies them)."""
         losses = self._cyclegan_step() if self.cyclegan else self._gan_step()
-        with warnings.catch_warnings():
-            # A float16 GradScaler skips the optimiser step on overflow; the schedule still follows the step count.
-            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
-            for scheduler in self.schedulers.values():
-                scheduler.step()
         self.step += 1
+        self._apply_lr_schedule()
         if self.ema is not None:
             self.ema.update(self.nets["G_AB" if self.cyclegan else "G"], self.step)
         return losses
+
+    def _run(self, key: tuple, update, *args) -> dict[str, torch.Tensor]:
+        """``update(*args)`` eagerly, or under ``cuda_graphs`` replayed from the graph captured for ``key`` (one
+        graph per kind of step; they share one memory pool, as they never run at the same time)."""
+        if not self.config.cuda_graphs:
+            return update(*args)
+        if key not in self.graphs:
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            self.graphs[key] = GraphedStep(update, pool=self._graph_pool, generators=(self.noise,))
+        return self.graphs[key](*args)
 
     def _update(self, name: str, loss: torch.Tensor) -> None:
         """Backward and optimiser step for network group ``name`` through its GradScaler."""
@@ -173,34 +202,52 @@ class Trainer:
         scaler.update()
 
     def _gan_step(self) -> dict[str, torch.Tensor]:
+        n_critic = self.config.n_critic
+        for k in range(n_critic):
+            real = next(self.batches)
+            last = k == n_critic - 1
+            # Lazy R1 (StyleGAN2): every r1_every-th critic step, counted over the whole run (so resume keeps it).
+            r1 = self.config.r1_gamma > 0 and (self.step * n_critic + k) % self.config.r1_every == 0
+            losses = self._run(("gan", last, r1), self._critic_update, real, last, r1)
+            self.images_seen += real.shape[0]
+        return losses
+
+    def _critic_update(self, real: torch.Tensor, last: bool, r1: bool) -> dict[str, torch.Tensor]:
+        """One discriminator update on ``real`` and fresh fakes, with its penalties; when ``last``, then the generator
+        update on the same fakes. Device work only (it may be captured as a CUDA graph)."""
         config, family = self.config, self.family
         G, D = self.nets["G"], self.nets["D"]
-        D.requires_grad_(True)
-        for k in range(config.n_critic):
-            real = next(self.batches)
-            last = k == config.n_critic - 1
-            # The last critic step's fakes keep their graph: the generator step reuses them (one G forward fewer).
-            with torch.set_grad_enabled(last), self._autocast():
-                fake = G(self._z(real.shape[0]))
-            self.optimizers["D"].zero_grad(set_to_none=True)
+        # The last critic step's fakes keep their graph: the generator step reuses them (one G forward fewer).
+        with torch.set_grad_enabled(last), self._autocast():
+            fake = G(self._z(real.shape[0]))
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        if r1:
+            real = real.detach().requires_grad_(True)  # R1 differentiates the critic's loss forward on real
+        scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
+        with self._autocast():
+            real_logits = D(real)
+            loss_d = d_loss(real_logits, D(fake.detach()), family.loss, impl=config.impl)
+        losses = {"loss_d": loss_d}
+        if config.gp_weight > 0:
+            eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
             with self._autocast():
-                loss_d = d_loss(D(real), D(fake.detach()), family.loss, impl=config.impl)
-            losses = {"loss_d": loss_d}
-            if config.gp_weight > 0:
-                eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
-                scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
-                with self._autocast():
-                    penalty = gradient_penalty(
-                        D, real, fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
-                    )
-                losses["penalty"] = penalty
-                loss_d = loss_d + penalty
-            self._update("D", loss_d)
-            if config.clip is not None:
-                with torch.no_grad():
-                    torch._foreach_clamp_min_(list(D.parameters()), -config.clip)
-                    torch._foreach_clamp_max_(list(D.parameters()), config.clip)
-            self.images_seen += real.shape[0]
+                penalty = gradient_penalty(
+                    D, real.detach(), fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
+                )
+            losses["penalty"] = penalty
+            loss_d = loss_d + penalty
+        if r1:
+            with self._autocast():
+                penalty = r1_penalty(real_logits, real, config.r1_gamma, impl=config.impl, scaler=scaler)
+            losses["r1"] = penalty
+            loss_d = loss_d + (penalty * config.r1_every if config.r1_every > 1 else penalty)
+        self._update("D", loss_d)
+        if config.clip is not None:
+            with torch.no_grad():
+                torch._foreach_clamp_min_(list(D.parameters()), -config.clip)
+                torch._foreach_clamp_max_(list(D.parameters()), config.clip)
+        if not last:
+            return losses
         D.requires_grad_(False)  # the generator step needs gradients through D, not for D's weights
         self.optimizers["G"].zero_grad(set_to_none=True)
         with self._autocast():
@@ -211,9 +258,15 @@ class Trainer:
         return losses
 
     def _cyclegan_step(self) -> dict[str, torch.Tensor]:
+        real_a, real_b = next(self.batches)
+        losses = self._run(("cyclegan",), self._cyclegan_update, real_a, real_b)
+        self.images_seen += real_a.shape[0]
+        return losses
+
+    def _cyclegan_update(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both generators' update, then both discriminators' on fakes through the image pools."""
         config, kind, impl = self.config, self.family.loss, self.config.impl
         G_AB, G_BA, D_A, D_B = (self.nets[r] for r in ("G_AB", "G_BA", "D_A", "D_B"))
-        real_a, real_b = next(self.batches)
         for D in self.discriminators:
             D.requires_grad_(False)
         self.optimizers["G"].zero_grad(set_to_none=True)
@@ -243,7 +296,6 @@ class Trainer:
                 + d_loss(D_B(real_b), D_B(pooled_b), kind, impl=impl)
             )
         self._update("D", loss_d)
-        self.images_seen += real_a.shape[0]
         losses["loss_d"] = loss_d
         return losses
 
@@ -278,7 +330,7 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     elapsed = max(now - tick, 1e-9)
-                    row = {"step": self.step, **meter.mean(), "lr_g": self.schedulers["G"].get_last_lr()[0],
+                    row = {"step": self.step, **meter.mean(), "lr_g": self._lr_scale * config.lr_g,
                            "steps_per_s": (self.step - tick_step) / elapsed,
                            "images_per_s": (self.images_seen - tick_images) / elapsed}
                     writer.write(row)
@@ -345,7 +397,6 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "scalers": {name: scaler.state_dict() for name, scaler in self.scalers.items()},
-            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
             "rng": rng,
             "data": self.batches.state_dict(),
             "pools": [pool.state_dict() for pool in self.pools],
@@ -362,7 +413,6 @@ class Trainer:
         for name in self.optimizers:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
             self.scalers[name].load_state_dict(state["scalers"][name])
-            self.schedulers[name].load_state_dict(state["schedulers"][name])
         torch.set_rng_state(state["rng"]["torch"])
         self.noise.set_state(state["rng"]["noise"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -372,6 +422,8 @@ class Trainer:
             pool.load_state_dict(pool_state, self.device)
         self.fixed_input = state["fixed_input"].to(self.device)
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self._lr_scale = None  # the loaded optimisers hold the saved learning rates: set this step's
+        self._apply_lr_schedule()
 
     def save(self) -> Path:
         """Write ``last.pt`` atomically (and ``step_XXXXXXX.pt`` every ``keep_every`` steps); return its path."""
