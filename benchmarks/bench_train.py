@@ -28,6 +28,7 @@ CASES_GPU = {
 }
 CASES_CPU = {
     "dcgan32": ("dcgan", 32, (8,), 16, {}),
+    "wgan-gp28": ("wgan-gp", 28, (8,), 16, {"n_critic": 1}),  # 28 and 32 side by side: the MNIST and digits sizes
     "wgan-gp32": ("wgan-gp", 32, (8,), 16, {"n_critic": 1}),
     "cyclegan32": ("cyclegan", 32, (1,), 8, {"n_blocks": 2}),
 }

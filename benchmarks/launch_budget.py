@@ -41,7 +41,7 @@ CASES = {  # name -> model, image size, widths, extra settings
 }
 GOAL = 0.6  # fastgan / plain ops, DCGAN-64 and WGAN-GP-64
 _NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias",
-              "lift_fresh", "_local_scalar_dense", "set_", "resize_", "_to_copy", "promote_types",
+              "lift_fresh", "_local_scalar_dense", "set_", "resize_", "promote_types",
               "_record_function_enter_new", "_record_function_exit"}
 
 

@@ -409,3 +409,15 @@ def test_graphed_step_refuses_the_cpu_and_a_bad_warmup():
         graphed_step(lambda x: x * 2)(torch.ones(2))
     with pytest.raises(ValueError, match="graphed_step: warmup must be a positive int"):
         graphed_step(lambda x: x, warmup=0)
+
+
+def test_the_launch_budget_counts_kernel_ops_and_fastgan_launches_fewer():
+    """benchmarks/launch_budget.py's counter on tiny networks: views, allocations and host reads are not counted,
+    fused Adam is one op per optimiser step where foreach Adam is several, and fastgan's step dispatches fewer ops."""
+    from benchmarks.launch_budget import count
+
+    plain, fast = count("DCGAN-64", "plain", tiny=True), count("DCGAN-64", "fastgan", tiny=True)
+    assert fast["aten::_fused_adam_"] == 2 and "aten::_fused_adam_" not in plain
+    assert plain["aten::_foreach_addcdiv_"] == 2
+    assert not any(name.endswith(("::empty", "::view", "::_local_scalar_dense", "::detach")) for name in {**plain, **fast})
+    assert sum(fast.values()) < sum(plain.values())
