@@ -580,7 +580,8 @@ def render_summary(recs: list[dict]) -> str:
         if r.get("type") == "stage":
             lines.append(f"| {r['stage']} | {r['status']}{' (' + r['reason'] + ')' if r.get('reason') else ''} | "
                          f"{_fmt(r.get('seconds'), '.0f')} | {_fmt(r.get('timeout_s'), '.0f')} |")
-    lines += _build_section(recs) + _tests_section(recs) + _goals_section(recs) + _bench_section(recs) + _steps_section(recs)
+    lines += _build_section(recs) + _tests_section(recs) + _goals_section(recs) + _bench_section(recs)
+    lines += _steps_section(recs)
     lines += _autotune_section(recs)
     return "\n".join(lines).rstrip() + "\n"
 

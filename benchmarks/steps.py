@@ -176,7 +176,8 @@ def penalty_rows(device: str, tiny: bool) -> list[dict]:
         D = build_networks("dcgan", size, 3, 100, width, width, None, impl)["D"].to(device)
         if device == "cuda":
             D = D.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
+        optimizer = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True,
+                                     capturable=device == "cuda")
 
         def d_step(real, fake, penalties, D=D, optimizer=optimizer, impl=impl):
             optimizer.zero_grad(set_to_none=True)

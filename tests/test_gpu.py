@@ -589,7 +589,8 @@ def test_graphed_step_replays_a_training_step_as_eager_runs_it():
     def make():
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LeakyReLU(0.2), torch.nn.Linear(32, 1)).cuda()
-        return net, torch.optim.Adam(net.parameters(), lr=1e-2, fused=True), torch.Generator("cuda").manual_seed(1)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True, capturable=True)  # capture refuses others
+        return net, opt, torch.Generator("cuda").manual_seed(1)
 
     def step(net, opt, noise, real):
         opt.zero_grad(set_to_none=True)
@@ -635,5 +636,5 @@ def test_trainer_cuda_graphs_train_as_the_eager_trainer_does(changes, tmp_path):
     eager, graphed = runs
     assert graphed.graphs and all(g.graph is not None for g in graphed.graphs.values())
     for (name, p), q in zip(eager.nets["G"].named_parameters(), graphed.nets["G"].parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"G.{name}: {m}")
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"G.{name}: {m}")
     assert torch.equal(eager.noise.get_state(), graphed.noise.get_state())  # the same random numbers were drawn

@@ -56,8 +56,8 @@ _DEFAULT_SIZE = {"digits": 32, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, 
                  "digit-styles": 32}
 
 # Settings a resumed run may change: they decide where, how fast and how visibly it runs, not what is trained.
-RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "cuda_graphs", "log_every", "sample_every", "checkpoint_every",
-                       "keep_every", "data_root", "download", "eval_every", "eval_num"})
+RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "cuda_graphs", "log_every", "sample_every",
+                       "checkpoint_every", "keep_every", "data_root", "download", "eval_every", "eval_num"})
 
 
 def _setting(default, help: str, *, group: str, family: str | None = None, choices: tuple | None = None,

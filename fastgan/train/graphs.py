@@ -13,11 +13,11 @@ whole with ``torch.cuda.graph``, as PyTorch's CUDA-graph notes describe:
   overwritten by the next replay: read or clone them before the next call.
 
 What the step needs for this (the trainer keeps all of it): no host synchronisation (``.item()``, ``GradScaler``'s
-``get_scale``, printing a tensor); optimisers that keep their step on the device (``fused=True`` or
-``capturable=True``) with a tensor learning rate when it changes between steps; random numbers from the default CUDA
-generator or from generators passed as ``generators`` (their state advances with every replay, so a checkpoint of it
-stays exact); the same shapes and Python arguments on every call (checked: a changed Python argument raises);
-``torch.autocast(..., cache_enabled=False)`` inside the step.
+``get_scale``, printing a tensor); optimisers made with ``capturable=True`` (PyTorch refuses to capture any other
+step; ``fused=True`` beside it is the fastest), with a tensor learning rate when it changes between steps; random
+numbers from the default CUDA generator or from generators passed as ``generators`` (their state advances with every
+replay, so a checkpoint of it stays exact); the same shapes and Python arguments on every call (checked: a changed
+Python argument raises); ``torch.autocast(..., cache_enabled=False)`` inside the step.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class GraphedStep:
         for generator in self.generators:
             graph.register_generator_state(generator)
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: only this thread's calls are checked, so a DataLoader's pin-memory thread may keep working.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self._outputs = self.fn(*self._static_args)
         self.graph = graph
         graph.replay()  # capturing runs nothing: this call's step happens here

@@ -138,7 +138,8 @@ class Trainer:
         lr = torch.tensor(lr, device=self.device) if graphs else lr
         if self.family.optimizer == "rmsprop":
             return torch.optim.RMSprop(params, lr=lr, foreach=True, capturable=self.device.type == "cuda")
-        return torch.optim.Adam(params, lr=lr, betas=self.config.betas, fused=True)
+        # capturable as well under graphs: PyTorch refuses to capture an optimiser step that is not marked so.
+        return torch.optim.Adam(params, lr=lr, betas=self.config.betas, fused=True, capturable=graphs)
 
     def _lr_factor(self, step: int) -> float:
         """1 until ``decay_start * steps``, then linearly down to 0 at ``steps`` (CycleGAN's schedule)."""
@@ -157,10 +158,12 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             lr = scale * (self.config.lr_g if name == "G" else self.config.lr_d)
             for group in optimizer.param_groups:
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(lr)
-                else:
+                if not self.config.cuda_graphs:
                     group["lr"] = lr
+                elif isinstance(group["lr"], torch.Tensor) and group["lr"].is_cuda:
+                    group["lr"].fill_(lr)  # in place: a captured optimiser step reads this very tensor
+                else:  # before any capture (construction, a loaded checkpoint): a device tensor
+                    group["lr"] = torch.tensor(lr, device=self.device)
 
     def _autocast(self):
         if self.amp_dtype is None:
