@@ -12,6 +12,11 @@ the very next batch. Random augmentation lives in the datasets, drawn per ``(see
 items do not depend on which worker reads them. Any other dataset yielding single images (digits, MNIST, CIFAR-10,
 tensors a caller passes) is converted once into a float tensor on the device, up to 2 GiB, and indexed per batch;
 the rest (pairs, larger data) go through the same DataLoader in the training process.
+
+Data-parallel runs (``world_size`` processes): every process walks the same permutation in global batches of
+``batch_size`` and takes its ``rank``-th equal slice of each, so the processes read disjoint shards of every epoch,
+and together exactly the batches one process would read (the state, ``(epoch, position)``, counts global batches'
+images and is the same on every process).
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ class BatchStream:
         device: torch.device,
         channels_last: bool = False,
         workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(dataset) < batch_size:
             raise ValueError(
                 f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: lower --batch-size"
             )
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.local_size = batch_size // world_size
+        self.offset = rank * self.local_size  # this process's slice of each global batch
         files = getattr(dataset, "decodes_files", False)
         self.workers = workers if files else 0  # worker processes pay off only for decoding files
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -71,7 +80,8 @@ class BatchStream:
 
     def _epoch_loader(self):
         """A DataLoader iterator over the batches of this epoch from ``position`` on."""
-        batches = [self._order[p : p + self.batch_size].tolist()
+        start, stop = self.offset, self.offset + self.local_size
+        batches = [self._order[p : p + self.batch_size][start:stop].tolist()
                    for p in range(self.position, len(self._order) - self.batch_size + 1, self.batch_size)]
         loader = DataLoader(
             self.dataset,
@@ -92,7 +102,7 @@ class BatchStream:
             self._order = self._permutation(self.epoch)
             self._loader = None
         if self._cache is not None:
-            index = self._order[self.position : self.position + self.batch_size]
+            index = self._order[self.position + self.offset : self.position + self.offset + self.local_size]
             self.position += self.batch_size
             return self._cache[index.to(self._cache.device)].contiguous(memory_format=self.memory_format)
         if self._loader is None:

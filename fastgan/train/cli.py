@@ -5,6 +5,9 @@ reads ``--config FILE.toml`` (the same names as keys) with flags overriding it, 
 line naming the flag and the fix, exit status 2, before any work. Ctrl-C or SIGTERM ends training after the current
 step with a checkpoint, says how to continue, and exits with 128 + the signal number; a second signal stops at once
 (the checkpoint on disk stays the last complete one: checkpoints are written atomically).
+
+Under ``torchrun`` every process runs this command; rank 0 alone prints, clears an ``--overwrite`` folder and
+writes, and all leave the process group together at the end (:mod:`fastgan.train.distributed`).
 """
 
 from __future__ import annotations
@@ -165,21 +168,32 @@ def _train(args: argparse.Namespace, interrupts: _Interrupts) -> int:
                 return command_error("train", f"{config.out} already holds a run ({names}): pass --resume to "
                                      "continue it, or --overwrite to start a new one there (deletes them)")
             trainer = Trainer(config, verbose=not args.quiet)
-            clear_run(config.out)  # only once the new run could be built
+            if trainer.parallel.is_main:
+                clear_run(config.out)  # only once the new run could be built (by every process: it broadcasts)
     except user_errors() as err:
         return command_error("train", one_line(err))
     interrupts.trainer = trainer
-    config = trainer.config
+    config, parallel = trainer.config, trainer.parallel
+    main = parallel.is_main
     if trainer.step >= config.steps:
-        print(f"{trainer.out} is already at step {trainer.step} of {config.steps}: pass a larger --steps to go on")
+        if main:
+            print(f"{trainer.out} is already at step {trainer.step} of {config.steps}: pass a larger --steps to go on")
         return 0
-    print(f"training {config.model} on {config.data} ({config.image_size}x{config.image_size}x{config.channels}), "
-          f"{config.steps} steps from step {trainer.step}, batch {config.batch_size}, device {trainer.device}, "
-          f"impl {config.impl}, amp {config.amp} -> {trainer.out}")
+    if main:
+        print(f"training {config.model} on {config.data} ({config.image_size}x{config.image_size}x{config.channels}), "
+              f"{config.steps} steps from step {trainer.step}, batch {config.batch_size}, device {trainer.device}"
+              f"{' (rank 0)' if parallel.enabled else ''}, {parallel.describe()}, impl {config.impl}, amp {config.amp} "
+              f"-> {trainer.out}")
     try:
         row = trainer.fit()
+        parallel.close()
     except user_errors() as err:  # e.g. an image file that cannot be decoded, found when its batch is read
         return command_error("train", one_line(err))
+    except RuntimeError:  # under torchrun, a collective fails when a peer process dies
+        parallel.wait_for_watchdog()  # which then ends this process with a message naming the dead rank
+        raise
+    if not main:
+        return 128 + (interrupts.signum or signal.SIGINT) if trainer.stop_requested else 0
     if trainer.stop_requested:
         name = signal.Signals(interrupts.signum).name if interrupts.signum else "request"
         print(f"fastgan train: stopped by {name} at step {trainer.step} of {config.steps}; checkpoint saved to "

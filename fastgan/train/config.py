@@ -89,7 +89,8 @@ class TrainConfig:
     workers: int | None = _setting(
         None, "DataLoader worker processes decoding the image files of --data folder / unpaired; 0 decodes in the "
         "training process (default: min(4, CPUs - 1))", group="run")
-    batch_size: int | None = _setting(None, "images per batch", group="run", family="batch_size")
+    batch_size: int | None = _setting(None, "images per batch; under torchrun the global batch, split evenly over the "
+                                      "processes", group="run", family="batch_size")
     steps: int = _setting(1000, "generator steps in total (default: 1000)", group="run")
     out: str | None = _setting(None, "run folder (default: runs/<model>-<data>)", group="run", metavar="DIR")
     seed: int = _setting(0, "seed of every random choice: weights, noise, data order (default: 0)", group="run")
@@ -101,6 +102,10 @@ class TrainConfig:
     cuda_graphs: bool = _setting(
         False, "capture each kind of training step (penalties included) once as a CUDA graph and replay it; "
         "CUDA only, --amp off or bf16 (default: off)", group="run")
+    sync_bn: bool = _setting(
+        False, "under torchrun: batch-norm statistics of the global batch, all-reduced over the processes (two "
+        "all-reduces per norm layer and pass; no effect on one process) instead of each process's slice "
+        "(default: off)", group="run")
     z_dim: int = _setting(100, "generator input noise size (default: 100)", group="model")
     ngf: int = _setting(64, "generator width (default: 64)", group="model")
     ndf: int = _setting(64, "discriminator width (default: 64)", group="model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -30,12 +31,14 @@ class LossMeter:
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
             self.counts[name] = self.counts.get(name, 0) + 1
 
-    def mean(self) -> dict[str, float]:
-        """Means since the last call (one host transfer for all of them), then reset."""
+    def mean(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """Means since the last call (one host transfer for all of them), then reset. ``reduce`` maps the vector of
+        means before the transfer (the average over processes under torchrun)."""
         if not self.sums:
             return {}
         names = list(self.sums)
-        values = torch.stack([self.sums[n] / self.counts[n] for n in names]).tolist()
+        values = torch.stack([self.sums[n] / self.counts[n] for n in names])
+        values = (reduce(values) if reduce is not None else values).tolist()
         self.sums, self.counts = {}, {}
         return dict(zip(names, values))
 
@@ -92,8 +95,11 @@ class Progress:
     """Progress of a run: a tqdm bar (rate, time left, the latest losses) on a terminal; off a terminal (a log file,
     a pipe, CI) one plain line per logging interval, since a redrawn bar there is a pile of carriage returns."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True, initial: int = 0) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True, initial: int = 0,
+                 world_size: int = 1) -> None:
+        """``world_size``: processes of a torchrun launch, shown on the line when more than one."""
         self.total, self.stream, self.enabled = total, stream or sys.stderr, enabled
+        self.world = f" | {world_size} processes" if world_size > 1 else ""
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar = None
         if enabled and self.tty:
@@ -114,13 +120,14 @@ class Progress:
             return
         losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("loss", "penalty", "r1")))
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{losses} | {row.get('images_per_s', 0.0):.0f} img/s", refresh=False)
+            self.bar.set_postfix_str(f"{losses} | {row.get('images_per_s', 0.0):.0f} img/s{self.world}", refresh=False)
             self.bar.update(step - self.bar.n)
             return
         rate = row.get("steps_per_s", 0.0)
         left = (self.total - step) / rate if rate > 0 else float("nan")
         self.stream.write(
-            f"step {step}/{self.total} | {rate:.2f} it/s {row.get('images_per_s', 0.0):.0f} img/s | {losses} | "
+            f"step {step}/{self.total}{self.world} | {rate:.2f} it/s {row.get('images_per_s', 0.0):.0f} img/s | "
+            f"{losses} | "
             f"eta {_duration(left)}\n"
         )
         self.stream.flush()

@@ -12,6 +12,12 @@ ends ``fit`` after the current step with a checkpoint.
 Exact resume: every source of randomness after construction is a generator whose state is checkpointed (noise,
 penalty mixing, data order, image pools, the global torch RNG), so ``fit(n)`` then resume then ``fit(m)`` gives
 bit-identical parameters to ``fit(m)`` on CPU.
+
+Under ``torchrun`` (:mod:`fastgan.train.distributed`) ``batch_size`` is the global batch: every process draws the
+same global noise, penalty weights, data order and CycleGAN pool choices from the seed and works on its equal slice,
+and gradients are averaged before each optimiser step, so the processes hold identical parameters and compute one
+process's step up to float summation order (batch norm too with ``sync_bn``; without it, each slice's statistics).
+Only rank 0 writes; its checkpoint is the whole state, loadable by a run with any number of processes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,6 +40,7 @@ from ..models import build_networks
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import FAMILIES, RESUMABLE, TrainConfig, config_toml, resolve_device
+from .distributed import Parallel, convert_sync_batchnorm
 from .ema import EMA
 from .graphs import GraphedStep
 from .metrics import LossMeter, MetricsWriter, Progress
@@ -76,7 +84,12 @@ class Trainer:
     def __init__(self, config: TrainConfig, dataset: torch.utils.data.Dataset | None = None, verbose: bool = True):
         self.config = config = config.resolved()
         self.family = FAMILIES[config.model]
-        self.device = resolve_device(config.device)
+        # Joins the torchrun launch, if any: on CUDA each process then takes the GPU of its LOCAL_RANK.
+        self.parallel = parallel = Parallel.setup(resolve_device(config.device))
+        self.device = parallel.device
+        if config.batch_size % parallel.world_size:
+            raise ValueError(f"--batch-size {config.batch_size} is the global batch and must split evenly over the "
+                             f"{parallel.world_size} processes: use a multiple of {parallel.world_size}")
         self.out = Path(config.out)
         self.verbose = verbose
         self.cyclegan = config.model == "cyclegan"
@@ -88,7 +101,7 @@ class Trainer:
             config.seed, cli=True,
         )
         self.batches = BatchStream(self.dataset, config.batch_size, config.seed, self.device, config.channels_last,
-                                   config.workers)
+                                   config.workers, parallel.rank, parallel.world_size)
 
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.nets = {
@@ -98,12 +111,17 @@ class Trainer:
                 config.n_blocks, config.impl,
             ).items()
         }
+        if config.sync_bn and parallel.enabled:
+            self.nets = {role: convert_sync_batchnorm(net) for role, net in self.nets.items()}
+        parallel.broadcast_parameters(list(self.nets.values()))
         self.generators = [n for r, n in self.nets.items() if r.startswith("G")]
         self.discriminators = [n for r, n in self.nets.items() if r.startswith("D")]
-        self.optimizers = {
-            "G": self._optimizer([p for net in self.generators for p in net.parameters()], config.lr_g),
-            "D": self._optimizer([p for net in self.discriminators for p in net.parameters()], config.lr_d),
+        self.params = {
+            "G": [p for net in self.generators for p in net.parameters()],
+            "D": [p for net in self.discriminators for p in net.parameters()],
         }
+        self.optimizers = {"G": self._optimizer(self.params["G"], config.lr_g),
+                           "D": self._optimizer(self.params["D"], config.lr_d)}
         fp16 = config.amp == "fp16"
         self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in self.optimizers}
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
@@ -172,7 +190,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.config.cuda_graphs)
 
     def _z(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.config.z_dim, generator=self.noise, device=self.device)
+        """This process's ``n`` rows of the global batch's noise (every process draws all of it)."""
+        world = self.parallel.world_size
+        return self.parallel.local(torch.randn(n * world, self.config.z_dim, generator=self.noise, device=self.device))
 
     # -- one step ------------------------------------------------------------------------------------------------
 
@@ -198,9 +218,11 @@ class Trainer:
         return self.graphs[key](*args)
 
     def _update(self, name: str, loss: torch.Tensor) -> None:
-        """Backward and optimiser step for network group ``name`` through its GradScaler."""
+        """Backward, gradients averaged over the processes, optimiser step for network group ``name`` through its
+        GradScaler."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
         scaler.scale(loss).backward()
+        self.parallel.all_reduce_gradients(self.params[name])
         scaler.step(optimizer)
         scaler.update()
 
@@ -212,7 +234,7 @@ class Trainer:
             # Lazy R1 (StyleGAN2): every r1_every-th critic step, counted over the whole run (so resume keeps it).
             r1 = self.config.r1_gamma > 0 and (self.step * n_critic + k) % self.config.r1_every == 0
             losses = self._run(("gan", last, r1), self._critic_update, real, last, r1)
-            self.images_seen += real.shape[0]
+            self.images_seen += real.shape[0] * self.parallel.world_size
         return losses
 
     def _critic_update(self, real: torch.Tensor, last: bool, r1: bool) -> dict[str, torch.Tensor]:
@@ -232,7 +254,8 @@ class Trainer:
             loss_d = d_loss(real_logits, D(fake.detach()), family.loss, impl=config.impl)
         losses = {"loss_d": loss_d}
         if config.gp_weight > 0:
-            eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
+            world = self.parallel.world_size
+            eps = self.parallel.local(torch.rand(real.shape[0] * world, generator=self.noise, device=self.device))
             with self._autocast():
                 penalty = gradient_penalty(
                     D, real.detach(), fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
@@ -263,7 +286,7 @@ class Trainer:
     def _cyclegan_step(self) -> dict[str, torch.Tensor]:
         real_a, real_b = next(self.batches)
         losses = self._run(("cyclegan",), self._cyclegan_update, real_a, real_b)
-        self.images_seen += real_a.shape[0]
+        self.images_seen += real_a.shape[0] * self.parallel.world_size
         return losses
 
     def _cyclegan_update(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -291,7 +314,10 @@ class Trainer:
         for D in self.discriminators:
             D.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
-        pooled_a, pooled_b = self.pools[0].query(fake_a.detach()), self.pools[1].query(fake_b.detach())
+        # The pools hold global batches (the same on every process: rank 0's checkpoint has them all).
+        parallel = self.parallel
+        pooled_a = parallel.local(self.pools[0].query(parallel.gather(fake_a.detach())))
+        pooled_b = parallel.local(self.pools[1].query(parallel.gather(fake_b.detach())))
         with self._autocast():
             # Halved, as in the paper's code: slows the discriminators relative to the generators.
             loss_d = 0.5 * (
@@ -313,42 +339,51 @@ class Trainer:
 
         Writes ``config.toml`` first; logs every ``log_every`` steps, writes a sample grid every ``sample_every`` and
         ``last.pt`` every ``checkpoint_every`` steps and at the end, and also when ``request_stop()`` was called (then
-        it returns after the current step, ``stop_requested`` still set).
+        it returns after the current step, ``stop_requested`` still set). Under torchrun only rank 0 writes, the
+        losses are the means over all processes, and a stop requested in one process stops all after the same step.
         """
-        config = self.config
+        config, parallel = self.config, self.parallel
+        main = parallel.is_main
         total = config.steps if steps is None else steps
-        self.save_config()
-        quality = self._quality_monitor() if config.eval_every else None
-        writer = MetricsWriter(self.out, extra_fields=QUALITY_FIELDS if quality else ())
-        progress = Progress(total, enabled=self.verbose, initial=self.step)
+        if main:
+            self.save_config()
+        quality = self._quality_monitor() if config.eval_every and main else None
+        writer = MetricsWriter(self.out, extra_fields=QUALITY_FIELDS if quality else ()) if main else None
+        progress = Progress(total, enabled=self.verbose and main, initial=self.step, world_size=parallel.world_size)
         meter = LossMeter()
         row: dict[str, float] = {}
         tick, tick_step, tick_images = time.perf_counter(), self.step, self.images_seen
+        stop = parallel.any(self.stop_requested)
         try:
             for net in self.nets.values():
                 net.train()
-            while self.step < total and not self.stop_requested:
+            while self.step < total and not stop:
                 meter.add(self.train_step())
+                stop = parallel.any(self.stop_requested)
                 progress.advance(self.step)
                 if self.step % config.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     elapsed = max(now - tick, 1e-9)
-                    row = {"step": self.step, **meter.mean(), "lr_g": self._lr_scale * config.lr_g,
+                    row = {"step": self.step, **meter.mean(parallel.average), "lr_g": self._lr_scale * config.lr_g,
                            "steps_per_s": (self.step - tick_step) / elapsed,
                            "images_per_s": (self.images_seen - tick_images) / elapsed}
-                    writer.write(row)
+                    if main:
+                        writer.write(row)
                     progress.update(self.step, row)
                     tick, tick_step, tick_images = now, self.step, self.images_seen
-                if self.step % config.sample_every == 0 or self.step == total:
+                if main and (self.step % config.sample_every == 0 or self.step == total):
                     self.save_samples()
                 if quality is not None and (self.step % config.eval_every == 0 or self.step == total):
                     scores = quality(self.sampling_generator(), config.z_dim, self.device, config.eval_num)
                     writer.write({"step": self.step, **scores})
-                if self.step % config.checkpoint_every == 0 or self.step == total or self.stop_requested:
+                if main and (self.step % config.checkpoint_every == 0 or self.step == total or stop):
                     self.save()
         finally:
             progress.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
+        parallel.barrier()  # rank 0's last checkpoint is on disk when fit returns, on every process
+        self.stop_requested = stop
         return row
 
     def _quality_monitor(self) -> QualityMonitor:
@@ -394,6 +429,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
+            "world_size": self.parallel.world_size,
             "step": self.step,
             "images_seen": self.images_seen,
             "nets": {role: net.state_dict() for role, net in self.nets.items()},
@@ -421,6 +457,14 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.batches.load_state_dict(state["data"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.parallel.world_size:
+            warnings.warn(
+                f"resuming a run of {saved_world} process(es) with {self.parallel.world_size}: the data order each "
+                "process sees changes (so do batch-norm statistics without --sync-bn, and float summation order); "
+                "the global batches are the same, but the run will not be bit-identical to an uninterrupted one",
+                stacklevel=2,
+            )
         for pool, pool_state in zip(self.pools, state["pools"]):
             pool.load_state_dict(pool_state, self.device)
         self.fixed_input = state["fixed_input"].to(self.device)

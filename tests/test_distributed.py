@@ -1,0 +1,213 @@
+"""Data-parallel training on 2 gloo processes (CPU): the same math as one process, identical parameters on every
+process after every step, rank-0-only writes, exact resume, a dead process taking the other down.
+
+The processes run this file as a script (``torchrun ... tests/test_distributed.py --worker OUT``): one launch does
+every multi-process check, since each start costs seconds of imports. The pytest process then compares against
+one-process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgan.nn import BatchNormAct2d
+from fastgan.train import TrainConfig, Trainer, load_checkpoint
+from fastgan.train.distributed import Parallel, SyncBatchNormAct2d
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "dcgan": dict(model="dcgan", image_size=16, ngf=8, ndf=8, z_dim=16, sync_bn=True),
+    "wgan-gp": dict(model="wgan-gp", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2, sync_bn=True),
+}
+STEPS = 3
+# float32 parameters after STEPS Adam steps, 2 processes against 1: only the summation order differs (gradient
+# averages, the global batch-norm statistics summed over two halves); measured differences ~1e-6.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def config_for(family: str, out: Path, **changes) -> TrainConfig:
+    settings = dict(data="digits", batch_size=8, steps=STEPS, impl="ref", num_samples=4, log_every=1, sample_every=2,
+                    checkpoint_every=2, seed=5, ema_decay=0.9, workers=0, device="cpu")
+    settings.update(TINY[family])
+    settings.update(changes)
+    return TrainConfig(out=str(out), **settings)
+
+
+def _parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {f"{role}.{k}": v.detach().clone() for role, net in trainer.nets.items()
+            for k, v in net.state_dict().items()}
+
+
+def _flat(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().float().flatten() for net in trainer.nets.values() for p in net.parameters()])
+
+
+# -- the worker: runs in each of the 2 processes ---------------------------------------------------------------------
+
+
+def worker(out: Path) -> None:
+    import torch.distributed as dist
+
+    report: dict = {}
+    try:
+        Trainer(config_for("dcgan", out / "odd", batch_size=9), verbose=False)
+    except ValueError as err:
+        report["odd_batch_error"] = str(err)
+    for family in TINY:
+        trainer = Trainer(config_for(family, out / family), verbose=False)
+        assert trainer.parallel.world_size == 2
+        for step in range(1, STEPS + 1):
+            trainer.fit(step)
+            flat = _flat(trainer)
+            gathered = [torch.empty_like(flat) for _ in range(2)]
+            dist.all_gather(gathered, flat)
+            assert torch.equal(gathered[0], gathered[1]), f"{family}: parameters differ across processes"
+    # Resume with the same number of processes: bit-identical to the uninterrupted run.
+    straight = Trainer(config_for("wgan-gp", out / "straight", steps=4), verbose=False)
+    straight.fit()
+    first = Trainer(config_for("wgan-gp", out / "split", steps=4, keep_every=2), verbose=False)
+    first.fit(2)
+    resumed = Trainer.resume(out / "split", verbose=False)
+    resumed.fit()
+    report["resume_exact"] = torch.equal(_flat(straight), _flat(resumed))
+    if dist.get_rank() == 0:
+        (out / "report.json").write_text(json.dumps(report))
+    resumed.parallel.close()
+
+
+def _torchrun(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    proc = _torchrun([str(Path(__file__)), "--worker", str(out)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+# -- the checks ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_two_processes_train_the_same_parameters_as_one(two_process_run, family, tmp_path):
+    """Every process takes its slice of the same global batch of data, noise and penalty weights: with --sync-bn
+    (dcgan) the two-process run is the one-process run up to float summation order."""
+    single = Trainer(config_for(family, tmp_path), verbose=False)
+    for _ in range(STEPS):
+        single.train_step()
+    expected = _parameters(single)
+    state = load_checkpoint(two_process_run / family)
+    assert state["step"] == STEPS and state["world_size"] == 2
+    got = {f"{role}.{k}": v for role, net in state["nets"].items() for k, v in net.items()}
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got[name], value, rtol=RTOL, atol=ATOL, msg=f"{family} {name}")
+        else:
+            assert torch.equal(got[name], value), name
+    # The initial weights moved: the comparison is of trained parameters, not of two initialisations.
+    initial = _parameters(Trainer(config_for(family, tmp_path / "init"), verbose=False))
+    assert any(not torch.allclose(initial[k], v) for k, v in expected.items() if v.is_floating_point())
+
+
+def test_only_rank_zero_writes_and_checkpoints_load_anywhere(two_process_run, tmp_path):
+    out = two_process_run / "dcgan"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one row per step, not one per process
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step_000000{s}.png" for s in (1, 2, 3)]
+    assert not list(out.glob(".*.tmp"))
+    from fastgan.cli import main
+
+    assert main(["sample", "--checkpoint", str(out), "--out", str(tmp_path / "grid.png"), "--num", "4",
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_odd_global_batch_is_refused(two_process_run):
+    report = json.loads((two_process_run / "report.json").read_text())
+    assert "--batch-size 9" in report["odd_batch_error"] and "multiple of 2" in report["odd_batch_error"]
+
+
+def test_resume_with_the_same_processes_is_exact_and_with_others_warns(two_process_run, tmp_path):
+    assert json.loads((two_process_run / "report.json").read_text())["resume_exact"]
+    with pytest.warns(UserWarning, match="data order each process sees changes"):
+        resumed = Trainer.resume(two_process_run / "split" / "step_0000002.pt", verbose=False, out=str(tmp_path))
+    assert resumed.step == 2
+    resumed.fit()  # one process continues the two-process run: the same global batches, the same math
+    assert load_checkpoint(tmp_path)["world_size"] == 1
+    straight = load_checkpoint(two_process_run / "straight")["nets"]
+    for role, net in resumed.nets.items():
+        for name, value in net.state_dict().items():
+            torch.testing.assert_close(value, straight[role][name], rtol=RTOL, atol=ATOL, msg=f"{role}.{name}")
+
+
+def test_a_dead_process_ends_the_other_naming_it(tmp_path):
+    """Kill rank 1 of 2 mid-run: rank 0 exits within the peer timeout, naming rank 1; its last checkpoint loads."""
+    timeout = 4.0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR":
+           "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "FASTGAN_PEER_TIMEOUT_S": str(timeout)}
+    cmd = [sys.executable, "-m", "fastgan", "train", "--model", "dcgan", "--image-size", "16", "--ngf", "8", "--ndf",
+           "8", "--z-dim", "16", "--batch-size", "8", "--steps", "100000", "--checkpoint-every", "1", "--impl", "ref",
+           "--device", "cpu", "--workers", "0", "--out", str(tmp_path), "--quiet"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "last.pt").is_file():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), procs[0].stderr.read()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = procs[0].communicate(timeout=timeout + 30)
+        took = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode != 0
+    assert "rank 1 stopped responding" in stderr, stderr[-2000:]
+    assert took < timeout + 10, f"rank 0 took {took:.1f} s to exit"
+    state = load_checkpoint(tmp_path)
+    assert state["step"] >= 1 and state["world_size"] == 2
+
+
+# -- one process: the synchronised norm is BatchNormAct2d ------------------------------------------------------------
+
+
+def test_single_process_parallel_is_a_no_op():
+    parallel = Parallel.setup(torch.device("cpu"))
+    assert (parallel.rank, parallel.world_size, parallel.is_main) == (0, 1, True)
+    grad = torch.randn(3)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = grad.clone()
+    parallel.all_reduce_gradients([p])
+    assert torch.equal(p.grad, grad) and parallel.local(grad) is grad and parallel.any(True)
+
+
+def test_sync_batch_norm_keeps_the_state_dict_and_matches_in_eval():
+    norm = BatchNormAct2d(4, act="lrelu", alpha=0.2)
+    with torch.no_grad():
+        norm.running_mean.uniform_()
+        norm.weight.uniform_()
+    sync = SyncBatchNormAct2d(norm)
+    assert sync.state_dict().keys() == norm.state_dict().keys() and sync.weight is norm.weight
+    x = torch.randn(2, 4, 3, 3)
+    norm.eval(), sync.eval()
+    torch.testing.assert_close(sync(x), norm(x))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    worker(Path(sys.argv[2]))
