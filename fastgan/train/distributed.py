@@ -105,15 +105,8 @@ class Parallel:
         every process has the same ones)."""
         if not self.enabled:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        buckets: dict[torch.dtype, list[list[torch.Tensor]]] = {}
-        for grad in grads:
-            per_dtype = buckets.setdefault(grad.dtype, [[]])
-            if per_dtype[-1] and sum(g.numel() for g in per_dtype[-1]) * grad.element_size() >= BUCKET_BYTES:
-                per_dtype.append([])
-            per_dtype[-1].append(grad)
         pending = []
-        for bucket in (b for per_dtype in buckets.values() for b in per_dtype):
+        for bucket in _buckets([p.grad for p in params if p.grad is not None]):
             flat = torch._utils._flatten_dense_tensors(bucket)
             pending.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
         for bucket, flat, work in pending:
@@ -134,13 +127,12 @@ class Parallel:
         need not be bit-reproducible); also the first collective, so every process has joined."""
         if not self.enabled:
             return
-        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        tensors = [t.detach() for m in modules for t in (*m.parameters(), *m.buffers())]
         with torch.no_grad():
-            for dtype in dict.fromkeys(t.dtype for t in tensors):  # first-seen order: the same everywhere
-                group = [t for t in tensors if t.dtype == dtype]
-                flat = torch._utils._flatten_dense_tensors([t.detach() for t in group])
+            for bucket in _buckets(tensors):
+                flat = torch._utils._flatten_dense_tensors(bucket)
                 dist.broadcast(flat, 0)
-                torch._foreach_copy_(group, torch._utils._unflatten_dense_tensors(flat, group))
+                torch._foreach_copy_(bucket, torch._utils._unflatten_dense_tensors(flat, bucket))
         if self._watchdog is not None:
             self._watchdog.start()
 
@@ -192,6 +184,24 @@ class Parallel:
 
     def describe(self) -> str:
         return f"{self.world_size} processes ({dist.get_backend()})" if self.enabled else "1 process"
+
+
+def _buckets(tensors: list[torch.Tensor]):
+    """``tensors`` in groups of one dtype and about ``BUCKET_BYTES``, in order (dtypes in first-seen order: the same
+    on every process)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        bucket, size = [], 0
+        for tensor in group:
+            bucket.append(tensor)
+            size += tensor.numel() * tensor.element_size()
+            if size >= BUCKET_BYTES:
+                yield bucket
+                bucket, size = [], 0
+        if bucket:
+            yield bucket
 
 
 class _Watchdog:
