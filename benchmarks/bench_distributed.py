@@ -1,9 +1,9 @@
 """Data-parallel throughput: ``fastgan train`` on 1 process against ``torchrun`` with N gloo processes on the CPU.
 
-Each run (1 process; N with ``--sync-bn``; N without) is the command line itself (DCGAN on the bundled digits, the same global batch, ``--impl ref``), timed by
-the trainer's own ``images_per_s`` in ``metrics.jsonl``; the first logging interval (start-up, first-step
-allocations) is left out and the others are averaged. The machine's load average is printed beside the figures,
-since other work on the same cores changes them. A benchmark, not a timed test::
+Each run (1 process; N with ``--sync-bn``; N without) is the command line itself (DCGAN on the bundled digits, the
+same global batch, ``--impl ref``), timed by the trainer's own ``images_per_s`` in ``metrics.jsonl``; the first
+logging interval (start-up, first-step allocations) is left out and the others are averaged. The machine's load
+average is printed beside the figures, since other work on the same cores changes them. A benchmark, not a timed test::
 
     PYTHONPATH=. python benchmarks/bench_distributed.py [--processes 2] [--steps 60] [--batch-size 64]
 """
@@ -26,8 +26,8 @@ def run(processes: int, out: Path, args: argparse.Namespace, sync_bn: bool = Tru
     train = ["train", "--model", "dcgan", "--image-size", str(args.image_size), "--ngf", str(args.width), "--ndf",
              str(args.width), "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--log-every",
              str(args.steps // 3), "--sample-every", str(args.steps), "--checkpoint-every", str(args.steps),
-             "--impl", "ref", "--device", "cpu", "--workers", "0", "--sync-bn" if sync_bn else "--no-sync-bn", "--quiet",
-             "--out", str(out)]
+             "--impl", "ref", "--device", "cpu", "--workers", "0", "--sync-bn" if sync_bn else "--no-sync-bn",
+             "--quiet", "--out", str(out)]
     if processes == 1:
         cmd = [sys.executable, "-m", "fastgan", *train]
     else:
