@@ -54,10 +54,44 @@ def _flat(trainer: Trainer) -> torch.Tensor:
 # -- the worker: runs in each of the 2 processes ---------------------------------------------------------------------
 
 
+def _penalty_through(norm: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A gradient penalty through ``norm``: the output and the input gradient (kept differentiable); backward done."""
+    x = x.clone().requires_grad_(True)
+    y = norm(x)
+    (grad,) = torch.autograd.grad((y * y.detach().sign()).sum(), x, create_graph=True)
+    (grad.square().sum() + y.square().sum()).backward()
+    return y.detach(), grad.detach()
+
+
+def check_sync_batch_norm(parallel: Parallel) -> None:
+    """SyncBatchNormAct2d on each process's half == BatchNormAct2d on the whole batch, through a double backward."""
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    norm = BatchNormAct2d(3, act="lrelu", alpha=0.2, impl="ref")
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    sync = SyncBatchNormAct2d(BatchNormAct2d(3, act="lrelu", alpha=0.2, impl="ref"))
+    sync.load_state_dict(norm.state_dict())
+    x = torch.randn(8, 3, 4, 4) * 2 + 1
+    y, grad = _penalty_through(norm, x)
+    y_half, grad_half = _penalty_through(sync, parallel.local(x))
+    torch.testing.assert_close(parallel.gather(y_half), y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parallel.gather(grad_half), grad, rtol=1e-4, atol=1e-5)
+    for name in ("weight", "bias"):
+        summed = getattr(sync, name).grad.clone()
+        dist.all_reduce(summed)  # each process holds its part of the global loss's gradient
+        torch.testing.assert_close(summed, getattr(norm, name).grad, rtol=1e-4, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(sync, name), getattr(norm, name))
+
+
 def worker(out: Path) -> None:
     import torch.distributed as dist
 
     report: dict = {}
+    check_sync_batch_norm(Parallel.setup(torch.device("cpu")))
+    report["sync_bn_checked"] = True
     try:
         Trainer(config_for("dcgan", out / "odd", batch_size=9), verbose=False)
     except ValueError as err:
@@ -65,6 +99,7 @@ def worker(out: Path) -> None:
     for family in TINY:
         trainer = Trainer(config_for(family, out / family), verbose=False)
         assert trainer.parallel.world_size == 2
+        assert any(isinstance(m, SyncBatchNormAct2d) for m in trainer.nets["G"].modules())  # --sync-bn
         for step in range(1, STEPS + 1):
             trainer.fit(step)
             flat = _flat(trainer)
@@ -136,8 +171,9 @@ def test_only_rank_zero_writes_and_checkpoints_load_anywhere(two_process_run, tm
     assert (tmp_path / "grid.png").is_file()
 
 
-def test_odd_global_batch_is_refused(two_process_run):
+def test_odd_global_batch_is_refused_and_sync_batch_norm_differentiates_twice(two_process_run):
     report = json.loads((two_process_run / "report.json").read_text())
+    assert report["sync_bn_checked"]  # the worker asserts; a failure there fails the launch
     assert "--batch-size 9" in report["odd_batch_error"] and "multiple of 2" in report["odd_batch_error"]
 
 
@@ -185,6 +221,15 @@ def test_a_dead_process_ends_the_other_naming_it(tmp_path):
 
 
 # -- one process: the synchronised norm is BatchNormAct2d ------------------------------------------------------------
+
+
+def test_gradients_travel_in_a_few_buckets_not_one_call_per_parameter():
+    from fastgan.train.distributed import BUCKET_BYTES, _buckets
+
+    small = [torch.zeros(10) for _ in range(50)] + [torch.zeros(3, dtype=torch.float16)]
+    assert [len(b) for b in _buckets(small)] == [50, 1]  # one per dtype
+    big = [torch.zeros(BUCKET_BYTES // 4 // 2 + 1) for _ in range(4)]  # each a bit over half a bucket
+    assert [len(b) for b in _buckets(big)] == [2, 2]
 
 
 def test_single_process_parallel_is_a_no_op():
