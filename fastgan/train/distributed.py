@@ -11,15 +11,18 @@ generator step runs the frozen critic). As StyleGAN2-ADA does, gradients are ave
 and before the optimiser step: flattened per dtype into buckets of up to ``BUCKET_BYTES`` (one collective per bucket,
 all launched before the first is waited for, never one per parameter).
 
-Failure: every process beats a heartbeat into the rendezvous store each ``HEARTBEAT_S`` seconds; a watchdog thread
-ends the process (exit status 1, a message naming the silent rank) when a peer has not beaten for ``PEER_TIMEOUT_S``
-seconds (the environment variable ``FASTGAN_PEER_TIMEOUT_S`` changes it), so a process that dies or hangs takes the
-others down within that time even when they are blocked in a collective. Only rank 0 writes checkpoints, and
-atomically, so the last one stays loadable.
+Failure: every process beats a heartbeat into the rendezvous store each ``HEARTBEAT_S`` seconds from a thread; a
+watchdog in that thread ends the process (exit status 1, a message naming the silent rank) when a peer has not beaten
+for ``PEER_TIMEOUT_S`` seconds (the environment variable ``FASTGAN_PEER_TIMEOUT_S`` changes it), so a process that
+dies takes the others down within that time even when they are blocked in a collective. A process that hangs with
+its heartbeat thread alive (a deadlocked kernel) is caught by the collective timeout, ``COLLECTIVE_TIMEOUT``. Only
+rank 0 writes checkpoints, and atomically, so the last one stays loadable.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -205,12 +208,13 @@ def _buckets(tensors: list[torch.Tensor]):
 
 
 class _Watchdog:
-    """Beats ``rank``'s heartbeat into ``store``; exits the process when a peer's heartbeat stops for
-    ``PEER_TIMEOUT_S`` (a daemon thread: it runs while the main thread is blocked in a collective)."""
+    """Beats ``rank``'s heartbeat into ``store``; exits the process when a peer's heartbeat stops for ``timeout``
+    seconds (a daemon thread: it runs while the main thread is blocked in a collective). A peer that ended normally
+    writes ``done`` instead (``finish``, also at interpreter exit), which is never counted as dead."""
 
     def __init__(self, store, rank: int, world_size: int, timeout: float) -> None:
         self.store, self.rank, self.world_size, self.timeout = store, rank, world_size, timeout
-        self.beats = 0
+        self.beats, self.done = 0, False
         self.store.set(str(rank), "0")
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastgan-heartbeat", daemon=True)
@@ -222,36 +226,43 @@ class _Watchdog:
     def start(self) -> None:
         if not self._thread.is_alive():
             self._thread.start()
+            atexit.register(self._at_exit)  # a Python-API run that ends without Parallel.close()
 
     def finish(self) -> None:
-        """This process ended normally: peers waiting for it at the final barrier must not count it dead."""
+        """This process ended normally: peers still working, or waiting for it at the final barrier, go on."""
+        self.done = True
         self.store.set(str(self.rank), "done")
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _at_exit(self) -> None:
+        self.stop()
+        with contextlib.suppress(Exception):  # the store may be gone already
+            self.finish()
 
     def _run(self) -> None:
         peers = [r for r in range(self.world_size) if r != self.rank]
         last: dict[int, tuple[bytes, float]] = {r: (b"", time.monotonic()) for r in peers}
         while not self._stopped.wait(HEARTBEAT_S):
             try:
-                if self.store.get(str(self.rank)) != b"done":
+                if not self.done:
                     self.beats += 1
                     self.store.set(str(self.rank), str(self.beats))
                 values = self.store.multi_get([str(r) for r in peers])
-            except Exception as err:  # the store lives in torchrun's agent (or rank 0): it is gone
-                if self._stopped.is_set():
-                    return
-                _die(f"rank {self.rank}: lost the rendezvous store ({type(err).__name__}): its host has ended "
-                     "(torchrun's agent; rank 0 in a launch without torchrun)")
+            except Exception as err:  # the store lives in torchrun's agent (rank 0's process without torchrun)
+                if self._stopped.is_set() or (0 in last and last[0][0] == b"done"):
+                    return  # shutting down, or rank 0 ended normally and took its store with it
+                _die(f"rank {self.rank}: lost the rendezvous store ({type(err).__name__}): its host ended (torchrun's "
+                     "agent; rank 0 in a launch without torchrun)")
             now = time.monotonic()
             for peer, value in zip(peers, values):
                 if value == b"done" or value != last[peer][0]:
                     last[peer] = (value, now)
                 elif now - last[peer][1] > self.timeout:
-                    _die(f"rank {peer} stopped responding (no heartbeat for {self.timeout:g} s: it died or hung); "
-                         f"ending rank {self.rank}. The last checkpoint written stays loadable: continue with "
-                         "fastgan train --resume")
+                    _die(f"rank {peer} stopped responding (no heartbeat for {self.timeout:g} s: it died, or its "
+                         f"machine is unreachable); ending rank {self.rank}. The last checkpoint written stays "
+                         "loadable: continue with fastgan train --resume")
 
 
 def _peer_timeout() -> float:
