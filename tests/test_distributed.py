@@ -207,34 +207,61 @@ def test_resume_with_the_same_processes_is_exact_and_with_others_warns(two_proce
             torch.testing.assert_close(value, straight[role][name], rtol=RTOL, atol=ATOL, msg=f"{role}.{name}")
 
 
-def test_a_dead_process_ends_the_other_naming_it(tmp_path):
-    """Kill rank 1 of 2 mid-run: rank 0 exits within the peer timeout, naming rank 1; its last checkpoint loads."""
-    timeout = 4.0
+def _launch_pair(out: Path, peer_timeout: float) -> list[subprocess.Popen]:
+    """``fastgan train`` as ranks 0 and 1 of a launch without torchrun's agent (rank 0 holds the store); returns once
+    the first checkpoint is written."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR":
-           "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "FASTGAN_PEER_TIMEOUT_S": str(timeout)}
+           "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "FASTGAN_PEER_TIMEOUT_S": str(peer_timeout)}
     cmd = [sys.executable, "-m", "fastgan", "train", "--model", "dcgan", "--image-size", "16", "--ngf", "8", "--ndf",
            "8", "--z-dim", "16", "--batch-size", "8", "--steps", "100000", "--checkpoint-every", "1", "--impl", "ref",
-           "--device", "cpu", "--workers", "0", "--out", str(tmp_path), "--quiet"]
+           "--device", "cpu", "--workers", "0", "--out", str(out), "--quiet"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").is_file():
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            pytest.fail("the two processes did not start training: " + procs[0].communicate()[1][-2000:])
+        time.sleep(0.2)
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> tuple[list[str], float]:
+    """Both processes' stderr, and the seconds until the last one exited (killed after ``timeout``)."""
+    start = time.monotonic()
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "last.pt").is_file():
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), procs[0].stderr.read()
-            time.sleep(0.2)
-        procs[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        _, stderr = procs[0].communicate(timeout=timeout + 30)
-        took = time.monotonic() - killed
+        stderr = [p.communicate(timeout=timeout)[1] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert procs[0].returncode != 0
+    return stderr, time.monotonic() - start
+
+
+def test_a_dead_process_ends_the_other_naming_it(tmp_path):
+    """Kill rank 1 of 2 mid-run: rank 0 exits within the peer timeout, naming rank 1; its last checkpoint loads."""
+    timeout = 4.0
+    procs = _launch_pair(tmp_path, timeout)
+    procs[1].send_signal(signal.SIGKILL)
+    (stderr, _), took = _wait(procs, timeout + 30)
+    assert procs[0].returncode == 1
     assert "rank 1 stopped responding" in stderr, stderr[-2000:]
     assert took < timeout + 10, f"rank 0 took {took:.1f} s to exit"
     state = load_checkpoint(tmp_path)
     assert state["step"] >= 1 and state["world_size"] == 2
+
+
+def test_a_stop_request_in_one_process_stops_both_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: the request is all-reduced each step, so both stop after the same step, rank 0
+    saving it; neither waits for the watchdog."""
+    procs = _launch_pair(tmp_path, 30.0)
+    procs[1].send_signal(signal.SIGTERM)
+    (stderr, _), took = _wait(procs, 60)
+    assert [p.returncode for p in procs] == [128 + signal.SIGINT, 128 + signal.SIGTERM], stderr[-2000:]
+    assert took < 20, f"the processes took {took:.1f} s to stop"
+    step = load_checkpoint(tmp_path)["step"]
+    assert f"stopped by request at step {step} " in stderr
 
 
 # -- one process: the synchronised norm is BatchNormAct2d ------------------------------------------------------------
@@ -247,6 +274,19 @@ def test_gradients_travel_in_a_few_buckets_not_one_call_per_parameter():
     assert [len(b) for b in _buckets(small)] == [50, 1]  # one per dtype
     big = [torch.zeros(BUCKET_BYTES // 4 // 2 + 1) for _ in range(4)]  # each a bit over half a bucket
     assert [len(b) for b in _buckets(big)] == [2, 2]
+
+
+def test_the_progress_line_shows_the_number_of_processes():
+    import io
+
+    from fastgan.train import Progress
+
+    stream = io.StringIO()
+    Progress(10, stream=stream, world_size=2).update(5, {"steps_per_s": 1.0, "loss_d": 0.5})
+    assert stream.getvalue().startswith("step 5/10 | 2 processes | ")
+    stream = io.StringIO()
+    Progress(10, stream=stream).update(5, {"steps_per_s": 1.0})
+    assert "processes" not in stream.getvalue()
 
 
 def test_single_process_parallel_is_a_no_op():
