@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "dcgan": dict(model="dcgan", image_size=16, ngf=8, ndf=8, z_dim=16, sync_bn=True),
     "wgan-gp": dict(model="wgan-gp", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2, sync_bn=True),
+    # Lazy R1 through the critic's synchronised batch norms: the penalty's double backward crosses the all-reduces.
+    "dcgan-r1": dict(model="dcgan", image_size=16, ngf=8, ndf=8, z_dim=16, sync_bn=True, r1_gamma=1.0, r1_every=2),
     # The pools hold global batches: CycleGAN (instance norm) is one process's math too; read through a DataLoader.
     "cyclegan": dict(model="cyclegan", data="digit-styles", image_size=32, ngf=4, ndf=4, n_blocks=1, pool_size=3),
 }
@@ -154,7 +156,8 @@ def two_process_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("family", list(TINY))
 def test_two_processes_train_the_same_parameters_as_one(two_process_run, family, tmp_path):
     """Every process takes its slice of the same global batch of data, noise, penalty weights and pool choices: with
-    --sync-bn (dcgan, wgan-gp) the two-process run is the one-process run up to float summation order."""
+    --sync-bn (dcgan, wgan-gp, dcgan with lazy R1) the two-process run is the one-process run up to float summation
+    order."""
     single = Trainer(config_for(family, tmp_path), verbose=False)
     for _ in range(STEPS):
         single.train_step()
