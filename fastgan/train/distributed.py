@@ -40,9 +40,9 @@ from ..ops.bias_act import bias_act
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket: large enough that latency is amortised, small enough to overlap
 HEARTBEAT_S = 1.0
 PEER_TIMEOUT_S = 15.0  # a peer silent this long is dead: the others exit naming it (a checkpoint write is < 1 s)
-_launch: tuple | None = None  # (watchdog, control group) of the process group this process joined
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a collective blocked longer raises (the watchdog acts much sooner)
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_launch: tuple | None = None  # (watchdog, control group) of the process group this process joined
 
 
 class Parallel:
@@ -181,7 +181,8 @@ class Parallel:
         _launch = None
 
     def wait_for_watchdog(self) -> None:
-        """After a failed collective: give the watchdog the time to name the dead peer (it then ends the process)."""
+        """After a failed collective: give the watchdog the time to name the dead peer (it then ends the process; when
+        no peer died, the caller re-raises the error after this wait)."""
         if self._watchdog is not None and self._watchdog.running:
             time.sleep(self._watchdog.timeout + 3 * HEARTBEAT_S)
 
