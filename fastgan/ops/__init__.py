@@ -3,7 +3,8 @@
 
 - ``bias_act``: bias + activation (+ gain, clamp); ``ACTIVATIONS`` is the activation table every op shares.
 - ``conv_act``: ``conv2d_act`` / ``conv_transpose2d_act``, a convolution with bias + activation in its epilogue.
-- ``norm_act``: ``batch_norm_act`` / ``instance_norm_act``, normalization + activation with running statistics.
+- ``norm_act``: ``batch_norm_act`` / ``instance_norm_act`` / ``conditional_batch_norm_act`` (per-sample scale and
+  shift), normalization + activation with running statistics.
 - ``conv_bn_act``: ``conv2d_batch_norm_act`` / ``conv_transpose2d_batch_norm_act``, conv -> batch norm -> activation.
 - ``gan_loss``: the adversarial losses ``d_loss`` / ``g_loss`` (``LOSS_KINDS``).
 - ``penalty``: the gradient-penalty head ``interpolate`` / ``grad_norm_penalty``.
@@ -15,7 +16,14 @@ from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
 from .conv_act import conv2d_act, conv2d_act_ref, conv_transpose2d_act, conv_transpose2d_act_ref
 from .conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
 from .gan_loss import LOSS_KINDS, d_loss, d_loss_ref, g_loss, g_loss_ref
-from .norm_act import batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
+from .norm_act import (
+    batch_norm_act,
+    batch_norm_act_ref,
+    conditional_batch_norm_act,
+    conditional_batch_norm_act_ref,
+    instance_norm_act,
+    instance_norm_act_ref,
+)
 from .penalty import grad_norm_penalty, grad_norm_penalty_ref, interpolate, interpolate_ref
 
 __all__ = [
@@ -27,6 +35,8 @@ __all__ = [
     "bias_act_ref",
     "conv2d_act",
     "conv2d_act_ref",
+    "conditional_batch_norm_act",
+    "conditional_batch_norm_act_ref",
     "conv2d_batch_norm_act",
     "conv_transpose2d_act",
     "conv_transpose2d_act_ref",

@@ -38,10 +38,18 @@ from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import Activation, activation, activation_at
 
-__all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
+__all__ = [
+    "batch_norm_act",
+    "batch_norm_act_ref",
+    "conditional_batch_norm_act",
+    "conditional_batch_norm_act_ref",
+    "instance_norm_act",
+    "instance_norm_act_ref",
+]
 
 _BN = "batch_norm_act"
 _IN = "instance_norm_act"
+_CBN = "conditional_batch_norm_act"
 
 
 # --- argument checks -------------------------------------------------------------------------------------------
@@ -134,6 +142,41 @@ def _momentum_factor(
     return float(momentum)
 
 
+def check_conditional(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    act: str,
+    alpha: float | None,
+) -> tuple[Activation, float]:
+    """``check_norm`` for ``conditional_batch_norm_act``, plus its per-sample ``scale`` / ``shift`` ``[N, C]``."""
+    spec, alpha_ = check_norm(_CBN, x, None, None, running_mean, running_var, training, eps, act, alpha)
+    for name, t in (("scale", scale), ("shift", shift)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or tuple(t.shape) != tuple(x.shape[:2]):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{_CBN}: {name} must be [N, C] = {tuple(x.shape[:2])} (one row per sample, e.g. an "
+                             f"embedding of the labels), got {shape}")
+        if t.device != x.device:
+            raise ValueError(f"{_CBN}: {name} is on {t.device} but x is on {x.device}; move it to x's device")
+        check_dtype(_CBN, name, t)
+    _check_param_dtypes(_CBN, x, {"scale": scale, "shift": shift, "running_mean": running_mean,
+                                  "running_var": running_var})
+    return spec, alpha_
+
+
+def _per_sample_affine(xhat: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, spec: Activation,
+                       alpha_: float, dtype: torch.dtype) -> torch.Tensor:
+    """``act(xhat * scale[n, c] + shift[n, c])`` in float32 (float64 for float64), rounded once to ``dtype``."""
+    math = math_dtype(dtype)
+    shape = [*scale.shape] + [1] * (xhat.dim() - 2)
+    z = torch.addcmul(shift.to(math).view(shape), xhat.to(math), scale.to(math).view(shape))
+    return spec.fn(z, alpha_).to(dtype)
+
+
 # --- references: the specification ------------------------------------------------------------------------------
 
 
@@ -163,6 +206,29 @@ def batch_norm_act_ref(
         return spec.fn(x.clone(), alpha_)
     weight = _ones_if_only_bias(weight, bias)
     return spec.fn(F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps), alpha_)
+
+
+def conditional_batch_norm_act_ref(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    num_batches_tracked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The specification of ``conditional_batch_norm_act``: ``F.batch_norm`` without affine parameters, then
+    ``act(xhat * scale[n, c] + shift[n, c])`` in float32 (float64 for float64), in plain PyTorch."""
+    spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
+    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
+    if x.shape[1] == 0:
+        return spec.fn(x.clone(), alpha_)
+    xhat = F.batch_norm(x, running_mean, running_var, None, None, training, factor, eps)
+    return _per_sample_affine(xhat, scale, shift, spec, alpha_, x.dtype)
 
 
 def instance_norm_act_ref(
@@ -264,6 +330,59 @@ def batch_norm_act_custom(
     if training and running_mean is not None and x.numel():
         _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
     return y
+
+
+def conditional_batch_norm_act(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+    num_batches_tracked: torch.Tensor | None = None,
+    batch_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Conditional batch normalization then an activation: ``act(xhat * scale[n, c] + shift[n, c], alpha)``.
+
+    ``xhat`` is x normalized with per-channel batch statistics (or the running statistics), exactly as
+    :func:`batch_norm_act` without affine parameters; the affine map is per *sample*: rows of ``scale`` / ``shift``
+    typically come from an embedding of each sample's class (de Vries et al. 2017; Miyato & Koyama 2018), which is
+    how a class-conditional generator is told what to draw.
+
+    Args:
+        x: ``[N, C, *]`` float16, bfloat16, float32 (float64 too, for gradcheck); contiguous or channels_last (kept).
+        scale, shift: ``[N, C]``, of one dtype with the running statistics: x's, or float32 for float16/bfloat16 x.
+        running_mean, running_var, training, momentum, eps, act, alpha, impl, num_batches_tracked: as for
+            :func:`batch_norm_act`.
+        batch_stats: optional x's own per-channel (mean, biased variance), reduced by the convolution that wrote x
+            (``training`` only, custom-op implementations only): the statistics pass is skipped.
+
+    Returns:
+        ``y`` shaped, typed and laid out like ``x``. Differentiable w.r.t. ``x``, ``scale`` and ``shift`` to second
+        order on every implementation (any order on ``ref``). On ``native`` and ``triton`` the normalization is
+        the fused ``batch_norm_act`` kernel pair (statistics, deterministic); the per-sample affine map and the
+        activation are one PyTorch elementwise expression after it, in float32, not yet inside the kernel.
+    """
+    spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
+    impl = resolve_impl(impl, x.device, _BN, "linear", x.dtype)
+    if batch_stats is not None and (impl == "ref" or not training):
+        raise ValueError(f"{_CBN}: batch_stats (statistics from a convolution epilogue) need training=True and the "
+                         f"native or triton implementation, got training={training}, impl={impl!r}")
+    if impl == "ref":
+        return conditional_batch_norm_act_ref(
+            x, scale, shift, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
+        )
+    if x.shape[1] == 0:
+        return spec.fn(x.clone(), alpha_)
+    linear, _ = activation(_CBN, "linear", None)
+    xhat = batch_norm_act_custom(x, None, None, running_mean, running_var, training, momentum, eps, linear, 0.0,
+                                 impl, num_batches_tracked, batch_stats)
+    return _per_sample_affine(xhat, scale, shift, spec, alpha_, x.dtype)
 
 
 @autotuned("instance_norm_act")
