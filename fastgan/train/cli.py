@@ -1,4 +1,5 @@
-"""``fastgan train``, ``fastgan sample`` and ``fastgan classify``: their arguments and what they run (``COMMANDS``, listed by fastgan.cli).
+"""``fastgan train``, ``fastgan sample`` and ``fastgan classify``: their arguments and what they run (``COMMANDS``,
+listed by fastgan.cli).
 
 ``fastgan train`` has one flag per ``TrainConfig`` field (``lr_g`` -> ``--lr-g``, help from the field's metadata),
 reads ``--config FILE.toml`` (the same names as keys) with flags overriding it, and answers every bad input with one

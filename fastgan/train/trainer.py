@@ -22,6 +22,7 @@ step, weight 1 as in Odena et al. 2017). Sample grids show the classes in turn.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import shutil
 import time
@@ -197,6 +198,10 @@ class Trainer:
             return D(x)
         return D(x), None
 
+    def _logits(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The real/fake logits alone (what the gradient penalty differentiates)."""
+        return self._critic(D, x, labels)[0]
+
     @staticmethod
     def _class_loss(class_logits: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor | None:
         """acgan's auxiliary cross-entropy (float32), None for other runs."""
@@ -250,7 +255,7 @@ class Trainer:
                 eps = torch.rand(real.shape[0], generator=self.noise, device=self.device)
                 scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
                 with self._autocast():
-                    critic = D if not self.conditional else lambda x: self._critic(D, x, real_labels)[0]
+                    critic = D if not self.conditional else functools.partial(self._logits, D, labels=real_labels)
                     penalty = gradient_penalty(
                         critic, real, fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
                     )
