@@ -34,7 +34,11 @@ class ConditionalDCGANGenerator(nn.Module):
     """Noise [N, z_dim] and labels [N] (int64 in 0..num_classes-1) -> images [N, channels, S, S] in (-1, 1).
 
     ``DCGANGenerator``'s layers, each batch norm + ReLU a ``ConditionalBatchNormAct2d`` after a bias-free
-    transposed convolution. ``labels=None`` draws the classes in turn (0, 1, ..., K-1, 0, ...), so code that calls
+    transposed convolution; the first one also sees the label one-hot beside the noise (Mirza & Osindero 2014). Both:
+    with Adam a class's scale and shift move about one learning rate (2e-4) a step, so conditional batch norm alone
+    leaves the classes mixed for the first thousands of steps; the one-hot input separates them within a few hundred
+    (on the bundled digits, 300 steps: 11% of the samples recognised as their class without it, the measure of
+    tests/test_conditional.py; see there for with it). ``labels=None`` draws the classes in turn (0, 1, ..., K-1, 0, ...), so code that calls
     ``G(z)`` (quality scores, ``fastgan eval``) sees every class equally often.
     """
 
@@ -51,7 +55,7 @@ class ConditionalDCGANGenerator(nn.Module):
         sizes = dcgan_sizes(image_size)
         self.z_dim, self.image_size, self.channels, self.num_classes = z_dim, image_size, channels, num_classes
         widths = _widths(ngf, len(sizes) - 1)[::-1] + [channels]
-        convs = [conv_block(z_dim, widths[0], _START, 1, 0, bias=False, transposed=True, impl=impl)]
+        convs = [conv_block(z_dim + num_classes, widths[0], _START, 1, 0, bias=False, transposed=True, impl=impl)]
         convs += [conv_block(widths[i], widths[i + 1], _kernel(sizes[i], sizes[i + 1]), 2, 1, bias=False,
                              transposed=True, impl=impl) for i in range(len(sizes) - 2)]
         self.convs = nn.ModuleList(convs)
@@ -64,7 +68,8 @@ class ConditionalDCGANGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             labels = _balanced_labels(z.shape[0], self.num_classes, z.device)
-        x = z.view(z.shape[0], self.z_dim, 1, 1)
+        onehot = nn.functional.one_hot(labels, self.num_classes).to(z.dtype)
+        x = torch.cat([z.view(z.shape[0], self.z_dim), onehot], 1).view(z.shape[0], -1, 1, 1)
         for conv, norm in zip(self.convs, self.norms):
             x = norm(conv(x), labels)
         return self.out(x)
