@@ -37,9 +37,10 @@ class ConditionalDCGANGenerator(nn.Module):
     transposed convolution; the first one also sees the label one-hot beside the noise (Mirza & Osindero 2014). Both:
     with Adam a class's scale and shift move about one learning rate (2e-4) a step, so conditional batch norm alone
     leaves the classes mixed for the first thousands of steps; the one-hot input separates them within a few hundred
-    (on the bundled digits, 300 steps: 11% of the samples recognised as their class without it, the measure of
-    tests/test_conditional.py; see there for with it). ``labels=None`` draws the classes in turn (0, 1, ..., K-1, 0, ...), so code that calls
-    ``G(z)`` (quality scores, ``fastgan eval``) sees every class equally often.
+    (on the bundled digits after 300 acgan steps, 13% of the samples were recognised as their class without it and
+    97% with it: tests/test_conditional.py). ``labels=None`` draws the classes in turn (0, 1, ..., K-1, 0, ...), so
+    code that calls ``G(z)`` (quality scores, ``fastgan eval``) sees every class equally often. Each hidden block runs
+    as one op, :func:`fastgan.ops.conv_transpose2d_conditional_batch_norm_act`.
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class ConditionalDCGANGenerator(nn.Module):
         onehot = nn.functional.one_hot(labels, self.num_classes).to(z.dtype)
         x = torch.cat([z.view(z.shape[0], self.z_dim), onehot], 1).view(z.shape[0], -1, 1, 1)
         for conv, norm in zip(self.convs, self.norms):
-            x = norm(conv(x), labels)
+            x = norm.after_conv_transpose(conv, x, labels)
         return self.out(x)
 
 

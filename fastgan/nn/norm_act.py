@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.bias_act import activation
+from ..ops.conv_bn_act import conv_transpose2d_conditional_batch_norm_act
 from ..ops.norm_act import batch_norm_act, conditional_batch_norm_act, instance_norm_act
 from .common import activation_of, copy_state, fused_extra_repr
 
@@ -137,6 +138,16 @@ class ConditionalBatchNormAct2d(_NormBase):
                              f"{labels.dtype} {tuple(labels.shape)}")
         return conditional_batch_norm_act(x, self.class_scale[labels], self.class_shift[labels],
                                           **self.functional_kwargs(), impl=self.impl)
+
+    def after_conv_transpose(self, conv: nn.ConvTranspose2d, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``self(conv(x), labels)`` as one op (:func:`fastgan.ops.conv_transpose2d_conditional_batch_norm_act`:
+        on Triton in training, the batch statistics come from the convolution's epilogue); ``conv`` a plain
+        (linear) transposed convolution without a norm of its own."""
+        output_padding = conv._output_padding(x, None, list(conv.stride), list(conv.padding), list(conv.kernel_size),
+                                              2, list(conv.dilation))
+        return conv_transpose2d_conditional_batch_norm_act(
+            x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding, scale=self.class_scale[labels],
+            shift=self.class_shift[labels], **self.functional_kwargs(), impl=self.impl)
 
     _check_input_dim = BatchNormAct2d._check_input_dim
     functional_kwargs = BatchNormAct2d.functional_kwargs
