@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import fastgan
+from fastgan._backend import custom_ops
 from fastgan.cli import main
-from fastgan.data import make_dataset
+from fastgan.data import make_dataset, save_images
 from fastgan.data.datasets import ImageDataset
 from fastgan.models import ACGANDiscriminator, ConditionalDCGANGenerator, ProjectionDiscriminator, build_networks
 from fastgan.nn import BatchNormAct2d, ConditionalBatchNormAct2d
-from fastgan.ops import batch_norm_act, conditional_batch_norm_act
-from fastgan.train import TrainConfig, Trainer
+from fastgan.ops import ACTIVATIONS, batch_norm_act, conditional_batch_norm_act
+from fastgan.train import TrainConfig, Trainer, load_checkpoint
 
 from .test_train import _state_tensors
 
@@ -83,6 +84,24 @@ def test_bad_input_names_the_op(impl):
             call()
 
 
+@pytest.mark.parametrize("impl", ["native", "triton"])
+def test_opcheck_of_the_normalization_it_runs(impl):
+    """The custom ops as conditional_batch_norm_act calls them: no affine parameters, linear activation, batch
+    statistics from x or given (the conv epilogue's), and running statistics in evaluation."""
+    forward, backward, _ = custom_ops("norm_act", impl)
+    x = torch.randn(3, 4, 5, 2, generator=torch.Generator().manual_seed(0))
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    linear = ACTIVATIONS["linear"].index
+    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for args in [(x, None, None, None, None, True, False, 1e-5, linear, 0.0),
+                 (x, None, None, mean, var, True, False, 1e-5, linear, 0.0),
+                 (x.contiguous(memory_format=torch.channels_last), None, None, mean, var + 1, False, False, 1e-5,
+                  linear, 0.0)]:
+        torch.library.opcheck(forward, args, test_utils=basic)
+        y, m, v = forward(*args)
+        torch.library.opcheck(backward, (torch.randn_like(y), args[0], None, None, m, v, *args[5:]), test_utils=basic)
+
+
 def test_module_starts_as_batch_norm_and_checks_labels():
     cbn = ConditionalBatchNormAct2d(5, 3, act="relu", impl="ref")
     bn = BatchNormAct2d(5, affine=False, act="relu", impl="ref")
@@ -132,6 +151,25 @@ def test_conditional_needs_a_conditional_family_and_labelled_data(tmp_path):
     config = TrainConfig(conditional="acgan", out=str(tmp_path), steps=1, batch_size=4, image_size=16)
     with pytest.raises(ValueError, match="--conditional acgan: --data digits has no class labels"):
         Trainer(config, dataset=unlabelled, verbose=False)
+    save_images(torch.rand(4, 3, 16, 16) * 2 - 1, tmp_path / "flat")
+    flat = TrainConfig(conditional="projection", data="folder", data_root=str(tmp_path / "flat"), out=str(tmp_path),
+                       steps=1, batch_size=2, image_size=16)
+    with pytest.raises(ValueError, match="--conditional projection: images directly in --data-root have no class"):
+        Trainer(flat, verbose=False)
+
+
+def test_a_folder_of_class_subfolders_trains_through_the_dataloader(tmp_path):
+    """Files decoded per batch (the DataLoader path of BatchStream) come with their labels too."""
+    for name, value in (("cats", -0.5), ("dogs", 0.5)):
+        save_images(torch.full((3, 3, 16, 16), value) + 0.1 * torch.randn(3, 3, 16, 16), tmp_path / "data" / name)
+    config = _tiny(tmp_path / "run", data="folder", data_root=str(tmp_path / "data"), conditional="acgan", steps=2,
+                   batch_size=4)
+    trainer = Trainer(config, verbose=False)
+    images, labels = next(trainer.batches)
+    assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.int64
+    assert torch.equal(labels, (images.mean((1, 2, 3)) > 0).long())  # each image's class is its folder
+    trainer.fit()
+    assert trainer.classes == ["cats", "dogs"] and load_checkpoint(tmp_path / "run")["classes"] == ["cats", "dogs"]
 
 
 # --- training ---------------------------------------------------------------------------------------------------
@@ -247,8 +285,6 @@ def test_sample_class_and_classify_from_the_command_line(acgan_run, tmp_path, ca
     assert line.startswith("accuracy ") and float(line.split()[1]) > 0.85, line  # digits: all 1797, train included
     folder = tmp_path / "folder"
     folder.mkdir()
-    from fastgan.data import save_images
-
     save_images(trainer.sampling_generator()(torch.randn(2, 32), torch.tensor([3, 3])).detach(), folder)
     assert main(["classify", "--checkpoint", run, "--images", str(folder), "--device", "cpu"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
