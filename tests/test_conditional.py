@@ -102,6 +102,25 @@ def test_opcheck_of_the_normalization_it_runs(impl):
         torch.library.opcheck(backward, (torch.randn_like(y), args[0], None, None, m, v, *args[5:]), test_utils=basic)
 
 
+def test_opcheck_triton_conditional_ops():
+    """The Triton op with the per-sample map inside: batch statistics, statistics given, running statistics."""
+    forward, backward = custom_ops("conditional_norm_act", "triton")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 2, generator=gen)
+    scale, shift = 1 + torch.randn(3, 4, generator=gen) * 0.3, torch.randn(3, 4, generator=gen) * 0.3
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    relu = ACTIVATIONS["relu"].index
+    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for args in [(x, scale, shift, None, None, True, 1e-5, relu, 0.0),
+                 (x, scale, shift, mean, var, True, 1e-5, relu, 0.0),
+                 (x.contiguous(memory_format=torch.channels_last), scale, shift, mean, var + 1, False, 1e-5, relu,
+                  0.0)]:
+        torch.library.opcheck(forward, args, test_utils=basic)
+        y, m, v = forward(*args)
+        torch.library.opcheck(backward, (torch.randn_like(y), args[0], scale, shift, m, v, *args[5:]),
+                              test_utils=basic)
+
+
 def test_module_starts_as_batch_norm_and_checks_labels():
     cbn = ConditionalBatchNormAct2d(5, 3, act="relu", impl="ref")
     bn = BatchNormAct2d(5, affine=False, act="relu", impl="ref")

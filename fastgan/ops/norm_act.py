@@ -364,9 +364,12 @@ def conditional_batch_norm_act(
 
     Returns:
         ``y`` shaped, typed and laid out like ``x``. Differentiable w.r.t. ``x``, ``scale`` and ``shift`` to second
-        order on every implementation (any order on ``ref``). On ``native`` and ``triton`` the normalization is
-        the fused ``batch_norm_act`` kernel pair (statistics, deterministic); the per-sample affine map and the
-        activation are one PyTorch elementwise expression after it, in float32, not yet inside the kernel.
+        order on every implementation (any order on ``ref``; the Triton second order runs the reference in PyTorch
+        ops). On ``triton`` one fused op, ``fastgan::conditional_norm_act_triton`` (batch norm's statistics pass,
+        then one elementwise pass applying the per-sample map and the activation; its backward reduces per (sample,
+        channel), which gives the ``[N, C]`` gradients). On ``native`` the normalization is ``batch_norm_act``'s
+        compiled kernel pair and the per-sample map and the activation one PyTorch elementwise expression after it,
+        in float32: the C++/CUDA kernels do not take a per-sample scale yet.
     """
     spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
     impl = resolve_impl(impl, x.device, _BN, "linear", x.dtype)
@@ -379,6 +382,14 @@ def conditional_batch_norm_act(
         )
     if x.shape[1] == 0:
         return spec.fn(x.clone(), alpha_)
+    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked) if impl == "triton" else 0
+    if impl == "triton":  # the per-sample affine map and the activation inside the kernel
+        stats = (running_mean, running_var) if not training else batch_stats or (None, None)
+        forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
+        y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
+        if training and running_mean is not None and x.numel():
+            _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
+        return y
     linear, _ = activation(_CBN, "linear", None)
     xhat = batch_norm_act_custom(x, None, None, running_mean, running_var, training, momentum, eps, linear, 0.0,
                                  impl, num_batches_tracked, batch_stats)
@@ -542,3 +553,81 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)
+
+
+# --- conditional batch norm's custom ops (Triton): per-sample scale and shift ----------------------------------
+
+
+def _conditional_ref(x, scale, shift, mean, var, use_input_stats: bool, eps: float, act: int, alpha: float):
+    """``_normalized_ref`` with a per-sample affine map ``scale`` / ``shift`` ``[N, C]`` (elementary ops)."""
+    per_sample = [x.shape[0], x.shape[1]] + [1] * (x.dim() - 2)
+    per_channel = [1, -1] + [1] * (x.dim() - 2)
+    if use_input_stats:
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).square().mean(dims, keepdim=True)
+    else:
+        mean, var = mean.view(per_channel), var.view(per_channel)
+    z = (x - mean) * torch.rsqrt(var + eps) * scale.view(per_sample) + shift.view(per_sample)
+    return activation_at(act)[1].fn(z, alpha)
+
+
+def _register_conditional(forward, backward) -> None:
+    """Fakes and autograd of ``conditional_norm_act`` / ``_backward`` (as ``_register``, with ``[N, C]`` scale and
+    shift, always given); the backward's own backward is the reference's second order."""
+
+    def fake_forward(x, scale, shift, running_mean, running_var, use_input_stats, eps, act, alpha):
+        stat = x.new_empty(x.shape[1], dtype=math_dtype(x.dtype))
+        return torch.empty_like(_norm_layout(x)), stat, torch.empty_like(stat)
+
+    def fake_backward(dy, x, scale, shift, mean, var, use_input_stats, eps, act, alpha):
+        grad = x.new_empty(x.shape[0], x.shape[1], dtype=math_dtype(x.dtype))
+        return torch.empty_like(_norm_layout(x)), grad, torch.empty_like(grad)
+
+    def setup_forward(ctx, inputs, output):
+        x, scale, shift, _, _, *ctx.args = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, scale, shift, mean, var)
+
+    def grad_forward(ctx, dy, _dmean, _dvar):
+        if dy is None:
+            return (None,) * 9
+        x, scale, shift, mean, var = ctx.saved_tensors
+        dx, dscale, dshift = backward(dy, x, scale, shift, mean, var, *ctx.args)
+        needs = ctx.needs_input_grad
+        return (dx if needs[0] else None, dscale.to(scale.dtype) if needs[1] else None,
+                dshift.to(shift.dtype) if needs[2] else None, None, None, None, None, None, None)
+
+    def setup_backward(ctx, inputs, output):
+        dy, x, scale, shift, mean, var, *ctx.args = inputs
+        ctx.save_for_backward(dy, x, scale, shift, mean, var)
+
+    def grad_backward(ctx, gdx, gdscale, gdshift):
+        dy, x, scale, shift, mean, var = ctx.saved_tensors
+        math = math_dtype(x.dtype)
+        mean_, var_ = mean.to(math), var.to(math)
+
+        def first_order(dy_, x_, scale_, shift_):
+            _, vjp = torch.func.vjp(lambda *p: _conditional_ref(*p, mean_, var_, *ctx.args), x_, scale_, shift_)
+            return vjp(dy_)
+
+        primals = (dy.to(math), x.to(math), scale.to(math), shift.to(math))
+        outs, vjp2 = torch.func.vjp(first_order, *primals)
+        cotangents = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype)
+                           for g, o in zip((gdx, gdscale, gdshift), outs))
+        grads = vjp2(cotangents)
+        return (*(g.to(t.dtype) if need else None for g, t, need in zip(grads, (dy, x, scale, shift),
+                                                                         ctx.needs_input_grad)),
+                None, None, None, None, None, None)
+
+    torch.library.register_fake(forward, fake_forward)
+    torch.library.register_fake(backward, fake_backward)
+    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+
+
+# Triton only: the compiled extension has no conditional kernels (conditional_batch_norm_act composes there).
+declare_custom_ops("conditional_norm_act", ("conditional_norm_act", "conditional_norm_act_backward"), "norm_act",
+                   _register_conditional)
