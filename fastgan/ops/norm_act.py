@@ -23,6 +23,10 @@ running statistics (evaluation, where both norms are the same per-channel affine
 - The backward's own backward (second order, for gradient penalties) is composed from the reference in PyTorch
   ops (``torch.func.vjp`` of the reference's vjp, in float32 or float64): correct and differentiable to any order,
   not fast.
+- ``conditional_batch_norm_act`` (class-conditional batch norm: per-channel batch statistics, a per-sample ``[N, C]``
+  scale and shift): on Triton its own op pair ``fastgan::conditional_norm_act*_triton`` (the same kernels with the
+  affine map read per (sample, channel) group; dscale / dshift are the per-group sums of dz * xhat and dz, and dx
+  takes their scale-weighted sums over the samples); elsewhere batch norm without affine parameters, then the map.
 - running statistics ``norm_act_update_stats(running_mean!, running_var!, mean, var, factor, count, batch)``: one
   small kernel updates both buffers in place (``lerp`` towards the unbiased statistics, averaged over the samples
   for instance norm), as PyTorch's batch norm kernel does; not differentiable.
@@ -382,8 +386,8 @@ def conditional_batch_norm_act(
         )
     if x.shape[1] == 0:
         return spec.fn(x.clone(), alpha_)
-    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked) if impl == "triton" else 0
     if impl == "triton":  # the per-sample affine map and the activation inside the kernel
+        factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
         stats = (running_mean, running_var) if not training else batch_stats or (None, None)
         forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
         y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
