@@ -36,6 +36,8 @@ TINY = {
 OTHERS = {
     "gan": dict(model="gan", image_size=16, z_dim=16, amp="bf16"),
     "wgan": dict(model="wgan", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2, channels_last=True),
+    # Class-conditional: the fake labels are drawn for the global batch and sliced, as the noise is.
+    "wgan-gp-acgan": dict(model="wgan-gp", image_size=16, ngf=8, ndf=8, z_dim=16, n_critic=2, conditional="acgan"),
 }
 STEPS = 3
 # float32 parameters after STEPS Adam steps, 2 processes against 1: only the summation order differs (gradient

@@ -344,6 +344,8 @@ STEP_OPTIONS = {
     "dcgan-r1-fp16": dict(model="dcgan", amp="fp16", r1_gamma=1.0),
     "wgan-gp-fp16": dict(model="wgan-gp", amp="fp16"),
     "wgan-gp-bf16-channels-last": dict(model="wgan-gp", amp="bf16", channels_last=True),
+    "dcgan-acgan": dict(model="dcgan", conditional="acgan"),
+    "wgan-gp-projection": dict(model="wgan-gp", conditional="projection"),
 }
 
 
@@ -395,6 +397,7 @@ def test_lazy_r1_runs_every_nth_critic_step_and_resumes_on_schedule(tmp_path, un
         (dict(r1_gamma=-1.0), "r1_gamma must be a number >= 0"),
         (dict(r1_every=0), "r1_every must be a positive integer"),
         (dict(model="cyclegan", data=None, r1_gamma=1.0), "--r1-gamma applies to the noise-to-image families"),
+        (dict(conditional="acgan", sync_bn=True), "--sync-bn with --conditional acgan: the generator's conditional"),
     ],
 )
 def test_step_options_refuse_what_cannot_run(changes, message):

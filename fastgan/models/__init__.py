@@ -4,6 +4,8 @@
 - ``dcgan``: ``DCGANGenerator`` / ``DCGANDiscriminator`` (28x28 and powers of two 16..128, 1 or 3 channels)
 - ``wgan``, ``wgan-gp``: the DCGAN generator and the DCGAN discriminator without batch norm as the critic
 - ``cyclegan``: two ``ResnetGenerator`` and two ``PatchDiscriminator``
+- ``conditional=`` (dcgan, wgan, wgan-gp): ``ConditionalDCGANGenerator`` ``G(z, labels)`` with a
+  ``ProjectionDiscriminator`` (``"projection"``) or an ``ACGANDiscriminator`` (``"acgan"``)
 
 ``build_networks(model, ...)`` makes the named networks of a family; ``check_image_size`` says early whether a
 family can make a size.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .conditional import CONDITIONAL, ACGANDiscriminator, ConditionalDCGANGenerator, ProjectionDiscriminator
 from .cyclegan import PatchDiscriminator, ResnetBlock, ResnetGenerator, check_cyclegan_size
 from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_sizes
 from .gan import MLPDiscriminator, MLPGenerator
@@ -41,6 +44,17 @@ def check_image_size(model: str, image_size: int) -> None:
         dcgan_sizes(image_size)
 
 
+def check_conditional(model: str, conditional: str, num_classes: int | None = None) -> None:
+    """ValueError naming ``--conditional`` unless ``model`` has conditional networks of that kind."""
+    if conditional not in CONDITIONAL:
+        raise ValueError(f"--conditional must be one of {', '.join(CONDITIONAL)}, got {conditional!r}")
+    if model not in ("dcgan", "wgan", "wgan-gp"):
+        raise ValueError(f"--conditional {conditional}: class-conditional networks exist for dcgan, wgan and wgan-gp, "
+                         f"not {model!r}")
+    if num_classes is not None and num_classes < 2:
+        raise ValueError(f"--conditional {conditional}: needs at least 2 classes, got {num_classes}")
+
+
 def build_networks(
     model: str,
     image_size: int,
@@ -50,12 +64,24 @@ def build_networks(
     ndf: int = 64,
     n_blocks: int | None = None,
     impl: str = "auto",
+    conditional: str | None = None,
+    num_classes: int = 0,
 ) -> dict[str, nn.Module]:
     """The networks of a family by role: ``{"G", "D"}``, or ``{"G_AB", "G_BA", "D_A", "D_B"}`` for cyclegan.
 
-    ``n_blocks`` (cyclegan) defaults to 9 for images of 256 and more, else 6, as in the paper.
+    ``n_blocks`` (cyclegan) defaults to 9 for images of 256 and more, else 6, as in the paper. ``conditional``
+    (``"projection"`` or ``"acgan"``, dcgan / wgan / wgan-gp only) makes class-conditional networks for
+    ``num_classes`` classes.
     """
     check_image_size(model, image_size)
+    if conditional is not None:
+        check_conditional(model, conditional, num_classes)
+        critic_norm = "batch" if model == "dcgan" else None
+        D = ProjectionDiscriminator if conditional == "projection" else ACGANDiscriminator
+        return {
+            "G": ConditionalDCGANGenerator(image_size, channels, z_dim, ngf, num_classes, impl),
+            "D": D(image_size, channels, ndf, critic_norm, num_classes, impl),
+        }
     if model == "gan":
         return {
             "G": MLPGenerator(z_dim, image_size, channels, impl=impl),
@@ -77,15 +103,20 @@ def build_networks(
 
 
 __all__ = [
+    "CONDITIONAL",
     "MODELS",
+    "ACGANDiscriminator",
+    "ConditionalDCGANGenerator",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "MLPDiscriminator",
     "MLPGenerator",
     "PatchDiscriminator",
+    "ProjectionDiscriminator",
     "ResnetBlock",
     "ResnetGenerator",
     "build_networks",
+    "check_conditional",
     "check_image_size",
     "check_model",
     "conv_block",

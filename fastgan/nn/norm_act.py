@@ -16,10 +16,11 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.bias_act import activation
-from ..ops.norm_act import batch_norm_act, instance_norm_act
+from ..ops.conv_bn_act import conv_transpose2d_conditional_batch_norm_act
+from ..ops.norm_act import batch_norm_act, conditional_batch_norm_act, instance_norm_act
 from .common import activation_of, copy_state, fused_extra_repr
 
-__all__ = ["BatchNormAct2d", "InstanceNormAct2d"]
+__all__ = ["BatchNormAct2d", "ConditionalBatchNormAct2d", "InstanceNormAct2d"]
 
 
 def _from_modules(cls, kind: type, norm: nn.Module, act_module: nn.Module | None, impl: str):
@@ -96,6 +97,63 @@ class BatchNormAct2d(_NormBase):
 
     def extra_repr(self) -> str:
         return fused_extra_repr(self, [super().extra_repr()])
+
+
+class ConditionalBatchNormAct2d(_NormBase):
+    """Class-conditional batch norm + activation: ``act(xhat * class_scale[y] + class_shift[y])``, fused
+    (:func:`fastgan.ops.conditional_batch_norm_act`); ``forward(x, labels)``.
+
+    The statistics are nn.BatchNorm2d's (per channel, non-affine, running buffers as torch.nn); the affine map is
+    looked up per sample from ``class_scale`` / ``class_shift`` ``[num_classes, C]`` (an embedding, initialised to
+    scale 1 and shift 0: the layer starts as plain batch norm). Their names end in neither ``weight`` nor ``bias``,
+    so ``dcgan_init`` leaves that start alone. Not a ``BatchNormAct2d``: a convolution must not fold it into its
+    own conv + batch norm op as one (that op's affine map is per channel).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        act: str = "relu",
+        alpha: float | None = None,
+        impl: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, False, True, device, dtype)
+        activation(type(self).__name__, act, alpha)
+        self.act, self.alpha, self.impl = act, alpha, impl
+        if num_classes < 1:
+            raise ValueError(f"{type(self).__name__}: num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.class_scale = nn.Parameter(torch.ones(num_classes, num_features, device=device, dtype=dtype))
+        self.class_shift = nn.Parameter(torch.zeros(num_classes, num_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if labels.dim() != 1 or labels.shape[0] != x.shape[0] or labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{type(self).__name__}: labels must be integer class indices [N] = [{x.shape[0]}], got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        return conditional_batch_norm_act(x, self.class_scale[labels], self.class_shift[labels],
+                                          **self.functional_kwargs(), impl=self.impl)
+
+    def after_conv_transpose(self, conv: nn.ConvTranspose2d, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``self(conv(x), labels)`` as one op (:func:`fastgan.ops.conv_transpose2d_conditional_batch_norm_act`:
+        on Triton in training, the batch statistics come from the convolution's epilogue); ``conv`` a plain
+        (linear) transposed convolution without a norm of its own."""
+        output_padding = conv._output_padding(x, None, list(conv.stride), list(conv.padding), list(conv.kernel_size),
+                                              2, list(conv.dilation))
+        return conv_transpose2d_conditional_batch_norm_act(
+            x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding, scale=self.class_scale[labels],
+            shift=self.class_shift[labels], **self.functional_kwargs(), impl=self.impl)
+
+    _check_input_dim = BatchNormAct2d._check_input_dim
+    functional_kwargs = BatchNormAct2d.functional_kwargs
+
+    def extra_repr(self) -> str:
+        return fused_extra_repr(self, [f"{super().extra_repr()}, num_classes={self.num_classes}"])
 
 
 class InstanceNormAct2d(_InstanceNorm):

@@ -3,8 +3,10 @@
 
 - ``bias_act``: bias + activation (+ gain, clamp); ``ACTIVATIONS`` is the activation table every op shares.
 - ``conv_act``: ``conv2d_act`` / ``conv_transpose2d_act``, a convolution with bias + activation in its epilogue.
-- ``norm_act``: ``batch_norm_act`` / ``instance_norm_act``, normalization + activation with running statistics.
-- ``conv_bn_act``: ``conv2d_batch_norm_act`` / ``conv_transpose2d_batch_norm_act``, conv -> batch norm -> activation.
+- ``norm_act``: ``batch_norm_act`` / ``instance_norm_act`` / ``conditional_batch_norm_act`` (per-sample scale and
+  shift), normalization + activation with running statistics.
+- ``conv_bn_act``: ``conv2d_batch_norm_act`` / ``conv_transpose2d_batch_norm_act``, conv -> batch norm -> activation
+  (``conv_transpose2d_conditional_batch_norm_act``: a conditional generator's block).
 - ``gan_loss``: the adversarial losses ``d_loss`` / ``g_loss`` (``LOSS_KINDS``).
 - ``penalty``: the gradient-penalty head ``interpolate`` / ``grad_norm_penalty``.
 
@@ -13,9 +15,20 @@
 
 from .bias_act import ACTIVATIONS, bias_act, bias_act_ref
 from .conv_act import conv2d_act, conv2d_act_ref, conv_transpose2d_act, conv_transpose2d_act_ref
-from .conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
+from .conv_bn_act import (
+    conv2d_batch_norm_act,
+    conv_transpose2d_batch_norm_act,
+    conv_transpose2d_conditional_batch_norm_act,
+)
 from .gan_loss import LOSS_KINDS, d_loss, d_loss_ref, g_loss, g_loss_ref
-from .norm_act import batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
+from .norm_act import (
+    batch_norm_act,
+    batch_norm_act_ref,
+    conditional_batch_norm_act,
+    conditional_batch_norm_act_ref,
+    instance_norm_act,
+    instance_norm_act_ref,
+)
 from .penalty import grad_norm_penalty, grad_norm_penalty_ref, interpolate, interpolate_ref
 
 __all__ = [
@@ -27,10 +40,13 @@ __all__ = [
     "bias_act_ref",
     "conv2d_act",
     "conv2d_act_ref",
+    "conditional_batch_norm_act",
+    "conditional_batch_norm_act_ref",
     "conv2d_batch_norm_act",
     "conv_transpose2d_act",
     "conv_transpose2d_act_ref",
     "conv_transpose2d_batch_norm_act",
+    "conv_transpose2d_conditional_batch_norm_act",
     "d_loss",
     "d_loss_ref",
     "g_loss",

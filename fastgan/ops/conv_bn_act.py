@@ -34,9 +34,9 @@ from .conv_act import (
     conv_transpose2d_act,
     triton_conv_grads,
 )
-from .norm_act import batch_norm_act_custom, batch_norm_act_ref, check_norm
+from .norm_act import batch_norm_act_custom, batch_norm_act_ref, check_norm, conditional_batch_norm_act
 
-__all__ = ["conv2d_batch_norm_act", "conv_transpose2d_batch_norm_act"]
+__all__ = ["conv2d_batch_norm_act", "conv_transpose2d_batch_norm_act", "conv_transpose2d_conditional_batch_norm_act"]
 
 
 @autotuned("conv2d_batch_norm_act")
@@ -120,6 +120,45 @@ def conv_transpose2d_batch_norm_act(
         z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None
     return _batch_norm(op, z, stats, norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act,
                        alpha, num_batches_tracked, impl)
+
+
+def conv_transpose2d_conditional_batch_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
+    *,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    num_batches_tracked: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """``conditional_batch_norm_act(conv_transpose2d(x, weight) + bias, scale, shift, ...)``: a conditional
+    generator's block (per-sample ``scale`` / ``shift`` ``[N, C_out]``, as
+    :func:`fastgan.ops.conditional_batch_norm_act`). On ``triton`` in training mode the batch statistics come from
+    the convolution's epilogue, as in :func:`conv_transpose2d_batch_norm_act`; differentiable w.r.t. x, weight, bias,
+    scale and shift to second order."""
+    op = "conv_transpose2d_conditional_batch_norm_act"
+    x, weight, bias = autocast_operands(x, weight, bias)
+    stride_, padding_, out_pad, _ = check_conv(op, x, weight, bias, stride, padding, output_padding, "linear", None)
+    # Chosen as the unconditional block is (the same kernels; autotuned and CPU choices are recorded under its name).
+    impl = conv_impl(impl, x.device, "conv_transpose2d_batch_norm_act", act, x.dtype)
+    if impl == "triton" and training:
+        stats_op = custom_ops("conv_bn_act", "triton").conv_transpose2d_bn_stats
+        z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))
+    else:
+        z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None
+    return conditional_batch_norm_act(z, scale, shift, running_mean, running_var, training, momentum, eps, act, alpha,
+                                      impl, num_batches_tracked, stats)
 
 
 def _batch_norm(op, z, stats, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha, nbt, impl):

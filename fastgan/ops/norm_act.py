@@ -23,6 +23,10 @@ running statistics (evaluation, where both norms are the same per-channel affine
 - The backward's own backward (second order, for gradient penalties) is composed from the reference in PyTorch
   ops (``torch.func.vjp`` of the reference's vjp, in float32 or float64): correct and differentiable to any order,
   not fast.
+- ``conditional_batch_norm_act`` (class-conditional batch norm: per-channel batch statistics, a per-sample ``[N, C]``
+  scale and shift): on Triton its own op pair ``fastgan::conditional_norm_act*_triton`` (the same kernels with the
+  affine map read per (sample, channel) group; dscale / dshift are the per-group sums of dz * xhat and dz, and dx
+  takes their scale-weighted sums over the samples); elsewhere batch norm without affine parameters, then the map.
 - running statistics ``norm_act_update_stats(running_mean!, running_var!, mean, var, factor, count, batch)``: one
   small kernel updates both buffers in place (``lerp`` towards the unbiased statistics, averaged over the samples
   for instance norm), as PyTorch's batch norm kernel does; not differentiable.
@@ -38,10 +42,18 @@ from .._backend import custom_ops, declare_custom_ops, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import Activation, activation, activation_at
 
-__all__ = ["batch_norm_act", "batch_norm_act_ref", "instance_norm_act", "instance_norm_act_ref"]
+__all__ = [
+    "batch_norm_act",
+    "batch_norm_act_ref",
+    "conditional_batch_norm_act",
+    "conditional_batch_norm_act_ref",
+    "instance_norm_act",
+    "instance_norm_act_ref",
+]
 
 _BN = "batch_norm_act"
 _IN = "instance_norm_act"
+_CBN = "conditional_batch_norm_act"
 
 
 # --- argument checks -------------------------------------------------------------------------------------------
@@ -134,6 +146,41 @@ def _momentum_factor(
     return float(momentum)
 
 
+def check_conditional(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    act: str,
+    alpha: float | None,
+) -> tuple[Activation, float]:
+    """``check_norm`` for ``conditional_batch_norm_act``, plus its per-sample ``scale`` / ``shift`` ``[N, C]``."""
+    spec, alpha_ = check_norm(_CBN, x, None, None, running_mean, running_var, training, eps, act, alpha)
+    for name, t in (("scale", scale), ("shift", shift)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or tuple(t.shape) != tuple(x.shape[:2]):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{_CBN}: {name} must be [N, C] = {tuple(x.shape[:2])} (one row per sample, e.g. an "
+                             f"embedding of the labels), got {shape}")
+        if t.device != x.device:
+            raise ValueError(f"{_CBN}: {name} is on {t.device} but x is on {x.device}; move it to x's device")
+        check_dtype(_CBN, name, t)
+    _check_param_dtypes(_CBN, x, {"scale": scale, "shift": shift, "running_mean": running_mean,
+                                  "running_var": running_var})
+    return spec, alpha_
+
+
+def _per_sample_affine(xhat: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, spec: Activation,
+                       alpha_: float, dtype: torch.dtype) -> torch.Tensor:
+    """``act(xhat * scale[n, c] + shift[n, c])`` in float32 (float64 for float64), rounded once to ``dtype``."""
+    math = math_dtype(dtype)
+    shape = [*scale.shape] + [1] * (xhat.dim() - 2)
+    z = torch.addcmul(shift.to(math).view(shape), xhat.to(math), scale.to(math).view(shape))
+    return spec.fn(z, alpha_).to(dtype)
+
+
 # --- references: the specification ------------------------------------------------------------------------------
 
 
@@ -163,6 +210,29 @@ def batch_norm_act_ref(
         return spec.fn(x.clone(), alpha_)
     weight = _ones_if_only_bias(weight, bias)
     return spec.fn(F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps), alpha_)
+
+
+def conditional_batch_norm_act_ref(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    num_batches_tracked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The specification of ``conditional_batch_norm_act``: ``F.batch_norm`` without affine parameters, then
+    ``act(xhat * scale[n, c] + shift[n, c])`` in float32 (float64 for float64), in plain PyTorch."""
+    spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
+    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
+    if x.shape[1] == 0:
+        return spec.fn(x.clone(), alpha_)
+    xhat = F.batch_norm(x, running_mean, running_var, None, None, training, factor, eps)
+    return _per_sample_affine(xhat, scale, shift, spec, alpha_, x.dtype)
 
 
 def instance_norm_act_ref(
@@ -264,6 +334,70 @@ def batch_norm_act_custom(
     if training and running_mean is not None and x.numel():
         _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
     return y
+
+
+def conditional_batch_norm_act(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str = "auto",
+    num_batches_tracked: torch.Tensor | None = None,
+    batch_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Conditional batch normalization then an activation: ``act(xhat * scale[n, c] + shift[n, c], alpha)``.
+
+    ``xhat`` is x normalized with per-channel batch statistics (or the running statistics), exactly as
+    :func:`batch_norm_act` without affine parameters; the affine map is per *sample*: rows of ``scale`` / ``shift``
+    typically come from an embedding of each sample's class (de Vries et al. 2017; Miyato & Koyama 2018), which is
+    how a class-conditional generator is told what to draw.
+
+    Args:
+        x: ``[N, C, *]`` float16, bfloat16, float32 (float64 too, for gradcheck); contiguous or channels_last (kept).
+        scale, shift: ``[N, C]``, of one dtype with the running statistics: x's, or float32 for float16/bfloat16 x.
+        running_mean, running_var, training, momentum, eps, act, alpha, impl, num_batches_tracked: as for
+            :func:`batch_norm_act`.
+        batch_stats: optional x's own per-channel (mean, biased variance), reduced by the convolution that wrote x
+            (``training`` only, custom-op implementations only): the statistics pass is skipped.
+
+    Returns:
+        ``y`` shaped, typed and laid out like ``x``. Differentiable w.r.t. ``x``, ``scale`` and ``shift`` to second
+        order on every implementation (any order on ``ref``; the Triton second order runs the reference in PyTorch
+        ops). On ``triton`` one fused op, ``fastgan::conditional_norm_act_triton`` (batch norm's statistics pass,
+        then one elementwise pass applying the per-sample map and the activation; its backward reduces per (sample,
+        channel), which gives the ``[N, C]`` gradients). On ``native`` the normalization is ``batch_norm_act``'s
+        compiled kernel pair and the per-sample map and the activation one PyTorch elementwise expression after it,
+        in float32: the C++/CUDA kernels do not take a per-sample scale yet.
+    """
+    spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
+    impl = resolve_impl(impl, x.device, _BN, "linear", x.dtype)
+    if batch_stats is not None and (impl == "ref" or not training):
+        raise ValueError(f"{_CBN}: batch_stats (statistics from a convolution epilogue) need training=True and the "
+                         f"native or triton implementation, got training={training}, impl={impl!r}")
+    if impl == "ref":
+        return conditional_batch_norm_act_ref(
+            x, scale, shift, running_mean, running_var, training, momentum, eps, act, alpha, num_batches_tracked
+        )
+    if x.shape[1] == 0:
+        return spec.fn(x.clone(), alpha_)
+    if impl == "triton":  # the per-sample affine map and the activation inside the kernel
+        factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
+        stats = (running_mean, running_var) if not training else batch_stats or (None, None)
+        forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
+        y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
+        if training and running_mean is not None and x.numel():
+            _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
+        return y
+    linear, _ = activation(_CBN, "linear", None)
+    xhat = batch_norm_act_custom(x, None, None, running_mean, running_var, training, momentum, eps, linear, 0.0,
+                                 impl, num_batches_tracked, batch_stats)
+    return _per_sample_affine(xhat, scale, shift, spec, alpha_, x.dtype)
 
 
 @autotuned("instance_norm_act")
@@ -423,3 +557,81 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)
+
+
+# --- conditional batch norm's custom ops (Triton): per-sample scale and shift ----------------------------------
+
+
+def _conditional_ref(x, scale, shift, mean, var, use_input_stats: bool, eps: float, act: int, alpha: float):
+    """``_normalized_ref`` with a per-sample affine map ``scale`` / ``shift`` ``[N, C]`` (elementary ops)."""
+    per_sample = [x.shape[0], x.shape[1]] + [1] * (x.dim() - 2)
+    per_channel = [1, -1] + [1] * (x.dim() - 2)
+    if use_input_stats:
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).square().mean(dims, keepdim=True)
+    else:
+        mean, var = mean.view(per_channel), var.view(per_channel)
+    z = (x - mean) * torch.rsqrt(var + eps) * scale.view(per_sample) + shift.view(per_sample)
+    return activation_at(act)[1].fn(z, alpha)
+
+
+def _register_conditional(forward, backward) -> None:
+    """Fakes and autograd of ``conditional_norm_act`` / ``_backward`` (as ``_register``, with ``[N, C]`` scale and
+    shift, always given); the backward's own backward is the reference's second order."""
+
+    def fake_forward(x, scale, shift, running_mean, running_var, use_input_stats, eps, act, alpha):
+        stat = x.new_empty(x.shape[1], dtype=math_dtype(x.dtype))
+        return torch.empty_like(_norm_layout(x)), stat, torch.empty_like(stat)
+
+    def fake_backward(dy, x, scale, shift, mean, var, use_input_stats, eps, act, alpha):
+        grad = x.new_empty(x.shape[0], x.shape[1], dtype=math_dtype(x.dtype))
+        return torch.empty_like(_norm_layout(x)), grad, torch.empty_like(grad)
+
+    def setup_forward(ctx, inputs, output):
+        x, scale, shift, _, _, *ctx.args = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, scale, shift, mean, var)
+
+    def grad_forward(ctx, dy, _dmean, _dvar):
+        if dy is None:
+            return (None,) * 9
+        x, scale, shift, mean, var = ctx.saved_tensors
+        dx, dscale, dshift = backward(dy, x, scale, shift, mean, var, *ctx.args)
+        needs = ctx.needs_input_grad
+        return (dx if needs[0] else None, dscale.to(scale.dtype) if needs[1] else None,
+                dshift.to(shift.dtype) if needs[2] else None, None, None, None, None, None, None)
+
+    def setup_backward(ctx, inputs, output):
+        dy, x, scale, shift, mean, var, *ctx.args = inputs
+        ctx.save_for_backward(dy, x, scale, shift, mean, var)
+
+    def grad_backward(ctx, gdx, gdscale, gdshift):
+        dy, x, scale, shift, mean, var = ctx.saved_tensors
+        math = math_dtype(x.dtype)
+        mean_, var_ = mean.to(math), var.to(math)
+
+        def first_order(dy_, x_, scale_, shift_):
+            _, vjp = torch.func.vjp(lambda *p: _conditional_ref(*p, mean_, var_, *ctx.args), x_, scale_, shift_)
+            return vjp(dy_)
+
+        primals = (dy.to(math), x.to(math), scale.to(math), shift.to(math))
+        outs, vjp2 = torch.func.vjp(first_order, *primals)
+        cotangents = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype)
+                           for g, o in zip((gdx, gdscale, gdshift), outs))
+        grads = vjp2(cotangents)
+        return (*(g.to(t.dtype) if need else None for g, t, need in zip(grads, (dy, x, scale, shift),
+                                                                         ctx.needs_input_grad)),
+                None, None, None, None, None, None)
+
+    torch.library.register_fake(forward, fake_forward)
+    torch.library.register_fake(backward, fake_backward)
+    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+
+
+# Triton only: the compiled extension has no conditional kernels (conditional_batch_norm_act composes there).
+declare_custom_ops("conditional_norm_act", ("conditional_norm_act", "conditional_norm_act_backward"), "norm_act",
+                   _register_conditional)

@@ -11,7 +11,8 @@ the training loop has taken (not those the workers have prefetched), so a checkp
 the very next batch. Random augmentation lives in the datasets, drawn per ``(seed, epoch)`` in ``set_epoch``, so
 items do not depend on which worker reads them. Any other dataset yielding single images (digits, MNIST, CIFAR-10,
 tensors a caller passes) is converted once into a float tensor on the device, up to 2 GiB, and indexed per batch;
-the rest (pairs, larger data) go through the same DataLoader in the training process.
+the rest (pairs, larger data) go through the same DataLoader in the training process. With ``labels=True``
+(class-conditional training) each batch comes with its int64 labels.
 
 Data-parallel runs (``world_size`` processes): every process walks the same permutation in global batches of
 ``batch_size`` and takes its ``rank``-th equal slice of each, so the processes read disjoint shards of every epoch,
@@ -37,7 +38,8 @@ def _ignore_interrupts(worker_id: int) -> None:
 
 
 class BatchStream:
-    """``next(stream)`` -> a float32 batch on ``device`` ([B, C, S, S], or a tuple of two for unpaired data)."""
+    """``next(stream)`` -> a float32 batch on ``device`` ([B, C, S, S], or a tuple of two for unpaired data; with
+    ``labels``, ``(images, labels [B])``)."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class BatchStream:
         workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        labels: bool = False,
     ) -> None:
         if len(dataset) < batch_size:
             raise ValueError(
@@ -57,6 +60,8 @@ class BatchStream:
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
         self.local_size = batch_size // world_size
         self.offset = rank * self.local_size  # this process's slice of each global batch
+        self.labels = labels
+        self._label_cache = None
         files = getattr(dataset, "decodes_files", False)
         self.workers = workers if files else 0  # worker processes pay off only for decoding files
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -70,7 +75,10 @@ class BatchStream:
         first, second = dataset[0]
         if isinstance(second, torch.Tensor) or first.numel() * 4 * len(dataset) > _CACHE_LIMIT_BYTES:
             return None  # pairs of images (unpaired data) or too big: read per batch
-        return torch.stack([dataset[i][0] for i in range(len(dataset))]).to(self.device)
+        items = [dataset[i] for i in range(len(dataset))]
+        if self.labels:
+            self._label_cache = torch.tensor([int(label) for _, label in items], dtype=torch.int64).to(self.device)
+        return torch.stack([image for image, _ in items]).to(self.device)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if hasattr(self.dataset, "set_epoch"):
@@ -103,14 +111,18 @@ class BatchStream:
             self._loader = None
         if self._cache is not None:
             index = self._order[self.position + self.offset : self.position + self.offset + self.local_size]
+            index = index.to(self._cache.device)
             self.position += self.batch_size
-            return self._cache[index.to(self._cache.device)].contiguous(memory_format=self.memory_format)
+            images = self._cache[index].contiguous(memory_format=self.memory_format)
+            return (images, self._label_cache[index]) if self.labels else images
         if self._loader is None:
             self._loader = self._epoch_loader()
         first, second = next(self._loader)
         self.position += self.batch_size
         if second.dim() == first.dim():  # unpaired: (a, b); otherwise (images, labels)
             return self._to_device(first), self._to_device(second)
+        if self.labels:
+            return self._to_device(first), second.to(self.device, torch.int64, non_blocking=True)
         return self._to_device(first)
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""``fastgan train`` and ``fastgan sample``: their arguments and what they run (``COMMANDS``, listed by fastgan.cli).
+"""``fastgan train``, ``fastgan sample`` and ``fastgan classify``: their arguments and what they run (``COMMANDS``,
+listed by fastgan.cli).
 
 ``fastgan train`` has one flag per ``TrainConfig`` field (``lr_g`` -> ``--lr-g``, help from the field's metadata),
 reads ``--config FILE.toml`` (the same names as keys) with flags overriding it, and answers every bad input with one
@@ -80,6 +81,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             choices = meta["choices"]
             metavar = None if choices else meta["metavar"] or _METAVARS[kind]
+            if meta["const"] is not None:  # --conditional alone means --conditional projection
+                options.update(nargs="?", const=meta["const"])
             group.add_argument(flag, type=kind, choices=choices, metavar=metavar, **options)
 
 
@@ -224,19 +227,61 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images generated at a time (default: 256)")
     parser.add_argument("--no-ema", action="store_true",
                         help="sample the trained generator, not its EMA (default: the EMA when the run kept one)")
+    parser.add_argument("--class", dest="klass", metavar="K",
+                        help="conditional runs: images of class K (an index or a class name), or all: --num images of "
+                             "every class, one class per grid row (default: the classes in turn)")
 
 
 def sample(args: argparse.Namespace) -> int:
-    from .sampling import load_generator, write_samples
+    from .sampling import class_labels, load_networks, write_samples
 
     if args.num < 1 or args.batch_size < 1:
         return command_error("sample", "--num and --batch-size must be positive")
     try:
-        generator, config, device = load_generator(args.checkpoint, args.device, args.impl, not args.no_ema)
-        path = write_samples(generator, config, device, args.num, args.out, args.seed, args.batch_size)
+        nets, config, device, classes = load_networks(args.checkpoint, None, args.device, args.impl, not args.no_ema)
+        labels, nrow = class_labels(args.klass, classes, args.num) if args.klass is not None else (None, None)
+        num = args.num if labels is None else len(labels)
+        generator = next(iter(nets.values()))
+        path = write_samples(generator, config, device, num, args.out, args.seed, args.batch_size, labels, nrow)
     except user_errors() as err:
         return command_error("sample", one_line(err))
-    print(f"wrote {args.num} {config.image_size}x{config.image_size} images to {path}")
+    print(f"wrote {num} {config.image_size}x{config.image_size} images to {path}")
+    return 0
+
+
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a .pt file or run folder of fastgan train --conditional acgan (required; no default)")
+    parser.add_argument("--data", default=None, metavar="NAME",
+                        help="labelled dataset to report the accuracy on, its test split (digits and folder: all "
+                             "images) (default: the run's)")
+    parser.add_argument("--data-root", default=None, metavar="PATH", help="its folder (default: the run's)")
+    parser.add_argument("--images", default=None, metavar="FOLDER",
+                        help="classify every image in this folder instead: one line 'path class' each")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default: auto)")
+    parser.add_argument("--impl", choices=IMPLS, default=None,
+                        help="implementation of fastgan's ops (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="images classified at a time (default: 256)")
+
+
+def classify(args: argparse.Namespace) -> int:
+    from .classify import accuracy, classify_folder, evaluation_dataset, load_classifier
+
+    if args.batch_size < 1:
+        return command_error("classify", "--batch-size must be positive")
+    try:
+        D, config, device, classes = load_classifier(args.checkpoint, args.device, args.impl)
+        if args.images is not None:
+            for path, label in classify_folder(D, config, device, args.images, args.batch_size):
+                print(f"{path}\t{classes[label]}")
+            return 0
+        dataset, split = evaluation_dataset(config, args.data, args.data_root)
+        score, count = accuracy(D, dataset, device, args.batch_size)
+    except user_errors() as err:
+        return command_error("classify", one_line(err))
+    print(f"accuracy {score:.4f} ({round(score * count)}/{count} images of {args.data or config.data}, {split} "
+          f"split) of the acgan discriminator's classifier")
     return 0
 
 
@@ -246,4 +291,6 @@ COMMANDS = {
               train),
     "sample": ("generate images from a checkpoint as a PNG grid, a folder of PNGs or a .npy array",
                add_sample_arguments, sample),
+    "classify": ("recognise images with the classifier of an acgan run's discriminator: its accuracy on a labelled "
+                 "dataset, or the class of each image in a folder", add_classify_arguments, classify),
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data import DATASETS
-from ..models import MODELS, check_image_size
+from ..models import CONDITIONAL, MODELS, check_conditional, check_image_size
 
 AMP_MODES = ("off", "bf16", "fp16")
 IMPLS = ("auto", "ref", "triton", "native")
@@ -61,9 +61,11 @@ RESUMABLE = frozenset({"steps", "out", "device", "impl", "workers", "cuda_graphs
 
 
 def _setting(default, help: str, *, group: str, family: str | None = None, choices: tuple | None = None,
-             metavar: str | None = None, default_factory=dataclasses.MISSING):
-    """A TrainConfig field with its command-line help; ``family``: the FamilyDefaults attribute a None default takes."""
-    metadata = {"help": help, "group": group, "family": family, "choices": choices, "metavar": metavar}
+             metavar: str | None = None, default_factory=dataclasses.MISSING, const: str | None = None):
+    """A TrainConfig field with its command-line help; ``family``: the FamilyDefaults attribute a None default takes;
+    ``const``: the value of the flag given without one."""
+    metadata = {"help": help, "group": group, "family": family, "choices": choices, "metavar": metavar,
+                "const": const}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -109,6 +111,11 @@ class TrainConfig:
     z_dim: int = _setting(100, "generator input noise size (default: 100)", group="model")
     ngf: int = _setting(64, "generator width (default: 64)", group="model")
     ndf: int = _setting(64, "discriminator width (default: 64)", group="model")
+    conditional: str | None = _setting(
+        None, "class-conditional dcgan / wgan / wgan-gp on a labelled dataset: a generator with conditional batch norm "
+        "G(z, labels) and a projection discriminator (projection, the flag's value when given alone) or one with an "
+        "auxiliary classifier (acgan; fastgan classify uses it) (default: off)", group="model", choices=CONDITIONAL,
+        const="projection")
     n_blocks: int | None = _setting(None, "cyclegan residual blocks (default: 9 from 256 pixels, else 6)",
                                     group="model")
     lr_g: float | None = _setting(None, "generator learning rate", group="optimisation", family="lr")
@@ -206,6 +213,12 @@ class TrainConfig:
             raise ValueError("--data folder has no splits: point --data-root at the folder you want (drop --split)")
         if self.image_size is not None:
             check_image_size(self.model, _positive("image_size", self.image_size))
+        if self.conditional is not None:
+            check_conditional(self.model, self.conditional)
+            if self.sync_bn:
+                raise ValueError(f"--sync-bn with --conditional {self.conditional}: the generator's conditional batch "
+                                 "norms are not synchronised across processes; drop --sync-bn (each process then "
+                                 "normalises with its own slice's statistics)")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         for name in ("steps", "z_dim", "ngf", "ndf", "num_samples", "sample_every", "checkpoint_every", "log_every",

@@ -18,11 +18,17 @@ same global noise, penalty weights, data order and CycleGAN pool choices from th
 and gradients are averaged before each optimiser step, so the processes hold identical parameters and compute one
 process's step up to float summation order (batch norm too with ``sync_bn``; without it, each slice's statistics).
 Only rank 0 writes; its checkpoint is the whole state, loadable by a run with any number of processes.
+
+Class-conditional runs (``conditional``: projection or acgan) feed the real batches' labels to the discriminator,
+draw the fakes' labels uniformly from the noise generator (so they resume exactly too), and for acgan add the
+auxiliary classifier's cross-entropy (real and fake images in the discriminator step, fake ones in the generator
+step, weight 1 as in Odena et al. 2017). Sample grids show the classes in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
 import warnings
@@ -100,15 +106,18 @@ class Trainer:
             config.data, config.data_root, config.image_size, config.channels, config.split, config.download,
             config.seed, cli=True,
         )
+        self.conditional = config.conditional
+        self.classes = self._class_names() if self.conditional else []
         self.batches = BatchStream(self.dataset, config.batch_size, config.seed, self.device, config.channels_last,
-                                   config.workers, parallel.rank, parallel.world_size)
+                                   config.workers, parallel.rank, parallel.world_size,
+                                   labels=self.conditional is not None)
 
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.nets = {
             role: net.to(self.device, memory_format=memory_format)
             for role, net in build_networks(
                 config.model, config.image_size, config.channels, config.z_dim, config.ngf, config.ndf,
-                config.n_blocks, config.impl,
+                config.n_blocks, config.impl, config.conditional, len(self.classes),
             ).items()
         }
         if config.sync_bn and parallel.enabled:
@@ -140,6 +149,9 @@ class Trainer:
             self.fixed_input = torch.randn(config.num_samples, config.z_dim, generator=self.noise, device=self.device)
         self.graphs: dict[tuple, GraphedStep] = {}  # cuda_graphs: one captured step per kind of step
         self._graph_pool = None
+        # Conditional sample grids: the classes in turn, one per column of rows of len(classes) (fixed, not drawn).
+        self.fixed_labels = torch.arange(config.num_samples, device=self.device) % len(self.classes) \
+            if self.conditional else None
         self.step = 0
         self.images_seen = 0
         self._lr_scale = None  # the learning-rate factor last written into the optimisers
@@ -194,6 +206,54 @@ class Trainer:
         world = self.parallel.world_size
         return self.parallel.local(torch.randn(n * world, self.config.z_dim, generator=self.noise, device=self.device))
 
+    # -- class-conditional helpers (identity for unconditional runs: no extra draws, the same calls) ----------------
+
+    def _class_names(self) -> list[str]:
+        """The dataset's class names; ValueError naming --conditional when its items are not all labelled."""
+        labels, classes = getattr(self.dataset, "labels", None), list(getattr(self.dataset, "classes", []) or [])
+        if labels is None or len(classes) < 2 or bool((torch.as_tensor(labels) < 0).any()):
+            data = self.config.data
+            why = ("images directly in --data-root have no class: put every image in a subfolder named by its class"
+                   if data == "folder" and labels is not None else f"--data {data} has no class labels")
+            raise ValueError(f"--conditional {self.conditional}: {why}; conditional training needs labelled data "
+                             "(digits, mnist, fashion-mnist, cifar10, or --data folder with one subfolder per class)")
+        return classes
+
+    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next real images and, for conditional runs, their labels."""
+        batch = next(self.batches)
+        return batch if self.conditional else (batch, None)
+
+    def _fake_labels(self, n: int) -> torch.Tensor | None:
+        """Labels of the next fakes, uniform over the classes from the checkpointed noise generator (None if
+        unconditional)."""
+        if not self.conditional:
+            return None
+        world = self.parallel.world_size  # every process draws the global batch's labels and takes its slice
+        return self.parallel.local(torch.randint(len(self.classes), (n * world,), generator=self.noise,
+                                                 device=self.device))
+
+    @staticmethod
+    def _generate(G: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return G(z) if labels is None else G(z, labels)
+
+    def _critic(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None):
+        """(logits, class logits or None): the projection discriminator takes the labels, acgan's classifies."""
+        if self.conditional == "projection":
+            return D(x, labels), None
+        if self.conditional == "acgan":
+            return D(x)
+        return D(x), None
+
+    def _logits(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The real/fake logits alone (what the gradient penalty differentiates)."""
+        return self._critic(D, x, labels)[0]
+
+    @staticmethod
+    def _class_loss(class_logits: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """acgan's auxiliary cross-entropy (float32), None for other runs."""
+        return None if class_logits is None else F.cross_entropy(class_logits.float(), labels)
+
     # -- one step ------------------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -229,37 +289,45 @@ class Trainer:
     def _gan_step(self) -> dict[str, torch.Tensor]:
         n_critic = self.config.n_critic
         for k in range(n_critic):
-            real = next(self.batches)
+            real, real_labels = self._real_batch()
             last = k == n_critic - 1
             # Lazy R1 (StyleGAN2): every r1_every-th critic step, counted over the whole run (so resume keeps it).
             r1 = self.config.r1_gamma > 0 and (self.step * n_critic + k) % self.config.r1_every == 0
-            losses = self._run(("gan", last, r1), self._critic_update, real, last, r1)
+            losses = self._run(("gan", last, r1), self._critic_update, real, real_labels, last, r1)
             self.images_seen += real.shape[0] * self.parallel.world_size
         return losses
 
-    def _critic_update(self, real: torch.Tensor, last: bool, r1: bool) -> dict[str, torch.Tensor]:
+    def _critic_update(
+        self, real: torch.Tensor, real_labels: torch.Tensor | None, last: bool, r1: bool
+    ) -> dict[str, torch.Tensor]:
         """One discriminator update on ``real`` and fresh fakes, with its penalties; when ``last``, then the generator
         update on the same fakes. Device work only (it may be captured as a CUDA graph)."""
         config, family = self.config, self.family
         G, D = self.nets["G"], self.nets["D"]
         # The last critic step's fakes keep their graph: the generator step reuses them (one G forward fewer).
         with torch.set_grad_enabled(last), self._autocast():
-            fake = G(self._z(real.shape[0]))
+            z = self._z(real.shape[0])
+            fake_labels = self._fake_labels(real.shape[0])
+            fake = self._generate(G, z, fake_labels)
         self.optimizers["D"].zero_grad(set_to_none=True)
         if r1:
             real = real.detach().requires_grad_(True)  # R1 differentiates the critic's loss forward on real
         scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
         with self._autocast():
-            real_logits = D(real)
-            loss_d = d_loss(real_logits, D(fake.detach()), family.loss, impl=config.impl)
+            (real_logits, class_real), (fake_logits, class_fake) = (self._critic(D, real, real_labels),
+                                                                    self._critic(D, fake.detach(), fake_labels))
+            loss_d = d_loss(real_logits, fake_logits, family.loss, impl=config.impl)
         losses = {"loss_d": loss_d}
+        if class_real is not None:
+            losses["loss_class"] = self._class_loss(class_real, real_labels) + self._class_loss(class_fake, fake_labels)
+            loss_d = loss_d + losses["loss_class"]
         if config.gp_weight > 0:
             world = self.parallel.world_size
             eps = self.parallel.local(torch.rand(real.shape[0] * world, generator=self.noise, device=self.device))
+            critic = D if not self.conditional else functools.partial(self._logits, D, labels=real_labels)
             with self._autocast():
-                penalty = gradient_penalty(
-                    D, real.detach(), fake.detach(), weight=config.gp_weight, eps=eps, impl=config.impl, scaler=scaler
-                )
+                penalty = gradient_penalty(critic, real.detach(), fake.detach(), weight=config.gp_weight, eps=eps,
+                                           impl=config.impl, scaler=scaler)
             losses["penalty"] = penalty
             loss_d = loss_d + penalty
         if r1:
@@ -277,7 +345,10 @@ class Trainer:
         D.requires_grad_(False)  # the generator step needs gradients through D, not for D's weights
         self.optimizers["G"].zero_grad(set_to_none=True)
         with self._autocast():
-            loss_g = g_loss(D(fake), family.loss, impl=config.impl)
+            out_fake, class_fake = self._critic(D, fake, fake_labels)
+            loss_g = g_loss(out_fake, family.loss, impl=config.impl)
+            if class_fake is not None:
+                loss_g = loss_g + self._class_loss(class_fake, fake_labels)
         self._update("G", loss_g)
         D.requires_grad_(True)
         losses["loss_g"] = loss_g
@@ -402,13 +473,13 @@ class Trainer:
         G = self.sampling_generator()
         was_training = G.training
         G.eval()
-        images = G(self.fixed_input).float()
+        images = self._generate(G, self.fixed_input, self.fixed_labels).float()
         G.train(was_training)
         if self.cyclegan:
             images = torch.stack([self.fixed_input.float(), images], 1).flatten(0, 1)
             nrow = 2
         else:
-            nrow = None
+            nrow = len(self.classes) or None  # conditional: one column per class
         return save_image_grid(images, self.out / "samples" / f"step_{self.step:07d}.png", nrow=nrow)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
@@ -422,7 +493,7 @@ class Trainer:
         return path
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: networks, EMA, optimisers, scalers, schedulers, RNGs, counters."""
+        """Everything needed to continue exactly: networks, EMA, optimisers, scalers, RNGs, data order, counters."""
         rng = {"torch": torch.get_rng_state(), "noise": self.noise.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -440,6 +511,7 @@ class Trainer:
             "data": self.batches.state_dict(),
             "pools": [pool.state_dict() for pool in self.pools],
             "fixed_input": self.fixed_input.cpu(),
+            "classes": self.classes,
         }
 
     def load_state_dict(self, state: dict) -> None:

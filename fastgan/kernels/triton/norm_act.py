@@ -65,8 +65,10 @@ def _norm_partial_kernel(
     group_size, chunks, C, L, sN, sC, sL, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
     MATH: tl.constexpr, INT64: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK: tl.constexpr,
+    PER_SAMPLE: tl.constexpr = False,
 ):
     # GRAD=0: shifted sums -> (count, mean, m2) of the chunk. GRAD=1: sums of dz and dz * xhat.
+    # PER_SAMPLE (conditional batch norm, with INSTANCE groups): w and b per (sample, channel) group, not per channel.
     eps = f64_from_halves(eps_hi, eps_lo).to(MATH)  # float64 halves (scalars.py): exact for float64 math
     alpha = f64_from_halves(alpha_hi, alpha_lo).to(MATH)
     pid = tl.program_id(0)
@@ -82,8 +84,8 @@ def _norm_partial_kernel(
         c = g % C
         mean = tl.load(mean_ptr + g).to(MATH)
         invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g).to(MATH) + eps)
-        w = tl.load(w_ptr + c).to(MATH) if HAS_W else 1.0
-        b = tl.load(b_ptr + c).to(MATH) if HAS_B else 0.0
+        w = tl.load(w_ptr + (g if PER_SAMPLE else c)).to(MATH) if HAS_W else 1.0
+        b = tl.load(b_ptr + (g if PER_SAMPLE else c)).to(MATH) if HAS_B else 0.0
     else:
         shift = _finite_or_zero(tl.load(x_ptr + _group_offsets(g, 0, C, L, sN, sC, sL, INSTANCE)).to(MATH))
     for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK):
@@ -120,6 +122,7 @@ def _norm_partial_cl_kernel(
     group_size, chunks, C, L, sN, sL, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
     MATH: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    PER_SAMPLE: tl.constexpr = False,
 ):
     # _norm_partial_kernel for channels_last (channel stride 1): a [rows, channels] tile per step, so a warp reads
     # consecutive channels (coalesced) instead of one group's values C apart. Same partials, same order of merging.
@@ -140,8 +143,8 @@ def _norm_partial_cl_kernel(
     if GRAD:
         mean = tl.load(mean_ptr + g, mask=cmask, other=0.0).to(MATH)
         invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g, mask=cmask, other=1.0).to(MATH) + eps)
-        w = tl.load(w_ptr + c, mask=cmask, other=1.0).to(MATH) if HAS_W else 1.0
-        b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(MATH) if HAS_B else 0.0
+        w = tl.load(w_ptr + (g if PER_SAMPLE else c), mask=cmask, other=1.0).to(MATH) if HAS_W else 1.0
+        b = tl.load(b_ptr + (g if PER_SAMPLE else c), mask=cmask, other=0.0).to(MATH) if HAS_B else 0.0
     else:
         shift = _finite_or_zero(tl.load(x_ptr + base + c, mask=cmask, other=0.0).to(MATH))
     for start in range(0, tl.minimum(group_size - j0, CHUNK_SIZE), BLOCK_R):
@@ -217,8 +220,11 @@ def _norm_elementwise_kernel(
     numel, group_size, C, sN, sC, eps_hi, eps_lo, alpha_hi, alpha_lo,
     GRAD: tl.constexpr, TRAINING: tl.constexpr, INSTANCE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     ACT: tl.constexpr, MATH: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
+    PER_SAMPLE: tl.constexpr = False,
 ):
     # GRAD=0: y = act(z). GRAD=1: dx (TRAINING adds the mean and variance terms).
+    # PER_SAMPLE (conditional batch norm, INSTANCE groups, statistics repeated per sample): w, b per group, and the
+    # sums are of w * dz and w * dz * xhat over the channel (group_size: the channel's count).
     eps = f64_from_halves(eps_hi, eps_lo).to(MATH)
     alpha = f64_from_halves(alpha_hi, alpha_lo).to(MATH)
     pid = tl.program_id(0)
@@ -232,8 +238,8 @@ def _norm_elementwise_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(MATH)
     mean = tl.load(mean_ptr + g, mask=mask, other=0.0).to(MATH)
     invstd = 1.0 / tl.sqrt(tl.load(var_ptr + g, mask=mask, other=1.0).to(MATH) + eps)
-    w = tl.load(w_ptr + c, mask=mask, other=1.0).to(MATH) if HAS_W else 1.0
-    b = tl.load(b_ptr + c, mask=mask, other=0.0).to(MATH) if HAS_B else 0.0
+    w = tl.load(w_ptr + (g if PER_SAMPLE else c), mask=mask, other=1.0).to(MATH) if HAS_W else 1.0
+    b = tl.load(b_ptr + (g if PER_SAMPLE else c), mask=mask, other=0.0).to(MATH) if HAS_B else 0.0
     xhat = (x - mean) * invstd
     z = xhat * w + b
     if GRAD:
@@ -241,7 +247,10 @@ def _norm_elementwise_kernel(
         if TRAINING:
             sdz = tl.load(sdz_ptr + g, mask=mask, other=0.0).to(MATH)
             sdzx = tl.load(sdzx_ptr + g, mask=mask, other=0.0).to(MATH)
-            v = w * invstd * (dz - sdz / group_size - xhat * (sdzx / group_size))
+            if PER_SAMPLE:
+                v = invstd * (w * dz - sdz / group_size - xhat * (sdzx / group_size))
+            else:
+                v = w * invstd * (dz - sdz / group_size - xhat * (sdzx / group_size))
         else:
             v = dz * w * invstd
     else:
@@ -291,7 +300,8 @@ class _View:
     def affine(self, t: torch.Tensor | None) -> torch.Tensor:
         return t.to(self.math).contiguous() if t is not None else self.x
 
-    def partials(self, grad: bool, x, dy, w, b, mean, var, eps: float, act: int, alpha: float) -> torch.Tensor:
+    def partials(self, grad: bool, x, dy, w, b, mean, var, eps: float, act: int, alpha: float,
+                 per_sample: bool = False) -> torch.Tensor:
         width = 2 if grad else 3
         part = torch.zeros(self.groups * self.chunks * width, dtype=torch.float64, device=self.x.device)
         if self.group_size and self.groups and self.sC == 1 and self.C > 1:
@@ -302,7 +312,7 @@ class _View:
                 x, dy, self.affine(w), self.affine(b), mean, var, part,
                 self.group_size, self.chunks, self.C, self.L, self.sN, self.sL, *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
-                MATH=self.tl_math, CHUNK_SIZE=CHUNK, BLOCK_R=block_r, BLOCK_C=block_c,
+                MATH=self.tl_math, CHUNK_SIZE=CHUNK, BLOCK_R=block_r, BLOCK_C=block_c, PER_SAMPLE=per_sample,
             )
         elif self.group_size and self.groups:
             launch(
@@ -311,14 +321,15 @@ class _View:
                 self.group_size, self.chunks, self.C, self.L, self.sN, self.sC, self.sL,
                 *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, INSTANCE=self.instance, HAS_W=w is not None, HAS_B=b is not None, ACT=act,
-                MATH=self.tl_math, INT64=self.int64, CHUNK_SIZE=CHUNK, BLOCK=self.reduce_block,
+                MATH=self.tl_math, INT64=self.int64, CHUNK_SIZE=CHUNK, BLOCK=self.reduce_block, PER_SAMPLE=per_sample,
             )
         return part
 
     def merge(self, grad: bool, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return merge_partials(part, self.groups, self.chunks, grad, self.math)
 
-    def elementwise(self, grad: bool, dy, w, b, mean, var, sums, eps: float, act: int, alpha: float) -> torch.Tensor:
+    def elementwise(self, grad: bool, dy, w, b, mean, var, sums, eps: float, act: int, alpha: float,
+                    per_sample: bool = False, group_size: int | None = None) -> torch.Tensor:
         out = torch.empty_like(self.x)
         numel = self.x.numel()
         if numel:
@@ -326,9 +337,10 @@ class _View:
             launch(
                 _norm_elementwise_kernel, (triton.cdiv(numel, self.block),),
                 self.x, dy if dy is not None else self.x, out, self.affine(w), self.affine(b), mean, var, sdz, sdzx,
-                numel, self.group_size, self.C, self.sN, self.sC, *f64_halves(eps), *f64_halves(alpha),
+                numel, group_size or self.group_size, self.C, self.sN, self.sC, *f64_halves(eps), *f64_halves(alpha),
                 GRAD=grad, TRAINING=sums is not None, INSTANCE=self.instance, HAS_W=w is not None,
                 HAS_B=b is not None, ACT=act, MATH=self.tl_math, INT64=self.int64, BLOCK=self.block,
+                PER_SAMPLE=per_sample,
             )
         return out
 
@@ -366,6 +378,47 @@ def norm_act_backward_triton(
     sums = (sum_dz, sum_dz_xhat) if use_input_stats else None
     dx = v.elementwise(True, dy, weight, bias, mean, var, sums, eps, act, alpha)
     return dx, v.per_channel(sum_dz_xhat), v.per_channel(sum_dz)
+
+
+@triton_op("fastgan::conditional_norm_act_triton", mutates_args=())
+def conditional_norm_act_triton(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None, use_input_stats: bool, eps: float, act: int, alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conditional batch norm: per-channel statistics (pass 1 as batch norm's), then ``act(xhat * scale[n, c] +
+    shift[n, c])`` in one elementwise pass over (sample, channel) groups, the statistics repeated per sample."""
+    v = _View(x, use_input_stats, False)
+    if use_input_stats and running_mean is None:
+        mean, var = v.merge(False, v.partials(False, v.x, v.x, None, None, v.x, v.x, eps, act, alpha))
+    else:  # the running statistics, or x's batch statistics reduced by the convolution that wrote x
+        mean = running_mean.to(v.math, copy=True).contiguous()
+        var = running_var.to(v.math, copy=True).contiguous()
+    s = _View(x, True, True)
+    y = s.elementwise(False, None, scale.reshape(-1), shift.reshape(-1), mean.repeat(s.N), var.repeat(s.N), None, eps,
+                      act, alpha, per_sample=True)
+    return y, mean, var
+
+
+@triton_op("fastgan::conditional_norm_act_backward_triton", mutates_args=())
+def conditional_norm_act_backward_triton(
+    dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
+    var: torch.Tensor, use_input_stats: bool, eps: float, act: int, alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dscale [N, C], dshift [N, C]): pass 1 reduces sum(dz) and sum(dz * xhat) per (sample, channel), which
+    are dshift and dscale; their scale-weighted sums over the samples are the channel's, for dx (pass 2)."""
+    s = _View(x, True, True)
+    dy = dy.to(s.x.dtype)
+    if dy.stride() != s.x.stride():
+        dy = torch.empty_like(s.x).copy_(dy)
+    mean, var = mean.to(s.math).repeat(s.N).contiguous(), var.to(s.math).repeat(s.N).contiguous()
+    w, b = scale.reshape(-1), shift.reshape(-1)
+    sum_dz, sum_dz_xhat = s.merge(True, s.partials(True, s.x, dy, w, b, mean, var, eps, act, alpha, per_sample=True))
+    sums = None
+    if use_input_stats:
+        weight = w.to(s.math).view(s.N, s.C)
+        sums = tuple((weight * t.view(s.N, s.C)).sum(0).repeat(s.N).contiguous() for t in (sum_dz, sum_dz_xhat))
+    dx = s.elementwise(True, dy, w, b, mean, var, sums, eps, act, alpha, per_sample=True, group_size=s.N * s.L)
+    return dx, sum_dz_xhat.view(s.N, s.C), sum_dz.view(s.N, s.C)
 
 
 @triton.jit
