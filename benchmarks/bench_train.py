@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.harness import DEVICE, ON_GPU, PROVIDERS, measure, require_provider
+from benchmarks.harness import DEVICE, ON_GPU, PROVIDERS, SyntheticImages, measure, require_provider
 from fastgan.train import TrainConfig, Trainer
 
 # name -> (model, image size, batch sizes, widths, extra settings); the GPU shapes are the issue's.
@@ -36,23 +36,6 @@ CASES = CASES_GPU if ON_GPU else CASES_CPU
 AMP = "bf16" if ON_GPU else "off"
 
 
-class _Synthetic(torch.utils.data.Dataset):
-    """``count`` random images in [-1, 1] (pairs of them for cyclegan), fixed by the seed."""
-
-    def __init__(self, count: int, channels: int, size: int, paired: bool) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(count, channels, size, size, generator=g) * 2 - 1
-        self.paired = paired
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int):
-        if self.paired:
-            return self.images[i], self.images[(i + 1) % len(self)]
-        return self.images[i], 0
-
-
 def _trainer(provider: str, case: str, batch: int, tmp_path) -> Trainer:
     model, size, _, width, extra = CASES[case]
     config = TrainConfig(
@@ -60,7 +43,7 @@ def _trainer(provider: str, case: str, batch: int, tmp_path) -> Trainer:
         channels=3, batch_size=batch, steps=10**6, device=DEVICE, impl="ref" if provider in ("eager", "compile")
         else provider, amp=AMP, channels_last=ON_GPU, ngf=width, ndf=width, out=str(tmp_path), **extra,
     )
-    data = _Synthetic(max(2 * batch, 2), 3, size, model == "cyclegan")
+    data = SyntheticImages(max(2 * batch, 2), 3, size, model == "cyclegan")
     trainer = Trainer(config, dataset=data, verbose=False)
     if provider == "compile":
         trainer.nets = {role: torch.compile(net) for role, net in trainer.nets.items()}

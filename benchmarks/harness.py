@@ -37,6 +37,24 @@ DCGAN64_G = [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32)]
 DCGAN64_D = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
 
 
+class SyntheticImages(torch.utils.data.Dataset):
+    """``count`` random images in [-1, 1] (pairs of them for cyclegan, labels 0 otherwise), fixed: training steps
+    timed or counted without reading data from disk."""
+
+    def __init__(self, count: int, channels: int, size: int, paired: bool) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(count, channels, size, size, generator=g) * 2 - 1
+        self.paired = paired
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int):
+        if self.paired:
+            return self.images[i], self.images[(i + 1) % len(self)]
+        return self.images[i], 0
+
+
 def activation_shapes() -> list[tuple[int, ...]]:
     """Real layer shapes on a GPU; a representative handful, shrunk, on CPU."""
     if ON_GPU:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.harness import SyntheticImages
 from fastgan.train import TrainConfig, Trainer
 
 CASES = {  # name -> model, image size, widths, extra settings
@@ -59,18 +60,6 @@ class KernelOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class _Synthetic(torch.utils.data.Dataset):
-    def __init__(self, count: int, size: int, paired: bool) -> None:
-        self.images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.paired = paired
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return (self.images[i], self.images[-1 - i]) if self.paired else (self.images[i], 0)
-
-
 def trainer(case: str, provider: str, tiny: bool) -> Trainer:
     model, size, width, extra = CASES[case]
     if tiny:
@@ -80,7 +69,7 @@ def trainer(case: str, provider: str, tiny: bool) -> Trainer:
                          image_size=size, channels=3, batch_size=2, ngf=width, ndf=width, steps=100, device="cpu",
                          impl="ref" if provider == "plain" else "native", ema_decay=0.999, out=tempfile.mkdtemp(),
                          **extra)
-    trainer = Trainer(config, dataset=_Synthetic(8, size, model == "cyclegan"), verbose=False)
+    trainer = Trainer(config, dataset=SyntheticImages(8, 3, size, model == "cyclegan"), verbose=False)
     if provider == "plain":  # PyTorch's default optimiser on CUDA: foreach Adam
         for name, optimizer in trainer.optimizers.items():
             group = optimizer.param_groups[0]

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import torch
 
+from benchmarks.harness import SyntheticImages
 from fastgan.losses import d_loss, r1_penalty
 from fastgan.models import build_networks
 from fastgan.train import TrainConfig, Trainer
@@ -59,18 +60,6 @@ CHECK_CASES = {
 PENALTY_GOAL = 1.6
 
 
-class _Synthetic(torch.utils.data.Dataset):
-    def __init__(self, count: int, size: int, paired: bool) -> None:
-        self.images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.paired = paired
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return (self.images[i], self.images[-1 - i]) if self.paired else (self.images[i], 0)
-
-
 def make_trainer(case: tuple, device: str, impl: str, graphs: bool, amp: str = "off") -> Trainer:
     model, size, batch, width, extra = case[:5]
     settings = {"amp": amp, **extra}
@@ -78,7 +67,7 @@ def make_trainer(case: tuple, device: str, impl: str, graphs: bool, amp: str = "
                          image_size=size, channels=3, batch_size=batch, ngf=width, ndf=width, steps=10**6,
                          device=device, impl=impl, cuda_graphs=graphs, channels_last=device == "cuda",
                          out=tempfile.mkdtemp(), **settings)
-    return Trainer(config, dataset=_Synthetic(2 * batch, size, model == "cyclegan"), verbose=False)
+    return Trainer(config, dataset=SyntheticImages(2 * batch, 3, size, model == "cyclegan"), verbose=False)
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
