@@ -259,30 +259,33 @@ inline void grads_row_sums(const M* __restrict xs, const M* __restrict ds, int64
     }
 }
 
-template <int A, typename M>
+// PerSample (conditional batch norm's dx, norm_dx_any) is a template constant: a run-time flag in these loops made
+// batch norm's backward 1.7x slower on one core (32x64x32x32 float32), its loops no longer vectorised.
+template <int A, bool PerSample, typename M>
 inline void dx_plane(const M* __restrict xs, const M* __restrict ds, M* __restrict dx, int64_t n, M mu, M inv, M w,
                      M b, M alpha, M s_dz, M s_dzx, M count) {
     for (int64_t k = 0; k < n; ++k) {
         const M xhat = (xs[k] - mu) * inv;
         const M dz = act_backward<M>(A, xhat * w + b, ds[k], alpha);
-        dx[k] = norm_dx<M>(true, dz, xhat, w, inv, s_dz, s_dzx, count);
+        dx[k] = norm_dx_any<M>(true, PerSample, dz, xhat, w, inv, s_dz, s_dzx, count);
     }
 }
 
-template <int A, typename M>
+template <int A, bool PerSample, typename M>
 inline void dx_row(const M* __restrict xs, const M* __restrict ds, M* __restrict dx, int64_t C, const M* __restrict mu,
                    const M* __restrict inv, const M* __restrict w, const M* __restrict b, M alpha,
                    const M* __restrict s_dz, const M* __restrict s_dzx, M count) {
     for (int64_t c = 0; c < C; ++c) {
         const M xhat = (xs[c] - mu[c]) * inv[c];
         const M dz = act_backward<M>(A, xhat * w[c] + b[c], ds[c], alpha);
-        dx[c] = norm_dx<M>(true, dz, xhat, w[c], inv[c], s_dz[c], s_dzx[c], count);
+        dx[c] = norm_dx_any<M>(true, PerSample, dz, xhat, w[c], inv[c], s_dz[c], s_dzx[c], count);
     }
 }
 
 // --- drivers ---
 
-// Per-group parameters in M: mean and invstd per group, w and b per channel (1 and 0 when absent).
+// Per-group parameters in M: mean and invstd per group, w and b per channel (1 and 0 when absent; per_sample: per
+// (sample, channel), affine_index).
 template <typename M>
 struct GroupParams {
     std::vector<M> mean, invstd, w, b;
@@ -297,11 +300,12 @@ GroupParams<M> group_params(const NormActParams& p, const M* mean, const M* var)
     for (int64_t g = 0; g < p.groups; ++g) gp.invstd[g] = inv_std<M>(var[g], eps);
     const M* w = static_cast<const M*>(p.w);
     const M* b = static_cast<const M*>(p.b);
-    gp.w.resize(p.C);
-    gp.b.resize(p.C);
-    for (int64_t c = 0; c < p.C; ++c) {
-        gp.w[c] = w ? w[c] : M(1);
-        gp.b[c] = b ? b[c] : M(0);
+    const int64_t affine = p.per_sample ? p.N * p.C : p.C;
+    gp.w.resize(affine);
+    gp.b.resize(affine);
+    for (int64_t a = 0; a < affine; ++a) {
+        gp.w[a] = w ? w[a] : M(1);
+        gp.b[a] = b ? b[a] : M(0);
     }
     return gp;
 }
@@ -330,8 +334,9 @@ void plane_sums(int64_t L, Fill&& fill, double& sum_a, double& sum_ab) {
     sum_ab = sp + fsp;
 }
 
-// Runs plane_body(offset, n, group, channel) over blocks of every plane, or row_body(offset, group base, scratch)
-// over every row (group base n * C for instance statistics, else 0; scratch: 3 * C values of M), in parallel.
+// Runs plane_body(offset, n, group, affine index) over blocks of every plane, or row_body(offset, group base, affine
+// base, scratch) over every row (group base n * C for instance statistics, else 0; affine base n * C with per_sample,
+// else 0; scratch: 3 * C values of M), in parallel.
 template <typename M, typename PlaneBody, typename RowBody>
 void for_each_run(const NormActParams& p, const CpuGeometry& geo, PlaneBody&& plane_body, RowBody&& row_body) {
     constexpr int64_t kValuesPerTask = int64_t(1) << 14;
@@ -342,7 +347,8 @@ void for_each_run(const NormActParams& p, const CpuGeometry& geo, PlaneBody&& pl
             for (int64_t item = i0; item < i1; ++item) {
                 const int64_t q = item / blocks, j0 = (item - q * blocks) * cpu::kCpuBlock;  // per block
                 const int64_t c = q % p.C;
-                plane_body(q * p.L + j0, std::min(cpu::kCpuBlock, p.L - j0), p.instance ? q : c, c);
+                plane_body(q * p.L + j0, std::min(cpu::kCpuBlock, p.L - j0), p.instance ? q : c,
+                           affine_index(p, q / p.C, c));
             }
         });
     } else {
@@ -350,7 +356,8 @@ void for_each_run(const NormActParams& p, const CpuGeometry& geo, PlaneBody&& pl
         at::parallel_for(0, p.N * p.L, grain, [&](int64_t r0, int64_t r1) {
             std::vector<M> scratch(3 * p.C);
             for (int64_t r = r0; r < r1; ++r) {
-                row_body(r * p.C, p.instance ? (r / p.L) * p.C : 0, scratch.data());  // per row
+                const int64_t n = r / p.L;  // per row
+                row_body(r * p.C, p.instance ? n * p.C : 0, affine_index(p, n, 0), scratch.data());
             }
         });
     }
@@ -430,15 +437,15 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
         var = var_out;
     }
     const GroupParams<M> gp = group_params<M>(p, mean, var);
-    for_each_run<M>(p, geo, [&](int64_t i, int64_t n, int64_t g, int64_t c) {
+    for_each_run<M>(p, geo, [&](int64_t i, int64_t n, int64_t g, int64_t a) {
         M xbuf[cpu::kCpuBlock], ybuf[cpu::kCpuBlock];
         apply_plane<A, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf), cpu::out_math<scalar_t, M>(y + i, ybuf), n,
-                          gp.mean[g], gp.invstd[g], gp.w[c], gp.b[c], alpha);
+                          gp.mean[g], gp.invstd[g], gp.w[a], gp.b[a], alpha);
         cpu::store_math<scalar_t, M>(ybuf, n, y + i);
-    }, [&](int64_t i, int64_t gbase, M* scratch) {
+    }, [&](int64_t i, int64_t gbase, int64_t abase, M* scratch) {
         apply_row<A, M>(cpu::as_math<scalar_t, M>(x + i, p.C, scratch),
                         cpu::out_math<scalar_t, M>(y + i, scratch + p.C), p.C, gp.mean.data() + gbase,
-                        gp.invstd.data() + gbase, gp.w.data(), gp.b.data(), alpha);
+                        gp.invstd.data() + gbase, gp.w.data() + abase, gp.b.data() + abase, alpha);
         cpu::store_math<scalar_t, M>(scratch + p.C, p.C, y + i);
     });
 }
@@ -462,14 +469,14 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
         at::parallel_for(0, geo.tasks, 1, [&](int64_t q0, int64_t q1) {
             M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
             for (int64_t q = q0; q < q1; ++q) {
-                const int64_t c = q % p.C, g = p.instance ? q : c;  // per plane
+                const int64_t c = q % p.C, g = p.instance ? q : c, a = affine_index(p, q / p.C, c);  // per plane
                 const int64_t base = q * p.L;
                 plane_sums<M>(p.L, [&](int64_t j0, int64_t n, M* dz, M* xhat) {
                     const int64_t i = base + j0;
                     M* os = eval ? cpu::out_math<scalar_t, M>(dx + i, obuf) : nullptr;
                     grads_plane<A, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf),
                                       cpu::as_math<scalar_t, M>(dy + i, n, dbuf), n, gp.mean[g], gp.invstd[g],
-                                      gp.w[c], gp.b[c], alpha, dz, xhat, os);
+                                      gp.w[a], gp.b[a], alpha, dz, xhat, os);
                     if (eval) cpu::store_math<scalar_t, M>(obuf, n, dx + i);
                 }, part1[q], part2[q]);
             }
@@ -484,15 +491,15 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t n = t / geo.per_n, l0 = (t - n * geo.per_n) * kRowsPerTask;  // per task
                 const int64_t l1 = std::min(p.L, l0 + kRowsPerTask);
-                const int64_t gbase = p.instance ? n * p.C : 0;
+                const int64_t gbase = p.instance ? n * p.C : 0, abase = affine_index(p, n, 0);
                 std::fill(s1, s1 + 2 * p.C, M(0));
                 for (int64_t r = n * p.L + l0; r < n * p.L + l1; ++r) {
                     const int64_t i = r * p.C;
                     M* os = eval ? cpu::out_math<scalar_t, M>(dx + i, scratch.data() + 2 * p.C) : nullptr;
                     grads_row_sums<A, M>(cpu::as_math<scalar_t, M>(x + i, p.C, scratch.data()),
                                          cpu::as_math<scalar_t, M>(dy + i, p.C, scratch.data() + p.C), p.C,
-                                         gp.mean.data() + gbase, gp.invstd.data() + gbase, gp.w.data(), gp.b.data(),
-                                         alpha, s1, s2, os);
+                                         gp.mean.data() + gbase, gp.invstd.data() + gbase, gp.w.data() + abase,
+                                         gp.b.data() + abase, alpha, s1, s2, os);
                     if (eval) cpu::store_math<scalar_t, M>(scratch.data() + 2 * p.C, p.C, dx + i);
                 }
                 std::copy(s1, s1 + p.C, part1.begin() + t * p.C);
@@ -513,28 +520,44 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
         sum_dz_xhat_out[g] = sdzx[g] = static_cast<M>(s2[g]);
     }
     if (eval) return;
+    if (p.per_sample) {  // dx's channel sums: w-weighted over the samples, written per group
+        const std::vector<M> s_dz(sdz), s_dzx(sdzx);
+        for (int64_t c = 0; c < p.C; ++c) per_sample_sums<M>(p, c, s_dz.data(), s_dzx.data(), sdz.data(), sdzx.data());
+    }
     // Pass 2: dx with the mean and variance terms.
-    const M count = static_cast<M>(p.group_size);
-    for_each_run<M>(p, geo, [&](int64_t i, int64_t n, int64_t g, int64_t c) {
-        M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
-        dx_plane<A, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf), cpu::as_math<scalar_t, M>(dy + i, n, dbuf),
-                       cpu::out_math<scalar_t, M>(dx + i, obuf), n, gp.mean[g], gp.invstd[g], gp.w[c], gp.b[c], alpha,
-                       sdz[g], sdzx[g], count);
-        cpu::store_math<scalar_t, M>(obuf, n, dx + i);
-    }, [&](int64_t i, int64_t gbase, M* scratch) {
-        dx_row<A, M>(cpu::as_math<scalar_t, M>(x + i, p.C, scratch),
-                     cpu::as_math<scalar_t, M>(dy + i, p.C, scratch + p.C),
-                     cpu::out_math<scalar_t, M>(dx + i, scratch + 2 * p.C), p.C, gp.mean.data() + gbase,
-                     gp.invstd.data() + gbase, gp.w.data(), gp.b.data(), alpha, sdz.data() + gbase,
-                     sdzx.data() + gbase, count);
-        cpu::store_math<scalar_t, M>(scratch + 2 * p.C, p.C, dx + i);
-    });
+    const M count = static_cast<M>(norm_dx_count(p));
+    auto pass2 = [&](auto per_sample) {
+        constexpr bool PS = decltype(per_sample)::value;
+        for_each_run<M>(p, geo, [&](int64_t i, int64_t n, int64_t g, int64_t a) {
+            M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
+            dx_plane<A, PS, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf), cpu::as_math<scalar_t, M>(dy + i, n, dbuf),
+                               cpu::out_math<scalar_t, M>(dx + i, obuf), n, gp.mean[g], gp.invstd[g], gp.w[a],
+                               gp.b[a], alpha, sdz[g], sdzx[g], count);
+            cpu::store_math<scalar_t, M>(obuf, n, dx + i);
+        }, [&](int64_t i, int64_t gbase, int64_t abase, M* scratch) {
+            dx_row<A, PS, M>(cpu::as_math<scalar_t, M>(x + i, p.C, scratch),
+                             cpu::as_math<scalar_t, M>(dy + i, p.C, scratch + p.C),
+                             cpu::out_math<scalar_t, M>(dx + i, scratch + 2 * p.C), p.C, gp.mean.data() + gbase,
+                             gp.invstd.data() + gbase, gp.w.data() + abase, gp.b.data() + abase, alpha,
+                             sdz.data() + gbase, sdzx.data() + gbase, count);
+            cpu::store_math<scalar_t, M>(scratch + 2 * p.C, p.C, dx + i);
+        });
+    };
+    if (p.per_sample) {
+        pass2(std::true_type{});
+    } else {
+        pass2(std::false_type{});
+    }
 }
 
-Prepared prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
-                         const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                         bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    const char* op = instance ? "instance_norm_act" : "batch_norm_act";
+const char* forward_name(bool instance) { return instance ? "instance_norm_act" : "batch_norm_act"; }
+
+const char* backward_name(bool instance) { return instance ? "instance_norm_act_backward" : "batch_norm_act_backward"; }
+
+Prepared prepare_forward(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& w,
+                         const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& running_mean,
+                         const std::optional<at::Tensor>& running_var, bool use_input_stats, bool instance, double eps,
+                         int64_t act, double alpha) {
     Prepared r = prepare(op, x, w, b, use_input_stats, instance, eps, act, alpha);
     if (use_input_stats && running_mean.has_value() && running_mean->defined()) {
         // x's batch statistics, reduced by the convolution that wrote x: normalize with them, skip the reduction.
@@ -554,10 +577,10 @@ Prepared prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& w
     return r;
 }
 
-Prepared prepare_backward(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
-                          const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
-                          bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    const char* op = instance ? "instance_norm_act_backward" : "batch_norm_act_backward";
+Prepared prepare_backward(const char* op, const at::Tensor& dy, const at::Tensor& x,
+                          const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                          const at::Tensor& mean, const at::Tensor& var, bool use_input_stats, bool instance,
+                          double eps, int64_t act, double alpha) {
     Prepared r = prepare(op, x, w, b, use_input_stats, instance, eps, act, alpha);
     TORCH_CHECK(dy.sizes() == x.sizes(), op, ": grad shape ", dy.sizes(), " does not match x shape ", x.sizes());
     TORCH_CHECK(mean.dim() == 1 && var.dim() == 1 && mean.size(0) == r.p.groups && var.size(0) == r.p.groups, op,
@@ -572,16 +595,64 @@ Prepared prepare_backward(const at::Tensor& dy, const at::Tensor& x, const std::
     return r;
 }
 
-// dw, db per channel from the per-group sums (instance statistics: summed over the samples).
+// Conditional batch norm (fastgan::conditional_norm_act*): the per-sample scale and shift [N, C] as w and b.
+void use_per_sample_affine(const char* op, Prepared& r, const at::Tensor& scale, const at::Tensor& shift) {
+    auto affine = [&](const char* name, const at::Tensor& t) {
+        TORCH_CHECK(t.dim() == 2 && t.size(0) == r.p.N && t.size(1) == r.p.C, op, ": ", name, " must be [N, C] = [",
+                    r.p.N, ", ", r.p.C, "] (one row per sample), got shape ", t.sizes());
+        TORCH_CHECK(t.device() == r.x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", r.x.device(),
+                    "; move it to x's device");
+        check_kernel_dtype(op, name, t);
+        return t.to(r.math).contiguous();
+    };
+    r.w = affine("scale", scale);
+    r.b = affine("shift", shift);
+    r.p.w = r.w.data_ptr();
+    r.p.b = r.b.data_ptr();
+    r.p.per_sample = true;
+}
+
+// Forward: batch norm's (per-channel statistics, reduced or given), with the per-sample map.
+Prepared prepare_conditional_forward(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                                     const std::optional<at::Tensor>& running_mean,
+                                     const std::optional<at::Tensor>& running_var, bool use_input_stats, double eps,
+                                     int64_t act, double alpha) {
+    const char* op = "conditional_norm_act";
+    Prepared r = prepare_forward(op, x, std::nullopt, std::nullopt, running_mean, running_var, use_input_stats, false,
+                                 eps, act, alpha);
+    use_per_sample_affine(op, r, scale, shift);
+    return r;
+}
+
+// Backward: groups of one (sample, channel) pair, the per-channel statistics repeated per sample, so the reductions
+// give dscale and dshift [N, C] (also with running statistics); dx takes their scale-weighted sums over the samples.
+Prepared prepare_conditional_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+                                      const at::Tensor& shift, const at::Tensor& mean, const at::Tensor& var,
+                                      bool use_input_stats, double eps, int64_t act, double alpha) {
+    const char* op = "conditional_norm_act_backward";
+    Prepared r = prepare_backward(op, dy, x, std::nullopt, std::nullopt, mean, var, use_input_stats, false, eps, act,
+                                  alpha);
+    use_per_sample_affine(op, r, scale, shift);
+    NormActParams& p = r.p;
+    p.instance = true;
+    p.groups = p.N * p.C;
+    p.group_size = p.L;
+    r.mean = r.mean.repeat({p.N});
+    r.var = r.var.repeat({p.N});
+    p.mean = r.mean.data_ptr();
+    p.var = r.var.data_ptr();
+    return r;
+}
+
+// dw, db per channel from the per-group sums (instance statistics: summed over the samples); per_sample: dscale and
+// dshift per (sample, channel), the sums themselves.
 Triple finish_backward(const Prepared& r, const at::Tensor& sum_dz, const at::Tensor& sum_dz_xhat) {
+    if (r.p.per_sample) return {r.out, sum_dz_xhat.view({r.p.N, r.p.C}), sum_dz.view({r.p.N, r.p.C})};
     if (!r.p.instance) return {r.out, sum_dz_xhat, sum_dz};
     return {r.out, sum_dz_xhat.view({r.p.N, r.p.C}).sum(0), sum_dz.view({r.p.N, r.p.C}).sum(0)};
 }
 
-Triple forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
-                   const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                   bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    Prepared r = prepare_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha);
+Triple run_forward_cpu(Prepared& r) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.x.scalar_type(), "norm_act_cpu", [&] {
         using M = at::opmath_type<scalar_t>;
         M* mean = r.p.use_input_stats ? static_cast<M*>(r.mean.data_ptr()) : nullptr;
@@ -591,12 +662,26 @@ Triple forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w, cons
     return {r.out, r.mean, r.var};
 }
 
-Triple backward_cpu(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
-                    const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
-                    bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    Prepared r = prepare_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha);
-    at::Tensor sum_dz = at::empty({r.p.groups}, x.options().dtype(r.math));
-    at::Tensor sum_dz_xhat = at::empty({r.p.groups}, x.options().dtype(r.math));
+Triple forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                   const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                   bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
+    Prepared r = prepare_forward(forward_name(instance), x, w, b, running_mean, running_var, use_input_stats, instance,
+                                 eps, act, alpha);
+    return run_forward_cpu(r);
+}
+
+Triple conditional_forward_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                               const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool use_input_stats, double eps,
+                               int64_t act, double alpha) {
+    Prepared r = prepare_conditional_forward(x, scale, shift, running_mean, running_var, use_input_stats, eps, act,
+                                             alpha);
+    return run_forward_cpu(r);
+}
+
+Triple run_backward_cpu(const Prepared& r) {
+    at::Tensor sum_dz = at::empty({r.p.groups}, r.x.options().dtype(r.math));
+    at::Tensor sum_dz_xhat = at::empty({r.p.groups}, r.x.options().dtype(r.math));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.x.scalar_type(), "norm_act_backward_cpu", [&] {
         using M = at::opmath_type<scalar_t>;
         with_act(r.p.act, [&](auto a) {
@@ -605,6 +690,20 @@ Triple backward_cpu(const at::Tensor& dy, const at::Tensor& x, const std::option
         });
     });
     return finish_backward(r, sum_dz, sum_dz_xhat);
+}
+
+Triple backward_cpu(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
+                    const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
+                    bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
+    return run_backward_cpu(prepare_backward(backward_name(instance), dy, x, w, b, mean, var, use_input_stats,
+                                             instance, eps, act, alpha));
+}
+
+Triple conditional_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+                                const at::Tensor& shift, const at::Tensor& mean, const at::Tensor& var,
+                                bool use_input_stats, double eps, int64_t act, double alpha) {
+    return run_backward_cpu(prepare_conditional_backward(dy, x, scale, shift, mean, var, use_input_stats, eps, act,
+                                                         alpha));
 }
 
 // The running-statistics update: checks naming the op, the statistics in their dtype (float32/float64, contiguous).
@@ -726,6 +825,16 @@ void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz
     }
     p.sum_dz = sum_dz;
     p.sum_dz_xhat = sum_dz_xhat;
+    if (p.per_sample && p.use_input_stats && p.groups > 0) {
+        // dx's channel sums into the partials, as norm_act_cuda.cu's backward.
+        void* weighted_dz = partials.data_ptr();
+        void* weighted_dz_xhat = static_cast<char*>(partials.data_ptr()) + p.groups * partials.element_size();
+        plan.push_back({"norm_act", kernel_name("per_sample_sums_kernel", {M}), thread_per_item_blocks(p.C), kThreads,
+                        {kernel_arg(p), kernel_arg(sum_dz), kernel_arg(sum_dz_xhat), kernel_arg(weighted_dz),
+                         kernel_arg(weighted_dz_xhat)}});
+        p.sum_dz = weighted_dz;
+        p.sum_dz_xhat = weighted_dz_xhat;
+    }
     if (numel > 0) {
         plan.push_back({"norm_act", kernel_name("dx_kernel", {T}), elementwise_blocks(numel), kThreads,
                         {kernel_arg(p), kernel_arg(numel)}});
@@ -733,15 +842,10 @@ void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz
     nvrtc_run(op, r.x.device(), plan);
 }
 
-Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
-                    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                    bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
-    const c10::DeviceGuard guard(x.device());
-    const char* op = instance ? "instance_norm_act" : "batch_norm_act";
-    Prepared r = prepare_forward(x, w, b, running_mean, running_var, use_input_stats, instance, eps, act, alpha);
+Triple run_forward_cuda(const char* op, const Prepared& r) {
     at::Tensor partials;
     if (r.p.use_input_stats) {
-        partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, x.options().dtype(r.math));
+        partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, r.x.options().dtype(r.math));
     }
     const DType dtype = kernel_dtype(r.x.scalar_type());
     if (use_nvrtc()) {
@@ -757,15 +861,30 @@ Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, con
     return {r.out, r.mean, r.var};
 }
 
-Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
-                     const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
-                     bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
+Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                    bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
     const c10::DeviceGuard guard(x.device());
-    const char* op = instance ? "instance_norm_act_backward" : "batch_norm_act_backward";
-    Prepared r = prepare_backward(dy, x, w, b, mean, var, use_input_stats, instance, eps, act, alpha);
-    at::Tensor sum_dz = at::empty({r.p.groups}, x.options().dtype(r.math));
-    at::Tensor sum_dz_xhat = at::empty({r.p.groups}, x.options().dtype(r.math));
-    at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 2}, x.options().dtype(r.math));
+    const char* op = forward_name(instance);
+    return run_forward_cuda(op, prepare_forward(op, x, w, b, running_mean, running_var, use_input_stats, instance,
+                                                eps, act, alpha));
+}
+
+Triple conditional_forward_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                                const std::optional<at::Tensor>& running_mean,
+                                const std::optional<at::Tensor>& running_var, bool use_input_stats, double eps,
+                                int64_t act, double alpha) {
+    const c10::DeviceGuard guard(x.device());
+    return run_forward_cuda("conditional_norm_act", prepare_conditional_forward(x, scale, shift, running_mean,
+                                                                                running_var, use_input_stats, eps,
+                                                                                act, alpha));
+}
+
+// The partials hold 2 * groups values at least (per_sample: dx's channel sums after the merge).
+Triple run_backward_cuda(const char* op, const Prepared& r) {
+    at::Tensor sum_dz = at::empty({r.p.groups}, r.x.options().dtype(r.math));
+    at::Tensor sum_dz_xhat = at::empty({r.p.groups}, r.x.options().dtype(r.math));
+    at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 2}, r.x.options().dtype(r.math));
     const DType dtype = kernel_dtype(r.x.scalar_type());
     if (use_nvrtc()) {
         backward_nvrtc(op, r, dtype, sum_dz.data_ptr(), sum_dz_xhat.data_ptr(), partials);
@@ -777,6 +896,23 @@ Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optio
                  op);
 #endif
     return finish_backward(r, sum_dz, sum_dz_xhat);
+}
+
+Triple backward_cuda(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& w,
+                     const std::optional<at::Tensor>& b, const at::Tensor& mean, const at::Tensor& var,
+                     bool use_input_stats, bool instance, double eps, int64_t act, double alpha) {
+    const c10::DeviceGuard guard(x.device());
+    const char* op = backward_name(instance);
+    return run_backward_cuda(op, prepare_backward(op, dy, x, w, b, mean, var, use_input_stats, instance, eps, act,
+                                                  alpha));
+}
+
+Triple conditional_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+                                 const at::Tensor& shift, const at::Tensor& mean, const at::Tensor& var,
+                                 bool use_input_stats, double eps, int64_t act, double alpha) {
+    const c10::DeviceGuard guard(x.device());
+    return run_backward_cuda("conditional_norm_act_backward", prepare_conditional_backward(
+        dy, x, scale, shift, mean, var, use_input_stats, eps, act, alpha));
 }
 
 void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
@@ -808,12 +944,19 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
     m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
           "float factor, int count, int batch) -> ()");
+    // Conditional batch norm: per-channel statistics, a per-sample scale and shift [N, C] (the Triton ops' schemas).
+    m.def("conditional_norm_act(Tensor x, Tensor scale, Tensor shift, Tensor? running_mean, Tensor? running_var, "
+          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor y, Tensor mean, Tensor var)");
+    m.def("conditional_norm_act_backward(Tensor dy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor var, "
+          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor dx, Tensor dscale, Tensor dshift)");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("norm_act", &forward_cpu);
     m.impl("norm_act_backward", &backward_cpu);
     m.impl("norm_act_update_stats", &update_stats_cpu);
+    m.impl("conditional_norm_act", &conditional_forward_cpu);
+    m.impl("conditional_norm_act_backward", &conditional_backward_cpu);
 }
 
 // Registered in every build: without nvcc the CUDA kernels run through NVRTC.
@@ -821,6 +964,8 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("norm_act", &forward_cuda);
     m.impl("norm_act_backward", &backward_cuda);
     m.impl("norm_act_update_stats", &update_stats_cuda);
+    m.impl("conditional_norm_act", &conditional_forward_cuda);
+    m.impl("conditional_norm_act_backward", &conditional_backward_cuda);
 }
 
 }  // namespace fastgan

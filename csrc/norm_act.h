@@ -26,8 +26,8 @@ struct NormActParams {
     const void* x;        // input [N, C, L] in the strides below
     const void* dy;       // incoming gradient, laid out as x (backward)
     void* out;            // y (forward) or dx (backward), laid out as x
-    const void* w;        // [C] weight in the math type, or nullptr (1)
-    const void* b;        // [C] bias in the math type, or nullptr (0)
+    const void* w;        // [C] weight in the math type, or nullptr (1); per_sample: [N, C] scale
+    const void* b;        // [C] bias in the math type, or nullptr (0); per_sample: [N, C] shift
     const void* mean;     // [groups] mean in the math type
     const void* var;      // [groups] biased variance in the math type
     const void* sum_dz;       // [groups] sum of dL/dz (backward, training)
@@ -37,6 +37,11 @@ struct NormActParams {
     int64_t groups;       // C, or N * C for instance statistics
     int64_t group_size;   // values per group: N * L, or L
     bool instance;        // groups are (sample, channel) pairs
+    // Conditional batch norm: w and b are read per (sample, channel) (affine_index), the statistics stay per channel.
+    // Its forward reduces per channel (instance false); its backward reduces per (sample, channel) (instance true,
+    // mean/var repeated per sample), which gives the [N, C] gradients, and its dx takes the channel's sums of
+    // w * dz and w * dz * xhat (per_sample_sums) over the channel's N * L values (norm_dx_count).
+    bool per_sample;
     bool use_input_stats; // training: dx carries the mean/variance terms
     double eps;           // double, so float64 kernels see the exact values (cast to the math type)
     int act;
@@ -80,6 +85,15 @@ FASTGAN_HD int64_t walker_channel(const NormActParams& p, const RadixWalker& at)
 FASTGAN_HD int64_t walker_group(const NormActParams& p, const RadixWalker& at) {
     const int64_t c = walker_channel(p, at);
     return p.instance ? at.d2 * p.C + c : c;
+}
+
+// Where w and b of sample n, channel c are: c, or n * C + c with per_sample ([N, C] scale and shift).
+FASTGAN_HD int64_t affine_index(const NormActParams& p, int64_t n, int64_t c) {
+    return p.per_sample ? n * p.C + c : c;
+}
+
+FASTGAN_HD int64_t walker_affine(const NormActParams& p, const RadixWalker& at) {
+    return affine_index(p, at.d2, walker_channel(p, at));
 }
 
 // Running (count, mean, m2) of a sequence, merged with Chan et al.'s pairwise formula: exact up to rounding for any
@@ -137,6 +151,41 @@ template <typename T>
 FASTGAN_HD T norm_dx(bool use_input_stats, T dz, T xhat, T w, T invstd, T sum_dz, T sum_dz_xhat, T count) {
     if (!use_input_stats) return dz * w * invstd;
     return w * invstd * (dz - sum_dz / count - xhat * (sum_dz_xhat / count));
+}
+
+// norm_dx with per_sample w: dL/dxhat = w * dz is no longer w times a function of the channel's values, so the
+// means are of w * dz (sum_dz, sum_dz_xhat: the channel's sums of w * dz and w * dz * xhat, per_sample_sums):
+// dx = invstd * (w * dz - mean(w * dz) - xhat * mean(w * dz * xhat)); with w per channel this is norm_dx.
+template <typename T>
+FASTGAN_HD T norm_dx_any(bool use_input_stats, bool per_sample, T dz, T xhat, T w, T invstd, T sum_dz,
+                         T sum_dz_xhat, T count) {
+    if (!per_sample) return norm_dx<T>(use_input_stats, dz, xhat, w, invstd, sum_dz, sum_dz_xhat, count);
+    return norm_dx<T>(use_input_stats, dz * w, xhat, T(1), invstd, sum_dz, sum_dz_xhat, count);
+}
+
+// The count of the means in dx: a group's values, or with per_sample (groups of one sample) the channel's N * L.
+FASTGAN_HD int64_t norm_dx_count(const NormActParams& p) {
+    return p.per_sample ? p.N * p.L : p.group_size;
+}
+
+// Channel c of conditional batch norm's backward: the per-(sample, channel) sums s_dz, s_dzx (dshift, dscale)
+// weighted by w and added over the samples in order, in double, written for every sample (out_dz[n * C + c]), so dx
+// reads them per group.
+template <typename M>
+FASTGAN_HD void per_sample_sums(const NormActParams& p, int64_t c, const M* s_dz, const M* s_dzx, M* out_dz,
+                                M* out_dzx) {
+    const M* w = static_cast<const M*>(p.w);
+    double a = 0, b = 0;
+    for (int64_t n = 0; n < p.N; ++n) {
+        const int64_t g = n * p.C + c;
+        const double wg = w ? static_cast<double>(w[g]) : 1.0;
+        a += wg * static_cast<double>(s_dz[g]);
+        b += wg * static_cast<double>(s_dzx[g]);
+    }
+    for (int64_t n = 0; n < p.N; ++n) {
+        out_dz[n * p.C + c] = static_cast<M>(a);
+        out_dzx[n * p.C + c] = static_cast<M>(b);
+    }
 }
 
 // --- running statistics (fastgan::norm_act_update_stats) ---------------------------------------------------------

@@ -51,6 +51,14 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
     }
     p.sum_dz = sum_dz;
     p.sum_dz_xhat = sum_dz_xhat;
+    if (p.per_sample && p.use_input_stats && p.groups > 0) {
+        // dx's channel sums into the partials (2 * groups values at least, no longer read after the merge).
+        M* weighted = static_cast<M*>(partials);
+        per_sample_sums_kernel<M><<<thread_per_item_blocks(p.C), kThreads, 0, stream>>>(
+            p, static_cast<const M*>(sum_dz), static_cast<const M*>(sum_dz_xhat), weighted, weighted + p.groups);
+        p.sum_dz = weighted;
+        p.sum_dz_xhat = weighted + p.groups;
+    }
     if (numel > 0) dx_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(p, numel);
     return static_cast<int>(cudaGetLastError());
 }

@@ -12,7 +12,7 @@ namespace fastgan {
 int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, void* partials, void* stream);
 
 // Backward: reduces sum(dz) and sum(dz * xhat) per group into `sum_dz`/`sum_dz_xhat` (math type, [groups]) using
-// `partials` ([groups * chunks * 2]), then writes dx.
+// `partials` ([groups * chunks * 2]; with p.per_sample in training, then dx's channel sums), then writes dx.
 int norm_act_cuda_backward(NormActParams p, DType dtype, void* sum_dz, void* sum_dz_xhat, void* partials,
                            void* stream);
 

@@ -94,8 +94,8 @@ __global__ void apply_kernel(NormActParams p, int64_t numel) {
     if (i >= numel) return;
     RadixWalker at = element_walker(p, i, stride);  // each value's channel and sample without a division
     for (; i < numel; i += stride, at.advance()) {
-        const int64_t g = walker_group(p, at), c = walker_channel(p, at);
-        const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[c] : M(1), b ? b[c] : M(0));
+        const int64_t g = walker_group(p, at), a = walker_affine(p, at);
+        const M z = norm_z<M>(load(x, i), mean[g], inv_std<M>(var[g], eps), w ? w[a] : M(1), b ? b[a] : M(0));
         y[i] = cast_to<T>(act_forward<M>(p.act, z, alpha));
     }
 }
@@ -106,7 +106,8 @@ __global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type*
     using M = typename MathType<T>::type;
     const T* x = static_cast<const T*>(p.x);
     const T* dy = static_cast<const T*>(p.dy);
-    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks, c = g % p.C;
+    const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
+    const int64_t c = p.per_sample ? g : g % p.C;  // per_sample: groups are (sample, channel) pairs, as w and b
     const int64_t j0 = k * kNormActChunk;
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
     const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
@@ -144,6 +145,14 @@ __global__ void grad_merge_kernel(NormActParams p, const M* partials, int64_t ch
     sum_dz_xhat[g] = static_cast<M>(b);
 }
 
+// Conditional batch norm, training: one thread per channel, the w-weighted sums over the samples (per_sample_sums).
+template <typename M>
+__global__ void per_sample_sums_kernel(NormActParams p, const M* sum_dz, const M* sum_dz_xhat, M* out_dz,
+                                       M* out_dz_xhat) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c < p.C) per_sample_sums<M>(p, c, sum_dz, sum_dz_xhat, out_dz, out_dz_xhat);
+}
+
 template <typename T>
 __global__ void dx_kernel(NormActParams p, int64_t numel) {
     using M = typename MathType<T>::type;
@@ -156,17 +165,18 @@ __global__ void dx_kernel(NormActParams p, int64_t numel) {
     const M* var = static_cast<const M*>(p.var);
     const M* sum_dz = static_cast<const M*>(p.sum_dz);
     const M* sum_dz_xhat = static_cast<const M*>(p.sum_dz_xhat);
-    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps), count = static_cast<M>(p.group_size);
+    const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps), count = static_cast<M>(norm_dx_count(p));
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= numel) return;
     RadixWalker at = element_walker(p, i, stride);  // each value's channel and sample without a division
     for (; i < numel; i += stride, at.advance()) {
-        const int64_t g = walker_group(p, at), c = walker_channel(p, at);
-        const M invstd = inv_std<M>(var[g], eps), wc = w ? w[c] : M(1), bc = b ? b[c] : M(0);
+        const int64_t g = walker_group(p, at), a = walker_affine(p, at);
+        const M invstd = inv_std<M>(var[g], eps), wc = w ? w[a] : M(1), bc = b ? b[a] : M(0);
         const M xhat = (load(x, i) - mean[g]) * invstd;
         const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
-        dx[i] = cast_to<T>(norm_dx<M>(p.use_input_stats, dz, xhat, wc, invstd, sum_dz[g], sum_dz_xhat[g], count));
+        dx[i] = cast_to<T>(norm_dx_any<M>(p.use_input_stats, p.per_sample, dz, xhat, wc, invstd, sum_dz[g],
+                                          sum_dz_xhat[g], count));
     }
 }
 

@@ -50,6 +50,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         + _expand("apply_kernel", DTYPES)
         + _expand("grad_partial_kernel", DTYPES)
         + _expand("grad_merge_kernel", MATH_TYPES)
+        + _expand("per_sample_sums_kernel", MATH_TYPES)
         + _expand("dx_kernel", DTYPES)
         + _expand("update_stats_kernel", DTYPES, MATH_TYPES)
     ),

@@ -86,8 +86,8 @@ def test_bad_input_names_the_op(impl):
 
 @pytest.mark.parametrize("impl", ["native", "triton"])
 def test_opcheck_of_the_normalization_it_runs(impl):
-    """The custom ops as conditional_batch_norm_act calls them: no affine parameters, linear activation, batch
-    statistics from x or given (the conv epilogue's), and running statistics in evaluation."""
+    """The norm_act ops without affine parameters and with a linear activation (batch_norm_act's conditional-free
+    core): batch statistics from x or given (the conv epilogue's), and running statistics in evaluation."""
     forward, backward, _ = custom_ops("norm_act", impl)
     x = torch.randn(3, 4, 5, 2, generator=torch.Generator().manual_seed(0))
     mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
@@ -100,25 +100,6 @@ def test_opcheck_of_the_normalization_it_runs(impl):
         torch.library.opcheck(forward, args, test_utils=basic)
         y, m, v = forward(*args)
         torch.library.opcheck(backward, (torch.randn_like(y), args[0], None, None, m, v, *args[5:]), test_utils=basic)
-
-
-def test_opcheck_triton_conditional_ops():
-    """The Triton op with the per-sample map inside: batch statistics, statistics given, running statistics."""
-    forward, backward = custom_ops("conditional_norm_act", "triton")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 5, 2, generator=gen)
-    scale, shift = 1 + torch.randn(3, 4, generator=gen) * 0.3, torch.randn(3, 4, generator=gen) * 0.3
-    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
-    relu = ACTIVATIONS["relu"].index
-    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
-    for args in [(x, scale, shift, None, None, True, 1e-5, relu, 0.0),
-                 (x, scale, shift, mean, var, True, 1e-5, relu, 0.0),
-                 (x.contiguous(memory_format=torch.channels_last), scale, shift, mean, var + 1, False, 1e-5, relu,
-                  0.0)]:
-        torch.library.opcheck(forward, args, test_utils=basic)
-        y, m, v = forward(*args)
-        torch.library.opcheck(backward, (torch.randn_like(y), args[0], scale, shift, m, v, *args[5:]),
-                              test_utils=basic)
 
 
 def test_module_starts_as_batch_norm_and_checks_labels():

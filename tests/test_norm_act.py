@@ -360,6 +360,28 @@ def test_opcheck(impl):
         torch.library.opcheck(backward, (torch.randn_like(y), args[0], w, b, mean, var, *args[5:]), test_utils=basic)
 
 
+@pytest.mark.parametrize("impl", ["native", "triton"])
+def test_conditional_opcheck(impl):
+    """conditional_norm_act with the per-sample map inside: batch statistics, statistics given (a conv epilogue's),
+    running statistics; both layouts."""
+    require(impl, "cpu")
+    forward, backward = custom_ops("conditional_norm_act", impl)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 2, generator=gen)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    scale, shift = 1 + torch.randn(3, 4, generator=gen) * 0.3, torch.randn(3, 4, generator=gen) * 0.3
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    relu, tanh = ACTIVATIONS["relu"].index, ACTIVATIONS["tanh"].index
+    basic = ("test_schema", "test_autograd_registration", "test_faketensor")
+    full = basic if impl == "triton" else (*basic, "test_aot_dispatch_dynamic")
+    for args in [(x, scale, shift, None, None, True, 1e-5, relu, 0.0), (cl, scale, shift, mean, var, True, 1e-5, relu,
+                 0.0), (cl, scale, shift, mean, var + 1, False, 1e-3, tanh, 0.0)]:
+        torch.library.opcheck(forward, args, test_utils=full)
+        y, m, v = forward(*args)
+        torch.library.opcheck(backward, (torch.randn_like(y), args[0], scale, shift, m, v, *args[5:]),
+                              test_utils=basic)
+
+
 class FullSizeWrites(TorchDispatchMode):
     """Counts dispatched ops that write a tensor the size of the activation (a pass over memory each)."""
 

@@ -330,6 +330,19 @@ def test_cuda_kernels_hand_nvrtc_plans_of_listed_kernels(recorded_plans):
     _cuda_kernel(ops.norm_act_backward.default, y.double(), y.double(), None, None, mean, var, True, True, 1e-5, 0, 0.2)
     assert [s[1] for s in recorded_plans.pop()] == [
         "fastgan::grad_partial_kernel<double>", "fastgan::grad_merge_kernel<double>", "fastgan::dx_kernel<double>"]
+    # Conditional batch norm: batch norm's forward plan; the backward reduces per (sample, channel) (12 groups), and
+    # in training weights those sums per channel (one thread each) before dx.
+    scale, shift = torch.ones(4, 3), torch.zeros(4, 3)
+    _, cmean, cvar = _cuda_kernel(ops.conditional_norm_act.default, y, scale, shift, None, None, True, 1e-5, 1, 0.2)
+    assert [s[1] for s in recorded_plans.pop()] == [
+        "fastgan::stats_partial_kernel<float>", "fastgan::stats_merge_kernel<float>", "fastgan::apply_kernel<float>"]
+    _cuda_kernel(ops.conditional_norm_act_backward.default, y, y, scale, shift, cmean, cvar, True, 1e-5, 1, 0.2)
+    assert [(s[1], s[2]) for s in recorded_plans.pop()] == [
+        ("fastgan::grad_partial_kernel<float>", 12), ("fastgan::grad_merge_kernel<float>", 1),
+        ("fastgan::per_sample_sums_kernel<float>", 1), ("fastgan::dx_kernel<float>", _blocks(y.numel()))]
+    _cuda_kernel(ops.conditional_norm_act_backward.default, y, y, scale, shift, cmean, cvar, False, 1e-5, 1, 0.2)
+    assert [s[1] for s in recorded_plans.pop()] == [
+        "fastgan::grad_partial_kernel<float>", "fastgan::grad_merge_kernel<float>", "fastgan::dx_kernel<float>"]
     half = torch.float16
     _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(3, dtype=half), torch.ones(3, dtype=half),
                  mean[:3], var[:3], 0.1, 10, 1)
@@ -365,6 +378,8 @@ def test_the_plans_use_exactly_the_listed_kernels(recorded_plans):
         _cuda_kernel(ops.bias_act_backward2.default, zd, zd, zd, None, 1, 3, 0.2, 1.0, None)
         _, mean, var = _cuda_kernel(ops.norm_act.default, zd, None, None, None, None, True, False, 1e-5, 0, 0.0)
         _cuda_kernel(ops.norm_act_backward.default, zd, zd, None, None, mean, var, True, False, 1e-5, 0, 0.0)
+        _cuda_kernel(ops.conditional_norm_act_backward.default, zd, zd, torch.ones(3, 4), torch.zeros(3, 4), mean,
+                     var, True, 1e-5, 0, 0.0)
         for stats in (torch.float32, torch.float64):
             _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype),
                          mean.to(stats), var.to(stats), 0.1, 15, 1)

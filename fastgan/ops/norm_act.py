@@ -24,9 +24,10 @@ running statistics (evaluation, where both norms are the same per-channel affine
   ops (``torch.func.vjp`` of the reference's vjp, in float32 or float64): correct and differentiable to any order,
   not fast.
 - ``conditional_batch_norm_act`` (class-conditional batch norm: per-channel batch statistics, a per-sample ``[N, C]``
-  scale and shift): on Triton its own op pair ``fastgan::conditional_norm_act*_triton`` (the same kernels with the
-  affine map read per (sample, channel) group; dscale / dshift are the per-group sums of dz * xhat and dz, and dx
-  takes their scale-weighted sums over the samples); elsewhere batch norm without affine parameters, then the map.
+  scale and shift): its own op pair, ``fastgan::conditional_norm_act*`` (compiled) and
+  ``fastgan::conditional_norm_act*_triton``, the same kernels with the affine map read per (sample, channel): the
+  forward reduces per channel as batch norm; the backward reduces per (sample, channel) group (dscale / dshift are
+  the per-group sums of dz * xhat and dz), and dx takes their scale-weighted sums over the samples.
 - running statistics ``norm_act_update_stats(running_mean!, running_var!, mean, var, factor, count, batch)``: one
   small kernel updates both buffers in place (``lerp`` towards the unbiased statistics, averaged over the samples
   for instance norm), as PyTorch's batch norm kernel does; not differentiable.
@@ -368,12 +369,11 @@ def conditional_batch_norm_act(
 
     Returns:
         ``y`` shaped, typed and laid out like ``x``. Differentiable w.r.t. ``x``, ``scale`` and ``shift`` to second
-        order on every implementation (any order on ``ref``; the Triton second order runs the reference in PyTorch
-        ops). On ``triton`` one fused op, ``fastgan::conditional_norm_act_triton`` (batch norm's statistics pass,
-        then one elementwise pass applying the per-sample map and the activation; its backward reduces per (sample,
-        channel), which gives the ``[N, C]`` gradients). On ``native`` the normalization is ``batch_norm_act``'s
-        compiled kernel pair and the per-sample map and the activation one PyTorch elementwise expression after it,
-        in float32: the C++/CUDA kernels do not take a per-sample scale yet.
+        order on every implementation (any order on ``ref``; on ``native`` and ``triton`` the second order runs the
+        reference in PyTorch ops). On ``native`` and ``triton`` one fused op, ``fastgan::conditional_norm_act`` (C++
+        on CPU, CUDA on GPU) / ``fastgan::conditional_norm_act_triton``: batch norm's statistics pass, then one
+        elementwise pass applying the per-sample map and the activation; its backward reduces per (sample, channel),
+        which gives the ``[N, C]`` gradients.
     """
     spec, alpha_ = check_conditional(x, scale, shift, running_mean, running_var, training, eps, act, alpha)
     impl = resolve_impl(impl, x.device, _BN, "linear", x.dtype)
@@ -386,18 +386,13 @@ def conditional_batch_norm_act(
         )
     if x.shape[1] == 0:
         return spec.fn(x.clone(), alpha_)
-    if impl == "triton":  # the per-sample affine map and the activation inside the kernel
-        factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
-        stats = (running_mean, running_var) if not training else batch_stats or (None, None)
-        forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
-        y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
-        if training and running_mean is not None and x.numel():
-            _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
-        return y
-    linear, _ = activation(_CBN, "linear", None)
-    xhat = batch_norm_act_custom(x, None, None, running_mean, running_var, training, momentum, eps, linear, 0.0,
-                                 impl, num_batches_tracked, batch_stats)
-    return _per_sample_affine(xhat, scale, shift, spec, alpha_, x.dtype)
+    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
+    stats = (running_mean, running_var) if not training else batch_stats or (None, None)
+    forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
+    y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
+    if training and running_mean is not None and x.numel():
+        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
+    return y
 
 
 @autotuned("instance_norm_act")
@@ -559,7 +554,7 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
 declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)
 
 
-# --- conditional batch norm's custom ops (Triton): per-sample scale and shift ----------------------------------
+# --- conditional batch norm's custom ops: per-sample scale and shift ---------------------------------------------
 
 
 def _conditional_ref(x, scale, shift, mean, var, use_input_stats: bool, eps: float, act: int, alpha: float):
@@ -632,6 +627,5 @@ def _register_conditional(forward, backward) -> None:
     torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
 
 
-# Triton only: the compiled extension has no conditional kernels (conditional_batch_norm_act composes there).
 declare_custom_ops("conditional_norm_act", ("conditional_norm_act", "conditional_norm_act_backward"), "norm_act",
                    _register_conditional)
