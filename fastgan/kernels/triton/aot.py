@@ -117,8 +117,20 @@ def _norm_act_calls() -> Iterator[Callable[[], Any]]:
         yield lambda: k.norm_act_triton(x, w, b, *running, training, instance, 1e-5, act, 0.2)
         yield lambda: k.norm_act_backward_triton(x, x, w, b, mean, var, training, instance, 1e-5, act, 0.2)
 
+    def conditional(dtype, act, training, channels_last=False, shape=(4, 8, 6, 6)):
+        # Per-sample scale and shift [N, C] (conditional batch norm): the norm kernels' PER_SAMPLE branch.
+        x = _meta(*shape, dtype=dtype, channels_last=channels_last)
+        scale, shift = _meta(*shape[:2]), _meta(*shape[:2])
+        running = (None, None) if training else (_meta(shape[1]), _meta(shape[1]))
+        mean, var = _meta(shape[1]), _meta(shape[1])
+        yield lambda: k.conditional_norm_act_triton(x, scale, shift, *running, training, 1e-5, act, 0.2)
+        yield lambda: k.conditional_norm_act_backward_triton(x, x, scale, shift, mean, var, training, 1e-5, act, 0.2)
+
     for dtype, act, channels_last in itertools.product(MATH_DTYPES, range(NUM_ACTS), (False, True)):
         yield from calls(dtype, act, False, True, channels_last)
+        yield from conditional(dtype, act, True, channels_last)
+    for dtype, training, channels_last in itertools.product(DTYPES, (False, True), (False, True)):
+        yield from conditional(dtype, LRELU, training, channels_last)
     for dtype, instance, training, channels_last in itertools.product(DTYPES, *[(False, True)] * 3):
         yield from calls(dtype, LRELU, instance, training, channels_last)
     for dtype, instance, training in itertools.product(DTYPES, (False, True), (False, True)):
