@@ -67,7 +67,10 @@ def make_trainer(case: tuple, device: str, impl: str, graphs: bool, amp: str = "
                          image_size=size, channels=3, batch_size=batch, ngf=width, ndf=width, steps=10**6,
                          device=device, impl=impl, cuda_graphs=graphs, channels_last=device == "cuda",
                          out=tempfile.mkdtemp(), **settings)
-    return Trainer(config, dataset=SyntheticImages(2 * batch, 3, size, model == "cyclegan"), verbose=False)
+    trainer = Trainer(config, dataset=SyntheticImages(2 * batch, 3, size, model == "cyclegan"), verbose=False)
+    if impl == "ref":  # the canonical recipe: the critic on real and on fake apart
+        trainer.joint_critic = False
+    return trainer
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -712,8 +713,9 @@ struct PreparedUpdate {
     UpdateStatsParams p;
 };
 
-PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                              const at::Tensor& var, double factor, int64_t count, int64_t batch) {
+PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& running_var,
+                              const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
+                              std::optional<double> momentum, int64_t count, int64_t batch) {
     const char* op = "norm_act_update_stats";
     TORCH_CHECK(running_mean.dim() == 1 && running_var.sizes() == running_mean.sizes(), op,
                 ": running_mean and running_var must be 1-D of the same length, got ", running_mean.sizes(), " and ",
@@ -733,10 +735,20 @@ PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& 
                     var.scalar_type() == mean.scalar_type(), op,
                 ": mean and var must both be float32 or both float64 (the statistics norm_act returns), got ",
                 mean.scalar_type(), " and ", var.scalar_type());
+    const bool has_steps = steps.has_value() && steps->defined();
+    TORCH_CHECK(momentum.has_value() || has_steps, op,
+                ": momentum=None (cumulative moving average) needs num_batches_tracked (the step counter)");
+    if (has_steps) {
+        TORCH_CHECK(steps->dim() == 0 && steps->scalar_type() == at::kLong, op,
+                    ": num_batches_tracked must be a 0-dim int64 tensor (nn.BatchNorm's buffer), got ",
+                    steps->scalar_type(), " of shape ", steps->sizes());
+    }
     for (const at::Tensor* t : {&running_var, &mean, &var}) {
         TORCH_CHECK(t->device() == running_mean.device(), op, ": all tensors must be on one device, got ",
                     running_mean.device(), " and ", t->device());
     }
+    TORCH_CHECK(!has_steps || steps->device() == running_mean.device(), op,
+                ": all tensors must be on one device, got ", running_mean.device(), " and ", steps->device());
     PreparedUpdate r;
     r.mean = mean.contiguous();
     r.var = var.contiguous();
@@ -750,26 +762,31 @@ PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& 
     p.C = C;
     p.batch = batch;
     p.ratio = static_cast<double>(count) / static_cast<double>(count - 1);
-    p.factor = factor;
+    p.momentum = momentum.value_or(0.0);
+    p.steps = has_steps ? steps->data_ptr<int64_t>() : nullptr;
+    p.cumulative = !momentum.has_value();
     return r;
 }
 
-void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                      const at::Tensor& var, double factor, int64_t count, int64_t batch) {
-    const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
+void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
+                      const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
+                      std::optional<double> momentum, int64_t count, int64_t batch) {
+    const PreparedUpdate r = prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch);
     const bool stats_double = r.mean.scalar_type() == at::kDouble;
+    const double factor = running_factor(r.p);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "norm_act_update_stats", [&] {
         using M = at::opmath_type<scalar_t>;
         at::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t c = begin; c < end; ++c) {
                 if (stats_double) {
-                    update_running_channel<scalar_t, double, M>(r.p, c);
+                    update_running_channel<scalar_t, double, M>(r.p, c, factor);
                 } else {
-                    update_running_channel<scalar_t, float, M>(r.p, c);
+                    update_running_channel<scalar_t, float, M>(r.p, c, factor);
                 }
             }
         });
     });
+    if (r.p.steps != nullptr) *r.p.steps += 1;
 }
 
 // --- CUDA: nvcc's launchers (norm_act_cuda.cu), or the same kernels through NVRTC in the same order and with the same
@@ -915,18 +932,19 @@ Triple conditional_backward_cuda(const at::Tensor& dy, const at::Tensor& x, cons
         dy, x, scale, shift, mean, var, use_input_stats, eps, act, alpha));
 }
 
-void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                       const at::Tensor& var, double factor, int64_t count, int64_t batch) {
+void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var,
+                       const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
+                       std::optional<double> momentum, int64_t count, int64_t batch) {
     const c10::DeviceGuard guard(running_mean.device());
-    const PreparedUpdate r = prepare_update(running_mean, running_var, mean, var, factor, count, batch);
+    const PreparedUpdate r = prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch);
     const DType dtype = kernel_dtype(running_mean.scalar_type());
     const bool stats_double = r.mean.scalar_type() == at::kDouble;
     if (use_nvrtc()) {
-        if (r.p.C == 0) return;
+        if (r.p.C == 0 && r.p.steps == nullptr) return;
         nvrtc_run("norm_act_update_stats", running_mean.device(),
                   {{"norm_act", kernel_name("update_stats_kernel", {cuda_type_name(dtype),
                                                                     stats_double ? "double" : "float"}),
-                    thread_per_item_blocks(r.p.C), kThreads, {kernel_arg(r.p)}}});
+                    1, kThreads, {kernel_arg(r.p)}}});
         return;
     }
 #ifdef FASTGAN_WITH_CUDA
@@ -942,8 +960,8 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
     m.def("norm_act_backward(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
-    m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
-          "float factor, int count, int batch) -> ()");
+    m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!)? num_batches_tracked, "
+          "Tensor mean, Tensor var, float? momentum, int count, int batch) -> ()");
     // Conditional batch norm: per-channel statistics, a per-sample scale and shift [N, C] (the Triton ops' schemas).
     m.def("conditional_norm_act(Tensor x, Tensor scale, Tensor shift, Tensor? running_mean, Tensor? running_var, "
           "bool use_input_stats, float eps, int act, float alpha) -> (Tensor y, Tensor mean, Tensor var)");

@@ -199,8 +199,16 @@ struct UpdateStatsParams {
     int64_t C;
     int64_t batch;        // 1 (batch norm), or the samples whose statistics are averaged (instance norm)
     double ratio;         // count / (count - 1): biased -> unbiased variance
-    double factor;        // the running-average weight of this step (momentum, or 1 / steps)
+    double momentum;      // the running-average weight of this step, unless cumulative
+    int64_t* steps;       // num_batches_tracked (0-dim int64), advanced by 1 after the update; nullptr: none
+    bool cumulative;      // momentum=None: the weight is 1 / steps, counting this step (needs steps)
 };
+
+// The weight of this step's statistics, read before the step counter advances (as nn.BatchNorm computes it after
+// its increment: 1 / (steps + 1) over the old count).
+FASTGAN_HD double running_factor(const UpdateStatsParams& p) {
+    return p.cumulative ? 1.0 / static_cast<double>(*p.steps + 1) : p.momentum;
+}
 
 // torch.lerp(start, end, weight) as PyTorch's vectorized kernel computes it: from `start` for weights below 0.5, from
 // `end` otherwise (exact at weight 1, the first step of a cumulative average), with one fused multiply-add.
@@ -217,7 +225,7 @@ FASTGAN_HD T lerp_like_torch(T start, T end, T weight) {
 // sum takes one explicit fma per sample, so compilers that contract (nvcc, Triton) cannot make the CPU, CUDA and
 // Triton results differ; with one sample (batch norm) that is the rounded product the former ops computed.
 template <typename B, typename S, typename M>
-FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c) {
+FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c, double factor) {
     const S* mean = static_cast<const S*>(p.mean);
     const S* var = static_cast<const S*>(p.var);
     const S ratio = static_cast<S>(p.ratio);
@@ -232,7 +240,7 @@ FASTGAN_HD void update_running_channel(const UpdateStatsParams& p, int64_t c) {
     }
     B* rm = static_cast<B*>(p.running_mean) + c * p.stride_mean;
     B* rv = static_cast<B*>(p.running_var) + c * p.stride_var;
-    const M weight = static_cast<M>(p.factor);
+    const M weight = static_cast<M>(factor);
     *rm = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rm), static_cast<M>(m), weight));
     *rv = cast_to<B>(lerp_like_torch<M>(cast_to<M>(*rv), static_cast<M>(v), weight));
 }

@@ -65,12 +65,11 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
 
 template <typename B>
 int update_stats(const UpdateStatsParams& p, bool stats_double, cudaStream_t stream) {
-    if (p.C == 0) return 0;
-    const unsigned blocks = thread_per_item_blocks(p.C);
+    if (p.C == 0 && p.steps == nullptr) return 0;
     if (stats_double) {
-        update_stats_kernel<B, double><<<blocks, kThreads, 0, stream>>>(p);
+        update_stats_kernel<B, double><<<1, kThreads, 0, stream>>>(p);
     } else {
-        update_stats_kernel<B, float><<<blocks, kThreads, 0, stream>>>(p);
+        update_stats_kernel<B, float><<<1, kThreads, 0, stream>>>(p);
     }
     return static_cast<int>(cudaGetLastError());
 }

@@ -180,10 +180,17 @@ __global__ void dx_kernel(NormActParams p, int64_t numel) {
     }
 }
 
+// One block (a layer's channels are few): every thread reads the step counter before thread 0 advances it.
 template <typename B, typename S>
 __global__ void update_stats_kernel(UpdateStatsParams p) {
-    const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-    if (c < p.C) update_running_channel<B, S, typename MathType<B>::type>(p, c);
+    const double factor = running_factor(p);
+    for (int64_t c = threadIdx.x; c < p.C; c += kThreads) {
+        update_running_channel<B, S, typename MathType<B>::type>(p, c, factor);
+    }
+    if (p.steps != nullptr) {
+        __syncthreads();
+        if (threadIdx.x == 0) *p.steps += 1;
+    }
 }
 
 }  // namespace fastgan

@@ -15,6 +15,7 @@ from fastgan.models import (
     ResnetGenerator,
     build_networks,
     check_image_size,
+    per_sample,
 )
 
 from .conftest import require
@@ -66,6 +67,29 @@ def test_wgan_critics_have_no_batch_norm():
         assert not any(p.dim() == 1 and n.endswith("weight") for n, p in critic.named_parameters())
     dcgan = build_networks("dcgan", 32, 1, ngf=4, ndf=4, impl="ref")["D"]
     assert any(p.dim() == 1 and n.endswith("weight") for n, p in dcgan.named_parameters())
+
+
+def test_per_sample_allows_only_layers_that_mix_no_samples_and_keep_no_state():
+    """What lets the trainer run a critic once on real and fake together: the WGAN critics (also optimized, also
+    conditional) and the MLP and patch discriminators qualify, their outputs per sample equal to separate forwards;
+    batch norm, tracked instance norm, dropout, spectral norm (a power iteration per forward) and hooks do not."""
+    import fastgan
+
+    for model in ("wgan-gp", "gan", "cyclegan"):
+        for role, net in build_networks(model, 32, 1, ngf=4, ndf=4, n_blocks=1, impl="ref").items():
+            if role.startswith("D"):
+                assert per_sample(net) and per_sample(fastgan.optimize(net, impl="ref")), (model, role)
+    critic = build_networks("wgan-gp", 16, 1, ngf=4, ndf=4, impl="ref", conditional="projection", num_classes=3)["D"]
+    assert per_sample(critic)
+    x, labels = torch.randn(6, 1, 16, 16), torch.tensor([0, 1, 2, 2, 1, 0])
+    torch.testing.assert_close(critic(x, labels), torch.cat([critic(x[:2], labels[:2]), critic(x[2:], labels[2:])]))
+    assert not per_sample(build_networks("dcgan", 16, 1, ngf=4, ndf=4, impl="ref")["D"])
+    assert not per_sample(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout()))
+    assert not per_sample(nn.InstanceNorm2d(2, track_running_stats=True))
+    assert not per_sample(torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(1, 2, 3)))
+    hooked = nn.Sequential(nn.Conv2d(1, 2, 3))
+    hooked.register_forward_hook(lambda *args: None)
+    assert not per_sample(hooked)
 
 
 def test_mlp_gan_shapes():

@@ -446,7 +446,7 @@ def test_update_stats_matches_former_ops(impl, buffers, stats, batch):
         expected = running.clone()
         _former_update(expected[0], expected[1], mean, var, factor, 25, batch)
         start = running.clone()
-        update(running[0], running[1], mean, var, factor, 25, batch)
+        update(running[0], running[1], None, mean, var, factor, 25, batch)
         ulp = torch.finfo(buffers).eps + (2 * torch.finfo(stats).eps if batch > 1 else 0)
         if impl == "triton" and not _interpreter_fma_fused():
             _assert_within_unfused_fma(running, expected, start, ulp * expected.double().abs() + ulp * 1e-3, stats)
@@ -504,7 +504,8 @@ def test_update_stats_identical_across_implementations(buffers):
         results = []
         for impl in KERNELS:
             running = start.clone()
-            custom_ops("norm_act", impl).norm_act_update_stats(running[0], running[1], mean, var, factor, 11, batch)
+            custom_ops("norm_act", impl).norm_act_update_stats(running[0], running[1], None, mean, var, factor, 11,
+                                                                 batch)
             results.append(running)
         if _interpreter_fma_fused():
             assert torch.equal(results[0], results[1]), (stats, batch, factor)
@@ -519,12 +520,36 @@ def test_update_stats_strided_buffers_and_empty(impl):
     update = custom_ops("norm_act", impl).norm_act_update_stats
     storage = torch.zeros(2, 10)
     mean, var = torch.arange(5.0), torch.full((5,), 2.0)
-    update(storage[0, ::2], storage[1, ::2], mean, var, 0.5, 3, 1)
+    update(storage[0, ::2], storage[1, ::2], None, mean, var, 0.5, 3, 1)
     torch.testing.assert_close(storage[0, ::2], mean * 0.5)
     torch.testing.assert_close(storage[1, ::2], var * 1.5 * 0.5)
     assert not storage[:, 1::2].any()
     empty = torch.empty(0)
-    update(empty, empty.clone(), empty, empty, 0.1, 3, 2)
+    update(empty, empty.clone(), None, empty, empty, 0.1, 3, 2)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_update_stats_advances_the_step_counter(impl):
+    """The step counter advances by one per update, the update weighs by the momentum or, for momentum=None, by
+    1 / the steps counting this one (nn.BatchNorm2d's cumulative average), all in the kernel: buffers and counter
+    as PyTorch's over several steps, with and without statistics (an empty channel list still counts the step)."""
+    require(impl, "cpu")
+    update = custom_ops("norm_act", impl).norm_act_update_stats
+    gen = torch.Generator().manual_seed(5)
+    for momentum in (None, 0.3):
+        reference = nn.BatchNorm2d(6, momentum=momentum)
+        running, steps = torch.stack([reference.running_mean, reference.running_var]), torch.tensor(0)
+        for _ in range(4):
+            x = torch.randn(3, 6, 2, 5, generator=gen) * 2 + 1
+            reference(x)
+            update(running[0], running[1], steps, x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False), momentum,
+                   30, 1)
+        assert steps.item() == reference.num_batches_tracked.item() == 4
+        torch.testing.assert_close(running[0], reference.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(running[1], reference.running_var, rtol=1e-6, atol=1e-6)
+    empty = torch.empty(0)
+    update(empty, empty.clone(), steps, empty, empty, None, 3, 1)
+    assert steps.item() == 5
 
 
 @pytest.mark.parametrize("impl", KERNELS)
@@ -533,12 +558,15 @@ def test_update_stats_bad_input_names_the_op(impl):
     update = custom_ops("norm_act", impl).norm_act_update_stats
     rm, rv, mean, var = torch.zeros(3), torch.ones(3), torch.zeros(3), torch.ones(3)
     for args, message in [
-        ((rm, rv, mean, var, 0.1, 1, 1), "more than 1 value per statistic group"),
-        ((rm, rv, mean, var, 0.1, 4, 0), "batch must be >= 1"),
-        ((rm, rv, torch.zeros(6), var, 0.1, 4, 1), "length batch \\* C = 3"),
-        ((rm, rv, mean.half(), var.half(), 0.1, 4, 1), "float32 or both float64"),
-        ((rm, torch.ones(4), mean, var, 0.1, 4, 1), "same length"),
-        ((rm, rv.double(), mean, var, 0.1, 4, 1), "of one dtype"),
+        ((rm, rv, None, mean, var, 0.1, 1, 1), "more than 1 value per statistic group"),
+        ((rm, rv, None, mean, var, 0.1, 4, 0), "batch must be >= 1"),
+        ((rm, rv, None, torch.zeros(6), var, 0.1, 4, 1), "length batch \\* C = 3"),
+        ((rm, rv, None, mean.half(), var.half(), 0.1, 4, 1), "float32 or both float64"),
+        ((rm, torch.ones(4), None, mean, var, 0.1, 4, 1), "same length"),
+        ((rm, rv.double(), None, mean, var, 0.1, 4, 1), "of one dtype"),
+        ((rm, rv, None, mean, var, None, 4, 1), "momentum=None .* needs num_batches_tracked"),
+        ((rm, rv, torch.zeros(1, dtype=torch.long), mean, var, 0.1, 4, 1), "0-dim int64"),
+        ((rm, rv, torch.zeros(()), mean, var, 0.1, 4, 1), "0-dim int64"),
     ]:
         with pytest.raises((RuntimeError, ValueError, TypeError), match=f"norm_act_update_stats: .*{message}"):
             update(*args)
@@ -630,12 +658,13 @@ class _Ops(TorchDispatchMode):
 
 @pytest.mark.parametrize("impl", KERNELS)
 def test_training_forward_is_one_op_plus_one_update(impl):
-    """A training step's forward dispatches the norm op and one statistics update (and the step counter's add)."""
+    """A training step's forward dispatches the norm op and one statistics update, which also advances the step
+    counter (nn.BatchNorm2d dispatches its own add_ for that)."""
     require(impl, "cpu")
     suffix = _SUFFIX[impl]
     x = torch.randn(2, 3, 4, 4)
     for module, expected in [
-        (BatchNormAct2d(3, impl=impl), ["add_", f"norm_act{suffix}", f"norm_act_update_stats{suffix}"]),
+        (BatchNormAct2d(3, impl=impl), [f"norm_act{suffix}", f"norm_act_update_stats{suffix}"]),
         (InstanceNormAct2d(3, track_running_stats=True, impl=impl), [f"norm_act{suffix}",
                                                                        f"norm_act_update_stats{suffix}"]),
     ]:
@@ -667,8 +696,9 @@ def test_update_stats_opcheck(impl):
     gen = torch.Generator().manual_seed(0)
     for buffers, batch in [(torch.float32, 1), (torch.float16, 3)]:
         mean, var = torch.randn(batch * 4, generator=gen), torch.rand(batch * 4, generator=gen)
-        args = (torch.zeros(4, dtype=buffers), torch.ones(4, dtype=buffers), mean, var, 0.1, 7, batch)
-        torch.library.opcheck(update, args, test_utils=checks)
+        for steps, momentum in [(None, 0.1), (torch.tensor(3), 0.1), (torch.tensor(3), None)]:
+            args = (torch.zeros(4, dtype=buffers), torch.ones(4, dtype=buffers), steps, mean, var, momentum, 7, batch)
+            torch.library.opcheck(update, args, test_utils=checks)
 
 
 @pytest.mark.parametrize("impl", ["native", "triton"])

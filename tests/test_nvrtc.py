@@ -345,8 +345,9 @@ def test_cuda_kernels_hand_nvrtc_plans_of_listed_kernels(recorded_plans):
         "fastgan::grad_partial_kernel<float>", "fastgan::grad_merge_kernel<float>", "fastgan::dx_kernel<float>"]
     half = torch.float16
     _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(3, dtype=half), torch.ones(3, dtype=half),
-                 mean[:3], var[:3], 0.1, 10, 1)
-    assert [s[1] for s in recorded_plans.pop()] == ["fastgan::update_stats_kernel<__half, float>"]
+                 torch.tensor(2), mean[:3], var[:3], None, 10, 1)
+    # one block: its threads read the step counter before thread 0 advances it
+    assert [(s[1], s[2]) for s in recorded_plans.pop()] == [("fastgan::update_stats_kernel<__half, float>", 1)]
 
     _cuda_kernel(ops.gan_loss.default, torch.randn(100_000), torch.randn(10), 0, 1)
     plan = recorded_plans.pop()
@@ -382,7 +383,7 @@ def test_the_plans_use_exactly_the_listed_kernels(recorded_plans):
                      var, True, 1e-5, 0, 0.0)
         for stats in (torch.float32, torch.float64):
             _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype),
-                         mean.to(stats), var.to(stats), 0.1, 15, 1)
+                         None, mean.to(stats), var.to(stats), 0.1, 15, 1)
         _, grad_a, grad_b = _cuda_kernel(ops.gan_loss.default, torch.randn(70_000, dtype=dtype), zd, 0, 1)
         _cuda_kernel(ops.gan_loss_backward.default, torch.ones((), dtype=dtype), grad_a, grad_b)
         _, norms = _cuda_kernel(ops.grad_norm_penalty.default, zd, 10.0, 1.0, 1.0)

@@ -414,6 +414,30 @@ def test_graphed_step_refuses_the_cpu_and_a_bad_warmup():
         graphed_step(lambda x: x, warmup=0)
 
 
+@pytest.mark.parametrize("conditional", [None, "projection", "acgan"])
+def test_a_critic_without_batch_norm_sees_real_and_fake_in_one_forward(conditional, tmp_path, unpaired_root):
+    """WGAN-GP's critic (no batch norm) runs once on real and fake together: the same training as two forwards (to
+    float32 round-off: a convolution over another batch size may sum in another order) with one critic forward
+    fewer per step; a discriminator with batch norm keeps its two forwards."""
+    runs = []
+    for joint in (False, True):
+        trainer = Trainer(config_for("wgan-gp", tmp_path / str(joint), unpaired_root, conditional=conditional),
+                          verbose=False)
+        assert trainer.joint_critic
+        trainer.joint_critic = joint
+        batches = []
+        trainer.nets["D"].register_forward_hook(lambda module, args, out, seen=batches: seen.append(args[0].shape[0]))
+        for _ in range(2):
+            trainer.train_step()
+        # per critic step: (real, fake) or (real + fake), the penalty's interpolates; then the generator step's fakes
+        critic_step = [8, 4] if joint else [4, 4, 4]
+        assert batches == 2 * (critic_step + critic_step + [4]), batches
+        runs.append(_state_tensors(trainer))
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[1][name], value, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    assert not Trainer(config_for("dcgan", tmp_path / "dcgan", unpaired_root), verbose=False).joint_critic
+
+
 def test_the_launch_budget_counts_kernel_ops_and_fastgan_launches_fewer():
     """benchmarks/launch_budget.py's counter on tiny networks: views, allocations and host reads are not counted,
     fused Adam is one op per optimiser step where foreach Adam is several, and fastgan's step dispatches fewer ops."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import nn as fnn
 from .conditional import CONDITIONAL, ACGANDiscriminator, ConditionalDCGANGenerator, ProjectionDiscriminator
 from .cyclegan import PatchDiscriminator, ResnetBlock, ResnetGenerator, check_cyclegan_size
 from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_sizes
@@ -102,6 +103,28 @@ def build_networks(
     }
 
 
+
+def per_sample(module: nn.Module) -> bool:
+    """True when ``module(x)`` treats the samples of ``x`` independently and a forward changes no state, so one
+    forward of a concatenated batch equals separate forwards of its parts (the trainer then runs a critic on real and
+    fake images at once). Judged by an allow-list of layer types: anything else (batch norm, tracked instance norm,
+    dropout, spectral norm's power iteration, a hook) answers False."""
+    for layer in module.modules():
+        if layer._forward_hooks or layer._forward_pre_hooks or hasattr(layer, "parametrizations"):
+            return False
+        if isinstance(layer, fnn.InstanceNormAct2d) and not layer.track_running_stats:
+            continue
+        if type(layer) not in _PER_SAMPLE:
+            return False
+    return True
+
+
+_PER_SAMPLE = {  # layers (their own computation; children are judged apart) that mix no samples and keep no state
+    nn.Sequential, nn.ModuleList, nn.Identity, nn.Flatten, nn.Conv2d, nn.Linear, nn.Embedding, nn.LeakyReLU, nn.ReLU,
+    nn.Tanh, nn.Sigmoid, fnn.BiasAct, fnn.FusedConv2d, fnn.FusedLinear, fnn.FusedSequential,
+    DCGANDiscriminator, ProjectionDiscriminator, ACGANDiscriminator, MLPDiscriminator, PatchDiscriminator,
+}
+
 __all__ = [
     "CONDITIONAL",
     "MODELS",
@@ -122,4 +145,5 @@ __all__ = [
     "conv_block",
     "dcgan_init",
     "dcgan_sizes",
+    "per_sample",
 ]

@@ -28,9 +28,10 @@ running statistics (evaluation, where both norms are the same per-channel affine
   ``fastgan::conditional_norm_act*_triton``, the same kernels with the affine map read per (sample, channel): the
   forward reduces per channel as batch norm; the backward reduces per (sample, channel) group (dscale / dshift are
   the per-group sums of dz * xhat and dz), and dx takes their scale-weighted sums over the samples.
-- running statistics ``norm_act_update_stats(running_mean!, running_var!, mean, var, factor, count, batch)``: one
-  small kernel updates both buffers in place (``lerp`` towards the unbiased statistics, averaged over the samples
-  for instance norm), as PyTorch's batch norm kernel does; not differentiable.
+- running statistics ``norm_act_update_stats(running_mean!, running_var!, num_batches_tracked!?, mean, var,
+  momentum?, count, batch)``: one small kernel updates both buffers in place (``lerp`` towards the unbiased
+  statistics, averaged over the samples for instance norm), as PyTorch's batch norm kernel does, and advances the
+  step counter (momentum=None weighs by it on the device); not differentiable.
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ def check_norm(
 def _momentum_factor(
     op: str, training: bool, running_mean: torch.Tensor | None, momentum: float | None, nbt: torch.Tensor | None
 ) -> float:
-    """The running-average factor of this step, counting the step in ``num_batches_tracked`` (as nn.BatchNorm)."""
+    """The references' running-average factor of this step, counting the step in ``num_batches_tracked`` (as
+    nn.BatchNorm, which reads the counter on the host for momentum=None; the custom ops' kernel counts on the
+    device)."""
     if training and running_mean is not None and nbt is not None:
         nbt.add_(1)
         if momentum is None:
@@ -145,6 +148,17 @@ def _momentum_factor(
             )
         return 0.0
     return float(momentum)
+
+
+def _tracking(op: str, training: bool, running_mean: torch.Tensor | None, momentum: float | None,
+              nbt: torch.Tensor | None) -> bool:
+    """Whether a custom-op call updates the running statistics (its kernel then advances ``num_batches_tracked`` and,
+    for momentum=None, weighs by it on the device: no host read)."""
+    tracking = training and running_mean is not None
+    if tracking and momentum is None and nbt is None:
+        raise ValueError(f"{op}: momentum=None (cumulative moving average) needs num_batches_tracked= (the step "
+                         "counter)")
+    return tracking
 
 
 def check_conditional(
@@ -325,15 +339,15 @@ def batch_norm_act_custom(
     ``check_norm``. ``batch_stats``: x's own per-channel (mean, biased variance), already reduced by whoever wrote
     ``x`` (the convolution epilogue of fastgan/ops/conv_bn_act.py), so the op skips its statistics pass; the
     gradients are still those of batch statistics."""
-    factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
+    tracking = _tracking(_BN, training, running_mean, momentum, num_batches_tracked)
     if training:
         stats = batch_stats if batch_stats is not None else (None, None)
     else:
         stats = (running_mean, running_var)
     forward = custom_ops("norm_act", impl).norm_act
     y, mean, var = forward(x, weight, bias, *stats, training, False, float(eps), spec.index, alpha_)
-    if training and running_mean is not None and x.numel():
-        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
+    if tracking:
+        _update_running_stats(x, running_mean, running_var, num_batches_tracked, mean, var, momentum, 1, impl)
     return y
 
 
@@ -386,12 +400,12 @@ def conditional_batch_norm_act(
         )
     if x.shape[1] == 0:
         return spec.fn(x.clone(), alpha_)
-    factor = _momentum_factor(_CBN, training, running_mean, momentum, num_batches_tracked)
+    tracking = _tracking(_CBN, training, running_mean, momentum, num_batches_tracked)
     stats = (running_mean, running_var) if not training else batch_stats or (None, None)
     forward = custom_ops("conditional_norm_act", impl).conditional_norm_act
     y, mean, var = forward(x, scale, shift, *stats, training, float(eps), spec.index, alpha_)
-    if training and running_mean is not None and x.numel():
-        _update_running_stats(running_mean, running_var, mean, var, factor, x.numel() // x.shape[1], 1, impl)
+    if tracking:
+        _update_running_stats(x, running_mean, running_var, num_batches_tracked, mean, var, momentum, 1, impl)
     return y
 
 
@@ -431,19 +445,25 @@ def instance_norm_act(
     stats = (None, None) if use_input_stats else (running_mean, running_var)
     forward = custom_ops("norm_act", impl).norm_act
     y, mean, var = forward(x, weight, bias, *stats, use_input_stats, True, float(eps), spec.index, alpha_)
-    if use_input_stats and running_mean is not None and x.numel():
-        count = x.numel() // (x.shape[0] * x.shape[1])
-        _update_running_stats(running_mean, running_var, mean, var, float(momentum), count, x.shape[0], impl)
+    if use_input_stats and running_mean is not None:
+        _update_running_stats(x, running_mean, running_var, None, mean, var, float(momentum), x.shape[0], impl)
     return y
 
 
 def _update_running_stats(
-    running_mean, running_var, mean, var, factor: float, count: int, batch: int, impl: str
+    x, running_mean, running_var, num_batches_tracked, mean, var, momentum: float | None, batch: int, impl: str
 ) -> None:
-    """``running = (1 - factor) * running + factor * stat`` in place, with the unbiased variance (``count`` values per
-    group) and, for instance norm (``batch`` > 1), the batch average of the per-sample statistics (as
-    F.instance_norm): one kernel, ``fastgan::norm_act_update_stats`` (as PyTorch's own batch norm kernel does it)."""
-    custom_ops("norm_act", impl).norm_act_update_stats(running_mean, running_var, mean, var, factor, count, batch)
+    """``running = (1 - factor) * running + factor * stat`` in place, ``factor`` the momentum (or, for None, 1 / the
+    steps counted), with the unbiased variance of ``x``'s statistic groups and, for instance norm (``batch`` > 1),
+    the batch average of the per-sample statistics (as F.instance_norm), then ``num_batches_tracked`` + 1: one
+    kernel, ``fastgan::norm_act_update_stats``, where nn.BatchNorm launches two (its batch norm and the add)."""
+    if not x.numel():  # an empty batch changes no statistic but counts as a step (nn.BatchNorm)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return
+    count = x.numel() // (x.shape[1] * batch)
+    custom_ops("norm_act", impl).norm_act_update_stats(running_mean, running_var, num_batches_tracked, mean, var,
+                                                       None if momentum is None else float(momentum), count, batch)
 
 
 # --- custom-op plumbing shared by the native and Triton implementations ------------------------------------------

@@ -42,7 +42,7 @@ from .._io import atomic_writer
 from ..data import make_dataset, save_image_grid
 from ..losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from ..metrics.evaluate import QUALITY_FIELDS, QualityMonitor
-from ..models import build_networks
+from ..models import build_networks, per_sample
 from .batches import BatchStream
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import FAMILIES, RESUMABLE, TrainConfig, config_toml, resolve_device
@@ -136,6 +136,8 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
 
         sampled = self.nets["G_AB" if self.cyclegan else "G"]
+        # One critic forward of real and fake together where that changes nothing (``models.per_sample``).
+        self.joint_critic = all(per_sample(D) for D in self.discriminators)
         self.ema = EMA(sampled, config.ema_decay) if config.ema_decay > 0 else None
         self.noise = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.pools = [ImagePool(config.pool_size, config.seed + 2 + i) for i in range(2)] if self.cyclegan else []
@@ -147,6 +149,7 @@ class Trainer:
                 self.fixed_input = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
         else:
             self.fixed_input = torch.randn(config.num_samples, config.z_dim, generator=self.noise, device=self.device)
+        self._ones: dict[torch.dtype, torch.Tensor] = {}
         self.graphs: dict[tuple, GraphedStep] = {}  # cuda_graphs: one captured step per kind of step
         self._graph_pool = None
         # Conditional sample grids: the classes in turn, one per column of rows of len(classes) (fixed, not drawn).
@@ -245,6 +248,20 @@ class Trainer:
             return D(x)
         return D(x), None
 
+    def _critic_pair(self, D: nn.Module, real, real_labels, fake, fake_labels):
+        """``_critic`` of real and of fake images: one forward of both when the discriminators treat samples
+        independently (the WGAN(-GP) critics, CycleGAN's instance-normalised ones: no batch norm), the same numbers
+        in half the kernel launches. Not when R1 differentiates the real forward alone (the joint one would double
+        that backward's work)."""
+        if not self.joint_critic or real.requires_grad:
+            return self._critic(D, real, real_labels), self._critic(D, fake, fake_labels)
+        labels = None if real_labels is None else torch.cat((real_labels, fake_labels))
+        logits, classes = self._critic(D, torch.cat((real, fake)), labels)
+        # split, not two slices: its backward is one cat where two slices' make two zero-filled copies and an add
+        real_logits, fake_logits = logits.split(real.shape[0])
+        real_classes, fake_classes = (None, None) if classes is None else classes.split(real.shape[0])
+        return (real_logits, real_classes), (fake_logits, fake_classes)
+
     def _logits(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The real/fake logits alone (what the gradient penalty differentiates)."""
         return self._critic(D, x, labels)[0]
@@ -281,7 +298,10 @@ class Trainer:
         """Backward, gradients averaged over the processes, optimiser step for network group ``name`` through its
         GradScaler."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
-        scaler.scale(loss).backward()
+        loss = scaler.scale(loss)
+        if loss.dtype not in self._ones:  # the seed gradient, made once: backward() would fill a new 1 every step
+            self._ones[loss.dtype] = torch.ones((), dtype=loss.dtype, device=loss.device)
+        loss.backward(self._ones[loss.dtype])
         self.parallel.all_reduce_gradients(self.params[name])
         scaler.step(optimizer)
         scaler.update()
@@ -314,8 +334,8 @@ class Trainer:
             real = real.detach().requires_grad_(True)  # R1 differentiates the critic's loss forward on real
         scaler = self.scalers["D"] if self.scalers["D"].is_enabled() else None
         with self._autocast():
-            (real_logits, class_real), (fake_logits, class_fake) = (self._critic(D, real, real_labels),
-                                                                    self._critic(D, fake.detach(), fake_labels))
+            (real_logits, class_real), (fake_logits, class_fake) = self._critic_pair(D, real, real_labels,
+                                                                                     fake.detach(), fake_labels)
             loss_d = d_loss(real_logits, fake_logits, family.loss, impl=config.impl)
         losses = {"loss_d": loss_d}
         if class_real is not None:
@@ -391,10 +411,10 @@ class Trainer:
         pooled_b = parallel.local(self.pools[1].query(parallel.gather(fake_b.detach())))
         with self._autocast():
             # Halved, as in the paper's code: slows the discriminators relative to the generators.
-            loss_d = 0.5 * (
-                d_loss(D_A(real_a), D_A(pooled_a), kind, impl=impl)
-                + d_loss(D_B(real_b), D_B(pooled_b), kind, impl=impl)
-            )
+            (on_real_a, _), (on_fake_a, _) = self._critic_pair(D_A, real_a, None, pooled_a, None)
+            (on_real_b, _), (on_fake_b, _) = self._critic_pair(D_B, real_b, None, pooled_b, None)
+            loss_d = 0.5 * (d_loss(on_real_a, on_fake_a, kind, impl=impl) + d_loss(on_real_b, on_fake_b, kind,
+                                                                                    impl=impl))
         self._update("D", loss_d)
         losses["loss_d"] = loss_d
         return losses

@@ -138,7 +138,10 @@ def _norm_act_calls() -> Iterator[Callable[[], Any]]:
     for dtype, stats_dtype in itertools.product(DTYPES, MATH_DTYPES):
         rm, rv = _meta(8, dtype=dtype), _meta(8, dtype=dtype)
         mean, var = _meta(16, dtype=stats_dtype), _meta(16, dtype=stats_dtype)
-        yield lambda rm=rm, rv=rv, m=mean, v=var: k.norm_act_update_stats_triton(rm, rv, m, v, 0.1, 10, 2)
+        steps = _meta(dtype=torch.int64)  # no counter (instance norm), one advanced, one read by momentum=None
+        for counter, momentum in ((None, 0.1), (steps, 0.1), (steps, None)):
+            yield lambda rm=rm, rv=rv, s=counter, m=mean, v=var, mo=momentum: k.norm_act_update_stats_triton(
+                rm, rv, s, m, v, mo, 10, 2)
 
 
 def _loss_calls() -> Iterator[Callable[[], Any]]:

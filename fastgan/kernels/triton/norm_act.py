@@ -458,29 +458,37 @@ def _lerp_in_place(ptrs, stat, weight, mask, MATH: tl.constexpr):
 
 @triton.jit
 def _update_stats_kernel(
-    rm_ptr, rv_ptr, mean_ptr, var_ptr, C, batch, stride_m, stride_v, count, factor_hi, factor_mid, factor_lo,
-    MATH: tl.constexpr, BLOCK: tl.constexpr,
+    rm_ptr, rv_ptr, steps_ptr, mean_ptr, var_ptr, C, batch, stride_m, stride_v, count, factor_hi, factor_mid,
+    factor_lo, MATH: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr, CUMULATIVE: tl.constexpr,
 ):
-    # csrc/norm_act.h::update_running_channel for a block of channels: the unbiased variance per group (one fma per
-    # sample) and the batch average in the statistics dtype, then lerp(running, stat, factor) in MATH, rounded once
-    # to the buffer dtype.
-    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = c < C
+    # csrc/norm_act.h::update_running_channel over the channels in blocks (one program: it reads the step counter,
+    # then advances it): the unbiased variance per group (one fma per sample) and the batch average in the
+    # statistics dtype, then lerp(running, stat, factor) in MATH, rounded once to the buffer dtype.
     stat = mean_ptr.dtype.element_ty
     zero = tl.zeros([BLOCK], tl.float64)
     # Scalars built in float64 from exact parts: on a GPU, Triton passes Python floats as float32.
     ratio = ((zero + count) / (zero + count - 1)).to(stat)
-    weight = (zero + factor_hi + factor_mid + factor_lo).to(MATH)
-    m = tl.zeros([BLOCK], stat)
-    v = tl.zeros([BLOCK], stat)
-    for n in range(0, batch):
-        m += tl.load(mean_ptr + n * C + c, mask=mask, other=0.0)
-        v = tl.fma(tl.load(var_ptr + n * C + c, mask=mask, other=0.0), ratio, v)
-    if batch > 1:
-        m = _div_rn(m, (zero + batch).to(stat))
-        v = _div_rn(v, (zero + batch).to(stat))
-    _lerp_in_place(rm_ptr + c * stride_m, m, weight, mask, MATH)
-    _lerp_in_place(rv_ptr + c * stride_v, v, weight, mask, MATH)
+    if CUMULATIVE:  # momentum=None: 1 / steps, counting this step
+        weight = ((zero + 1.0) / (zero + (tl.load(steps_ptr) + 1).to(tl.float64))).to(MATH)
+    else:
+        weight = (zero + factor_hi + factor_mid + factor_lo).to(MATH)
+    for start in range(0, C, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        mask = c < C
+        m = tl.zeros([BLOCK], stat)
+        v = tl.zeros([BLOCK], stat)
+        for n in range(0, batch):
+            m += tl.load(mean_ptr + n * C + c, mask=mask, other=0.0)
+            v = tl.fma(tl.load(var_ptr + n * C + c, mask=mask, other=0.0), ratio, v)
+        if batch > 1:
+            m = _div_rn(m, (zero + batch).to(stat))
+            v = _div_rn(v, (zero + batch).to(stat))
+        _lerp_in_place(rm_ptr + c * stride_m, m, weight, mask, MATH)
+        _lerp_in_place(rv_ptr + c * stride_v, v, weight, mask, MATH)
+    if STEPS:
+        steps = tl.load(steps_ptr)
+        tl.debug_barrier()  # every warp has read the counter (CUMULATIVE) before it advances
+        tl.store(steps_ptr, steps + 1)
 
 
 def _float32_parts(value: float) -> tuple[float, float, float]:
@@ -493,13 +501,15 @@ def _float32_parts(value: float) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
-@triton_op("fastgan::norm_act_update_stats_triton", mutates_args=("running_mean", "running_var"))
+@triton_op("fastgan::norm_act_update_stats_triton",
+           mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def norm_act_update_stats_triton(
-    running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, factor: float,
-    count: int, batch: int,
+    running_mean: torch.Tensor, running_var: torch.Tensor, num_batches_tracked: torch.Tensor | None,
+    mean: torch.Tensor, var: torch.Tensor, momentum: float | None, count: int, batch: int,
 ) -> None:
     """In place: ``running = lerp(running, stat, factor)`` with the unbiased variance (``count`` values per group),
-    averaged over ``batch`` samples (csrc/norm_act.cpp::update_stats_cpu, the same checks)."""
+    averaged over ``batch`` samples, ``factor`` the momentum or, for None, 1 / steps; then ``num_batches_tracked``
+    (if given) advances by 1 (csrc/norm_act.cpp::update_stats_cpu, the same checks)."""
     op = "norm_act_update_stats"
     if running_mean.dim() != 1 or running_var.shape != running_mean.shape:
         raise ValueError(f"{op}: running_mean and running_var must be 1-D of the same length, got "
@@ -520,13 +530,21 @@ def norm_act_update_stats_triton(
     if mean.dtype not in (torch.float32, torch.float64) or var.dtype != mean.dtype:
         raise TypeError(f"{op}: mean and var must both be float32 or both float64 (the statistics norm_act returns), "
                         f"got {mean.dtype} and {var.dtype}")
-    if any(t.device != running_mean.device for t in (running_var, mean, var)):
+    steps = num_batches_tracked
+    if momentum is None and steps is None:
+        raise ValueError(f"{op}: momentum=None (cumulative moving average) needs num_batches_tracked (the step "
+                         "counter)")
+    if steps is not None and (steps.dim() != 0 or steps.dtype != torch.int64):
+        raise TypeError(f"{op}: num_batches_tracked must be a 0-dim int64 tensor (nn.BatchNorm's buffer), got "
+                        f"{steps.dtype} of shape {tuple(steps.shape)}")
+    if any(t.device != running_mean.device for t in (running_var, mean, var, *([steps] if steps is not None else []))):
         raise ValueError(f"{op}: all tensors must be on one device")
-    if channels:
-        block = 128
+    if channels or steps is not None:
         math = tl.float64 if running_mean.dtype == torch.float64 else tl.float32
         launch(
-            _update_stats_kernel, (triton.cdiv(channels, block),),
-            running_mean, running_var, mean.contiguous(), var.contiguous(), channels, batch, running_mean.stride(0),
-            running_var.stride(0), count, *_float32_parts(float(factor)), MATH=math, BLOCK=block,
+            _update_stats_kernel, (1,),
+            running_mean, running_var, steps if steps is not None else mean, mean.contiguous(), var.contiguous(),
+            channels, batch, running_mean.stride(0), running_var.stride(0), count,
+            *_float32_parts(float(momentum or 0.0)), MATH=math, BLOCK=128, STEPS=steps is not None,
+            CUMULATIVE=momentum is None,
         )
