@@ -83,6 +83,7 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def check(name: str, case: tuple, device: str) -> dict:
     """Graphed and eager trainers from one seed, CHECK_STEPS steps each: their states compared."""
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     runs = []
     for graphs in (False, True):
@@ -96,7 +97,7 @@ def check(name: str, case: tuple, device: str) -> dict:
         a, b = value.double(), graphed[key].double()
         identical &= torch.equal(a, b)
         worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags  # as the caller had them
     return {"type": "steps-check", "case": name, "steps": CHECK_STEPS, "bitwise": identical,
             "max_rel_diff": float(f"{worst:.3g}"), "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}
 

@@ -765,16 +765,14 @@ PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& 
     p.momentum = momentum.value_or(0.0);
     p.steps = has_steps ? steps->data_ptr<int64_t>() : nullptr;
     p.cumulative = !momentum.has_value();
+    p.buffers = kernel_dtype(running_mean.scalar_type());
     return r;
 }
 
-void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
-                      const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
-                      std::optional<double> momentum, int64_t count, int64_t batch) {
-    const PreparedUpdate r = prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch);
+void run_update_cpu(const PreparedUpdate& r, at::ScalarType buffers) {
     const bool stats_double = r.mean.scalar_type() == at::kDouble;
     const double factor = running_factor(r.p);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "norm_act_update_stats", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buffers, "norm_act_update_stats", [&] {
         using M = at::opmath_type<scalar_t>;
         at::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t c = begin; c < end; ++c) {
@@ -789,11 +787,47 @@ void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_
     if (r.p.steps != nullptr) *r.p.steps += 1;
 }
 
+void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
+                      const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
+                      std::optional<double> momentum, int64_t count, int64_t batch) {
+    run_update_cpu(prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch),
+                   running_mean.scalar_type());
+}
+
+// Batch norm in training with its running statistics (fastgan::norm_act_train): the forward's statistics, then the
+// buffers and the step counter, in one op (on CUDA in the forward's own launches).
+struct PreparedTraining {
+    Prepared forward;
+    PreparedUpdate update;
+};
+
+PreparedTraining prepare_training(const at::Tensor& x, const std::optional<at::Tensor>& w,
+                                  const std::optional<at::Tensor>& b, const at::Tensor& running_mean,
+                                  const at::Tensor& running_var, const std::optional<at::Tensor>& steps,
+                                  std::optional<double> momentum, double eps, int64_t act, double alpha) {
+    PreparedTraining r{prepare_forward("batch_norm_act", x, w, b, std::nullopt, std::nullopt, true, false, eps, act,
+                                       alpha), {}};
+    r.update = prepare_update(running_mean, running_var, steps, r.forward.mean, r.forward.var, momentum,
+                              r.forward.p.group_size, 1);
+    return r;
+}
+
+Triple train_forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                         const at::Tensor& running_mean, const at::Tensor& running_var,
+                         const std::optional<at::Tensor>& steps, std::optional<double> momentum, double eps,
+                         int64_t act, double alpha) {
+    PreparedTraining r = prepare_training(x, w, b, running_mean, running_var, steps, momentum, eps, act, alpha);
+    Triple out = run_forward_cpu(r.forward);
+    run_update_cpu(r.update, running_mean.scalar_type());
+    return out;
+}
+
 // --- CUDA: nvcc's launchers (norm_act_cuda.cu), or the same kernels through NVRTC in the same order and with the same
 // grids (launch.h) -------------------------------------------------------------------------------------------------
 
 // The NVRTC plan of norm_act_cuda.cu's forward: per-(group, chunk) partial moments, their merge, then y.
-void forward_nvrtc(const char* op, const Prepared& r, DType dtype, void* mean, void* var, at::Tensor& partials) {
+void forward_nvrtc(const char* op, const Prepared& r, DType dtype, void* mean, void* var, at::Tensor& partials,
+                   const UpdateStatsParams& running) {
     NormActParams p = r.p;
     const std::string T = cuda_type_name(dtype), M = cuda_math_type_name(dtype);
     const int64_t numel = p.N * p.C * p.L;
@@ -809,13 +843,14 @@ void forward_nvrtc(const char* op, const Prepared& r, DType dtype, void* mean, v
         }
         plan.push_back({"norm_act", kernel_name("stats_merge_kernel", {M}), thread_per_item_blocks(p.groups), kThreads,
                         {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks), kernel_arg(mean),
-                         kernel_arg(var)}});
+                         kernel_arg(var), kernel_arg(running)}});
         p.mean = mean;
         p.var = var;
     }
     if (numel > 0) {
+        int64_t* advance = running.running_mean != nullptr ? running.steps : nullptr;
         plan.push_back({"norm_act", kernel_name("apply_kernel", {T}), elementwise_blocks(numel), kThreads,
-                        {kernel_arg(p), kernel_arg(numel)}});
+                        {kernel_arg(p), kernel_arg(numel), kernel_arg(advance)}});
     }
     nvrtc_run(op, r.x.device(), plan);
 }
@@ -859,19 +894,19 @@ void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz
     nvrtc_run(op, r.x.device(), plan);
 }
 
-Triple run_forward_cuda(const char* op, const Prepared& r) {
+Triple run_forward_cuda(const char* op, const Prepared& r, const UpdateStatsParams& running = UpdateStatsParams{}) {
     at::Tensor partials;
     if (r.p.use_input_stats) {
         partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, r.x.options().dtype(r.math));
     }
     const DType dtype = kernel_dtype(r.x.scalar_type());
     if (use_nvrtc()) {
-        forward_nvrtc(op, r, dtype, r.mean.data_ptr(), r.var.data_ptr(), partials);
+        forward_nvrtc(op, r, dtype, r.mean.data_ptr(), r.var.data_ptr(), partials, running);
         return {r.out, r.mean, r.var};
     }
 #ifdef FASTGAN_WITH_CUDA
     check_launch(norm_act_cuda_forward(r.p, dtype, r.mean.data_ptr(), r.var.data_ptr(),
-                                       partials.defined() ? partials.data_ptr() : nullptr,
+                                       partials.defined() ? partials.data_ptr() : nullptr, running,
                                        at::cuda::getCurrentCUDAStream().stream()),
                  op);
 #endif
@@ -885,6 +920,15 @@ Triple forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, con
     const char* op = forward_name(instance);
     return run_forward_cuda(op, prepare_forward(op, x, w, b, running_mean, running_var, use_input_stats, instance,
                                                 eps, act, alpha));
+}
+
+Triple train_forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                          const at::Tensor& running_mean, const at::Tensor& running_var,
+                          const std::optional<at::Tensor>& steps, std::optional<double> momentum, double eps,
+                          int64_t act, double alpha) {
+    const c10::DeviceGuard guard(x.device());
+    const PreparedTraining r = prepare_training(x, w, b, running_mean, running_var, steps, momentum, eps, act, alpha);
+    return run_forward_cuda("batch_norm_act", r.forward, r.update.p);
 }
 
 Triple conditional_forward_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
@@ -960,6 +1004,10 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
     m.def("norm_act_backward(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
           "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+    // Batch norm's training forward that also updates running_mean/var and the step counter in place: one op where
+    // norm_act + norm_act_update_stats are two (its gradient: fastgan/ops/norm_act.py, through norm_act_backward).
+    m.def("norm_act_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
+          "Tensor(c!)? num_batches_tracked, float? momentum, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
     m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!)? num_batches_tracked, "
           "Tensor mean, Tensor var, float? momentum, int count, int batch) -> ()");
     // Conditional batch norm: per-channel statistics, a per-sample scale and shift [N, C] (the Triton ops' schemas).
@@ -973,6 +1021,7 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
     m.impl("norm_act", &forward_cpu);
     m.impl("norm_act_backward", &backward_cpu);
     m.impl("norm_act_update_stats", &update_stats_cpu);
+    m.impl("norm_act_train", &train_forward_cpu);
     m.impl("conditional_norm_act", &conditional_forward_cpu);
     m.impl("conditional_norm_act_backward", &conditional_backward_cpu);
 }
@@ -982,6 +1031,7 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
     m.impl("norm_act", &forward_cuda);
     m.impl("norm_act_backward", &backward_cuda);
     m.impl("norm_act_update_stats", &update_stats_cuda);
+    m.impl("norm_act_train", &train_forward_cuda);
     m.impl("conditional_norm_act", &conditional_forward_cuda);
     m.impl("conditional_norm_act_backward", &conditional_backward_cuda);
 }

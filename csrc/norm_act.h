@@ -202,6 +202,7 @@ struct UpdateStatsParams {
     double momentum;      // the running-average weight of this step, unless cumulative
     int64_t* steps;       // num_batches_tracked (0-dim int64), advanced by 1 after the update; nullptr: none
     bool cumulative;      // momentum=None: the weight is 1 / steps, counting this step (needs steps)
+    DType buffers;        // the buffers' dtype (a runtime value in the training forward's merge kernel)
 };
 
 // The weight of this step's statistics, read before the step counter advances (as nn.BatchNorm computes it after

@@ -12,7 +12,7 @@ namespace fastgan {
 namespace {
 
 template <typename T>
-int forward(NormActParams p, void* mean, void* var, void* partials, cudaStream_t stream) {
+int forward(NormActParams p, void* mean, void* var, void* partials, const UpdateStatsParams& u, cudaStream_t stream) {
     using M = typename MathType<T>::type;
     const int64_t numel = p.N * p.C * p.L;
     if (p.use_input_stats && p.groups > 0) {
@@ -25,11 +25,12 @@ int forward(NormActParams p, void* mean, void* var, void* partials, cudaStream_t
         }
         const unsigned merge_blocks = thread_per_item_blocks(p.groups);
         stats_merge_kernel<M><<<merge_blocks, kThreads, 0, stream>>>(p, static_cast<const M*>(partials), chunks,
-                                                                    static_cast<M*>(mean), static_cast<M*>(var));
+                                                                    static_cast<M*>(mean), static_cast<M*>(var), u);
         p.mean = mean;
         p.var = var;
     }
-    if (numel > 0) apply_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(p, numel);
+    int64_t* advance = u.running_mean != nullptr ? u.steps : nullptr;
+    if (numel > 0) apply_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(p, numel, advance);
     return static_cast<int>(cudaGetLastError());
 }
 
@@ -76,13 +77,14 @@ int update_stats(const UpdateStatsParams& p, bool stats_double, cudaStream_t str
 
 }  // namespace
 
-int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, void* partials, void* stream) {
+int norm_act_cuda_forward(NormActParams p, DType dtype, void* mean, void* var, void* partials,
+                          const UpdateStatsParams& running, void* stream) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     switch (dtype) {
-        case DType::Float16: return forward<__half>(p, mean, var, partials, s);
-        case DType::BFloat16: return forward<__nv_bfloat16>(p, mean, var, partials, s);
-        case DType::Float64: return forward<double>(p, mean, var, partials, s);
-        default: return forward<float>(p, mean, var, partials, s);
+        case DType::Float16: return forward<__half>(p, mean, var, partials, running, s);
+        case DType::BFloat16: return forward<__nv_bfloat16>(p, mean, var, partials, running, s);
+        case DType::Float64: return forward<double>(p, mean, var, partials, running, s);
+        default: return forward<float>(p, mean, var, partials, running, s);
     }
 }
 

@@ -66,8 +66,24 @@ __global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type
 }
 
 // One thread per group: Chan's merge of the chunks, in chunk order, in double.
+// Channel c's running statistics from its statistics just merged, the buffers' dtype chosen at run time (they need
+// not be x's: float32 buffers under autocast).
+template <typename S>
+__device__ void update_running_any(const UpdateStatsParams& u, int64_t c, double factor) {
+    switch (u.buffers) {
+        case DType::Float16: update_running_channel<__half, S, float>(u, c, factor); break;
+        case DType::BFloat16: update_running_channel<__nv_bfloat16, S, float>(u, c, factor); break;
+        case DType::Float64: update_running_channel<double, S, double>(u, c, factor); break;
+        default: update_running_channel<float, S, float>(u, c, factor);
+    }
+}
+
+// Per group, its chunks' moments merged in order into (mean, biased variance); with u.running_mean (the training
+// forward, fastgan::norm_act_train) also the running statistics of that channel, so the update costs no launch.
+// The step counter is only read here (momentum=None): apply_kernel, launched next, advances it.
 template <typename M>
-__global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* mean, M* var) {
+__global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* mean, M* var,
+                                   UpdateStatsParams u) {
     const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (g >= p.groups) return;
     Moments<double> m;
@@ -77,10 +93,13 @@ __global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t c
     }
     mean[g] = static_cast<M>(m.mean);
     var[g] = static_cast<M>(m.count > 0 ? m.m2 / m.count : 0.0);
+    if (u.running_mean != nullptr) update_running_any<M>(u, g, running_factor(u));
 }
 
+// y = act(norm(x)); with `advance` (the training forward's step counter) its first thread counts the step, after
+// stats_merge_kernel has read it.
 template <typename T>
-__global__ void apply_kernel(NormActParams p, int64_t numel) {
+__global__ void apply_kernel(NormActParams p, int64_t numel, int64_t* advance) {
     using M = typename MathType<T>::type;
     const T* x = static_cast<const T*>(p.x);
     T* y = static_cast<T*>(p.out);
@@ -91,6 +110,7 @@ __global__ void apply_kernel(NormActParams p, int64_t numel) {
     const M alpha = static_cast<M>(p.alpha), eps = static_cast<M>(p.eps);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (advance != nullptr && i == 0) *advance += 1;
     if (i >= numel) return;
     RadixWalker at = element_walker(p, i, stride);  // each value's channel and sample without a division
     for (; i < numel; i += stride, at.advance()) {

@@ -88,7 +88,8 @@ def test_bad_input_names_the_op(impl):
 def test_opcheck_of_the_normalization_it_runs(impl):
     """The norm_act ops without affine parameters and with a linear activation (batch_norm_act's conditional-free
     core): batch statistics from x or given (the conv epilogue's), and running statistics in evaluation."""
-    forward, backward, _ = custom_ops("norm_act", impl)
+    ops = custom_ops("norm_act", impl)
+    forward, backward = ops.norm_act, ops.norm_act_backward
     x = torch.randn(3, 4, 5, 2, generator=torch.Generator().manual_seed(0))
     mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
     linear = ACTIVATIONS["linear"].index

@@ -638,3 +638,38 @@ def test_trainer_cuda_graphs_train_as_the_eager_trainer_does(changes, tmp_path):
     for (name, p), q in zip(eager.nets["G"].named_parameters(), graphed.nets["G"].parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"G.{name}: {m}")
     assert torch.equal(eager.noise.get_state(), graphed.noise.get_state())  # the same random numbers were drawn
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_training_batch_norm_updates_its_buffers_within_its_forward(impl, momentum, dtype):
+    """fastgan::norm_act_train on the GPU (native: the statistics merge updates the buffers, the normalization kernel
+    counts the step; momentum=None reads the counter there): output, float32 buffers and step counter as
+    nn.BatchNorm2d's over several steps, for a float32 and a float16 input (autocast's mix), and captured in a CUDA
+    graph, whose replays keep counting."""
+    require(impl, "cuda")
+    from torch import nn
+
+    from fastgan.nn import BatchNormAct2d
+
+    reference = nn.BatchNorm2d(6, momentum=momentum).cuda()
+    ours = BatchNormAct2d(6, momentum=momentum, impl=impl).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output in float16: a few of its ulps
+    for _ in range(3):
+        x = (torch.randn(4, 6, 5, 7, generator=gen, device="cuda") * 2 + 1).to(dtype)
+        torch.testing.assert_close(ours(x).float(), reference(x).float(), rtol=tolerance, atol=tolerance)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(getattr(ours, name), buffer, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    x = torch.randn(4, 6, 5, 7, generator=gen, device="cuda").to(dtype)
+    ours(x)  # warm-up outside the capture
+    reference(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ours(x)
+    for _ in range(2):  # the capture ran nothing: each replay is one step
+        graph.replay()
+        reference(x)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(getattr(ours, name), buffer, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -87,11 +87,15 @@ def test_instance_norm_module_matches_torch_over_steps(impl, device, affine, tra
 
 
 def _functional(kind: str, training: bool, act: str, impl: str):
-    """(x, w, b) -> y for gradcheck, with running statistics as constants in evaluation mode."""
+    """(x, w, b) -> y for gradcheck, with running statistics as constants in evaluation mode; "tracked" batch norm
+    updates running statistics and a step counter (fresh ones each call) in training (fastgan::norm_act_train)."""
     def fn(x, w, b):
         c = x.shape[1]
         rm = torch.linspace(-0.5, 0.5, c, dtype=x.dtype)
         rv = torch.linspace(0.5, 2.0, c, dtype=x.dtype)
+        if kind == "tracked":
+            return batch_norm_act(x, w, b, rm, rv, training, None, 1e-5, act, impl=impl,
+                                  num_batches_tracked=torch.tensor(2))
         stats = (None, None) if training else (rm, rv)
         if kind == "batch":
             return batch_norm_act(x, w, b, *stats, training, 0.1, 1e-5, act, impl=impl)
@@ -103,7 +107,7 @@ def _functional(kind: str, training: bool, act: str, impl: str):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "kind,training,act", [("batch", True, "tanh"), ("batch", False, "lrelu"), ("instance", True, "lrelu"),
-                          ("instance", False, "tanh")]
+                          ("instance", False, "tanh"), ("tracked", True, "tanh")]
 )
 def test_gradcheck_and_gradgradcheck(impl, kind, training, act):
     require(impl, "cpu")
@@ -344,7 +348,8 @@ def test_bad_input_names_the_op(impl):
 @pytest.mark.parametrize("impl", ["native", "triton"])
 def test_opcheck(impl):
     require(impl, "cpu")
-    forward, backward, _ = custom_ops("norm_act", impl)
+    ops = custom_ops("norm_act", impl)
+    forward, backward = ops.norm_act, ops.norm_act_backward
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 5, generator=gen)
     cl = x.contiguous(memory_format=torch.channels_last)
@@ -409,7 +414,7 @@ def test_one_full_size_write_each_way(impl):
             module(x).sum().backward()
         counts[name] = mode.ops
     suffix = _SUFFIX[impl]
-    assert [op.split(".")[-1] for op in counts["ours"]] == [f"norm_act{suffix}", f"norm_act_backward{suffix}"]
+    assert [op.split(".")[-1] for op in counts["ours"]] == [f"norm_act_train{suffix}", f"norm_act_backward{suffix}"]
     assert len(counts["eager"]) >= 4, counts["eager"]
 
 
@@ -658,13 +663,15 @@ class _Ops(TorchDispatchMode):
 
 @pytest.mark.parametrize("impl", KERNELS)
 def test_training_forward_is_one_op_plus_one_update(impl):
-    """A training step's forward dispatches the norm op and one statistics update, which also advances the step
-    counter (nn.BatchNorm2d dispatches its own add_ for that)."""
+    """Batch norm's training forward dispatches one op, which also updates the running statistics and advances the
+    step counter (nn.BatchNorm2d dispatches its batch norm and an add_); instance norm, its norm op and one
+    statistics update."""
     require(impl, "cpu")
     suffix = _SUFFIX[impl]
     x = torch.randn(2, 3, 4, 4)
     for module, expected in [
-        (BatchNormAct2d(3, impl=impl), [f"norm_act{suffix}", f"norm_act_update_stats{suffix}"]),
+        (BatchNormAct2d(3, impl=impl), [f"norm_act_train{suffix}"]),
+        (BatchNormAct2d(3, momentum=None, impl=impl), [f"norm_act_train{suffix}"]),
         (InstanceNormAct2d(3, track_running_stats=True, impl=impl), [f"norm_act{suffix}",
                                                                        f"norm_act_update_stats{suffix}"]),
     ]:
@@ -685,6 +692,47 @@ def test_torch_compile_training_step_native():
         x = torch.randn(3, 4, 5, 5)
         torch.testing.assert_close(compiled(x), reference(x), msg=lambda m, s=step: f"step {s}: {m}")
     _assert_buffers_close(dict(ours.named_buffers()), dict(reference[0].named_buffers()), torch.float32)
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("buffers", ["float32", "input"])
+def test_training_op_is_the_forward_then_the_update(impl, dtype, layout, buffers):
+    """fastgan::norm_act_train gives norm_act's output and statistics bit for bit, and the buffers and step counter
+    norm_act_update_stats gives them, for momentum and momentum=None (on CUDA the update runs in the forward's
+    statistics merge, the same formula)."""
+    require(impl, "cpu")
+    ops = custom_ops("norm_act", impl)
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, 5, 4, 3, generator=gen) * 2 + 1).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(5, generator=gen, dtype=_math(dtype)) + 0.5, torch.randn(5, generator=gen, dtype=_math(dtype))
+    buffer_dtype = torch.float32 if buffers == "float32" else dtype
+    for momentum in (0.1, None):
+        start = torch.randn(2, 5, generator=gen).to(buffer_dtype)
+        running, steps = start.clone(), torch.tensor(4)
+        y, mean, var = ops.norm_act_train(x, w, b, running[0], running[1], steps, momentum, 1e-5, 3, 0.2)
+        y_ref, mean_ref, var_ref = ops.norm_act(x, w, b, None, None, True, False, 1e-5, 3, 0.2)
+        expected, expected_steps = start.clone(), torch.tensor(4)
+        ops.norm_act_update_stats(expected[0], expected[1], expected_steps, mean_ref, var_ref, momentum, 36, 1)
+        for ours, theirs in [(y, y_ref), (mean, mean_ref), (var, var_ref), (running, expected)]:
+            assert torch.equal(ours, theirs)
+        assert y.stride() == y_ref.stride() and steps.item() == expected_steps.item() == 5
+
+
+@pytest.mark.parametrize("impl", ["native", "triton"])
+def test_training_op_opcheck(impl):
+    """Schema (its mutations declared), fake and, on native, the compiled path; its gradient is
+    _TrainingBatchNormAct's (gradcheck / gradgradcheck above, kind "tracked")."""
+    require(impl, "cpu")
+    train = custom_ops("norm_act", impl).norm_act_train
+    checks = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if impl == "native" else ())
+    x = torch.randn(3, 4, 2, 5, generator=torch.Generator().manual_seed(0))
+    for steps, momentum in [(None, 0.1), (torch.tensor(3), None)]:
+        args = (x, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.ones(4), steps, momentum, 1e-5, 3, 0.2)
+        torch.library.opcheck(train, args, test_utils=checks)
 
 
 @pytest.mark.parametrize("impl", ["native", "triton"])

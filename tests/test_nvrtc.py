@@ -323,9 +323,18 @@ def test_cuda_kernels_hand_nvrtc_plans_of_listed_kernels(recorded_plans):
     plan = recorded_plans.pop()
     assert [(s[1], s[2], [len(a) for a in s[4]][1:]) for s in plan] == [
         ("fastgan::stats_partial_kernel<float>", 3 * 3, [8, 8]),
-        ("fastgan::stats_merge_kernel<float>", 1, [8, 8, 8, 8]),
-        ("fastgan::apply_kernel<float>", _blocks(y.numel()), [8]),
+        ("fastgan::stats_merge_kernel<float>", 1, [8, 8, 8, 8, 96]),  # UpdateStatsParams: no running statistics
+        ("fastgan::apply_kernel<float>", _blocks(y.numel()), [8, 8]),  # no step counter
     ]
+    assert struct.unpack("P", plan[1][4][5][:8]) == (0,) and struct.unpack("P", plan[2][4][2]) == (0,)
+    # The training op: the same three launches; the merge also updates the buffers (UpdateStatsParams, running_mean
+    # first), the apply kernel counts the step.
+    running_mean, running_var, steps = torch.zeros(3), torch.ones(3), torch.tensor(5)
+    _cuda_kernel(ops.norm_act_train.default, y, None, None, running_mean, running_var, steps, None, 1e-5, 1, 0.2)
+    train_plan = recorded_plans.pop()
+    assert [(s[1], s[2]) for s in train_plan] == [(s[1], s[2]) for s in plan]
+    assert struct.unpack("P", train_plan[1][4][5][:8]) == (running_mean.data_ptr(),)
+    assert struct.unpack("P", train_plan[2][4][2]) == (steps.data_ptr(),)
     mean, var = torch.zeros(12), torch.ones(12)  # instance statistics: one per (sample, channel)
     _cuda_kernel(ops.norm_act_backward.default, y.double(), y.double(), None, None, mean, var, True, True, 1e-5, 0, 0.2)
     assert [s[1] for s in recorded_plans.pop()] == [
@@ -384,6 +393,8 @@ def test_the_plans_use_exactly_the_listed_kernels(recorded_plans):
         for stats in (torch.float32, torch.float64):
             _cuda_kernel(ops.norm_act_update_stats.default, torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype),
                          None, mean.to(stats), var.to(stats), 0.1, 15, 1)
+        _cuda_kernel(ops.norm_act_train.default, zd, None, None, torch.zeros(4), torch.ones(4), torch.tensor(1), None,
+                     1e-5, 0, 0.0)
         _, grad_a, grad_b = _cuda_kernel(ops.gan_loss.default, torch.randn(70_000, dtype=dtype), zd, 0, 1)
         _cuda_kernel(ops.gan_loss_backward.default, torch.ones((), dtype=dtype), grad_a, grad_b)
         _, norms = _cuda_kernel(ops.grad_norm_penalty.default, zd, 10.0, 1.0, 1.0)

@@ -65,4 +65,3 @@ def dcgan_init(module: nn.Module) -> None:
                 param.normal_(1.0, 0.02)
             elif leaf.endswith("bias"):
                 param.zero_()
-

@@ -340,6 +340,10 @@ def batch_norm_act_custom(
     ``x`` (the convolution epilogue of fastgan/ops/conv_bn_act.py), so the op skips its statistics pass; the
     gradients are still those of batch statistics."""
     tracking = _tracking(_BN, training, running_mean, momentum, num_batches_tracked)
+    if tracking and batch_stats is None and x.numel():
+        return _TrainingBatchNormAct.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                           None if momentum is None else float(momentum), float(eps), spec.index,
+                                           alpha_, impl)
     if training:
         stats = batch_stats if batch_stats is not None else (None, None)
     else:
@@ -509,7 +513,31 @@ def _second_order(dy, x, w, b, mean, var, args, gdx, gdw, gdb):
     return vjp2(tuple(cotangent(g, o) for g, o in zip((gdx, gdw, gdb), outs)))
 
 
-def _register(forward, backward, update_stats) -> None:
+class _TrainingBatchNormAct(torch.autograd.Function):
+    """Batch norm's training forward with its running statistics: one op, ``norm_act_train``, that also updates the
+    buffers and the step counter in place (on CUDA inside the forward's own launches), where ``norm_act`` and
+    ``norm_act_update_stats`` are two. torch.library registers autograd formulas for functional ops only, so this
+    op's gradient is this Function's: the registered, twice-differentiable ``norm_act_backward``, as for
+    ``norm_act``."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, running_mean, running_var, steps, momentum, eps, act, alpha, impl):
+        train = custom_ops("norm_act", impl).norm_act_train
+        y, mean, var = train(x, w, b, running_mean, running_var, steps, momentum, eps, act, alpha)
+        ctx.save_for_backward(x, w, b, mean, var)
+        ctx.args, ctx.impl = (True, False, eps, act, alpha), impl
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, b, mean, var = ctx.saved_tensors
+        dx, dw, db = custom_ops("norm_act", ctx.impl).norm_act_backward(dy, x, w, b, mean, var, *ctx.args)
+        needs = ctx.needs_input_grad
+        return (dx if needs[0] else None, dw.to(w.dtype) if w is not None and needs[1] else None,
+                db.to(b.dtype) if b is not None and needs[2] else None, *(None,) * 8)
+
+
+def _register(forward, backward, update_stats, train) -> None:
     """Fake implementations and autograd formulas for one implementation's ops (the statistics update mutates its
     buffers in place, returns nothing and is not differentiable)."""
 
@@ -562,6 +590,7 @@ def _register(forward, backward, update_stats) -> None:
     torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
     torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
     torch.library.register_fake(update_stats, lambda *args: None)
+    torch.library.register_fake(train, lambda x, w, b, *args: fake_forward(x, w, b, None, None, True, False, 0, 0, 0))
 
 
 def _norm_layout(x: torch.Tensor) -> torch.Tensor:
@@ -571,7 +600,8 @@ def _norm_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats"), "norm_act", _register)
+declare_custom_ops("norm_act", ("norm_act", "norm_act_backward", "norm_act_update_stats", "norm_act_train"), "norm_act",
+                   _register)
 
 
 # --- conditional batch norm's custom ops: per-sample scale and shift ---------------------------------------------

@@ -54,6 +54,7 @@ class GraphedStep:
         self.graph = None
         self._static_args: list = []
         self._outputs = None
+        self._side = None  # the warm-up stream, made once
 
     def __call__(self, *args):
         devices = {a.device for a in args if isinstance(a, torch.Tensor)} | {g.device for g in self.generators}
@@ -69,7 +70,9 @@ class GraphedStep:
 
     def _eager_on_side_stream(self, args):
         # Warm-up on a side stream, as PyTorch's notes ask: lazy initialisation then never lands on the capture stream.
-        side = torch.cuda.Stream()
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        side = self._side
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             outputs = self.fn(*args)

@@ -510,6 +510,13 @@ def norm_act_update_stats_triton(
     """In place: ``running = lerp(running, stat, factor)`` with the unbiased variance (``count`` values per group),
     averaged over ``batch`` samples, ``factor`` the momentum or, for None, 1 / steps; then ``num_batches_tracked``
     (if given) advances by 1 (csrc/norm_act.cpp::update_stats_cpu, the same checks)."""
+    _check_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, count, batch)
+    if running_mean.shape[0] or num_batches_tracked is not None:
+        _launch_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, count, batch)
+
+
+def _check_update(running_mean, running_var, steps, mean, var, momentum, count: int, batch: int) -> None:
+    """csrc/norm_act.cpp::prepare_update's checks, naming the op."""
     op = "norm_act_update_stats"
     if running_mean.dim() != 1 or running_var.shape != running_mean.shape:
         raise ValueError(f"{op}: running_mean and running_var must be 1-D of the same length, got "
@@ -530,7 +537,6 @@ def norm_act_update_stats_triton(
     if mean.dtype not in (torch.float32, torch.float64) or var.dtype != mean.dtype:
         raise TypeError(f"{op}: mean and var must both be float32 or both float64 (the statistics norm_act returns), "
                         f"got {mean.dtype} and {var.dtype}")
-    steps = num_batches_tracked
     if momentum is None and steps is None:
         raise ValueError(f"{op}: momentum=None (cumulative moving average) needs num_batches_tracked (the step "
                          "counter)")
@@ -539,12 +545,30 @@ def norm_act_update_stats_triton(
                         f"{steps.dtype} of shape {tuple(steps.shape)}")
     if any(t.device != running_mean.device for t in (running_var, mean, var, *([steps] if steps is not None else []))):
         raise ValueError(f"{op}: all tensors must be on one device")
-    if channels or steps is not None:
-        math = tl.float64 if running_mean.dtype == torch.float64 else tl.float32
-        launch(
-            _update_stats_kernel, (1,),
-            running_mean, running_var, steps if steps is not None else mean, mean.contiguous(), var.contiguous(),
-            channels, batch, running_mean.stride(0), running_var.stride(0), count,
-            *_float32_parts(float(momentum or 0.0)), MATH=math, BLOCK=128, STEPS=steps is not None,
-            CUMULATIVE=momentum is None,
-        )
+
+
+def _launch_update(running_mean, running_var, steps, mean, var, momentum, count: int, batch: int) -> None:
+    math = tl.float64 if running_mean.dtype == torch.float64 else tl.float32
+    launch(
+        _update_stats_kernel, (1,),
+        running_mean, running_var, steps if steps is not None else mean, mean.contiguous(), var.contiguous(),
+        running_mean.shape[0], batch, running_mean.stride(0), running_var.stride(0), count,
+        *_float32_parts(float(momentum or 0.0)), MATH=math, BLOCK=128, STEPS=steps is not None,
+        CUMULATIVE=momentum is None,
+    )
+
+
+@triton_op("fastgan::norm_act_train_triton", mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def norm_act_train_triton(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor,
+    running_var: torch.Tensor, num_batches_tracked: torch.Tensor | None, momentum: float | None, eps: float, act: int,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm's training forward with its running statistics and step counter updated in place (as
+    csrc/norm_act.cpp::train_forward_cpu): the forward's launches, then the update kernel's."""
+    v = _View(x, True, False)
+    mean, var = v.merge(False, v.partials(False, v.x, v.x, None, None, v.x, v.x, eps, act, alpha))
+    _check_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, v.group_size, 1)
+    y = v.elementwise(False, None, weight, bias, mean, var, None, eps, act, alpha)
+    _launch_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, v.group_size, 1)
+    return y, mean, var
