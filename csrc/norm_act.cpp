@@ -807,6 +807,8 @@ PreparedTraining prepare_training(const at::Tensor& x, const std::optional<at::T
                                   std::optional<double> momentum, double eps, int64_t act, double alpha) {
     PreparedTraining r{prepare_forward("batch_norm_act", x, w, b, std::nullopt, std::nullopt, true, false, eps, act,
                                        alpha), {}};
+    TORCH_CHECK(running_mean.dim() == 1 && running_mean.size(0) == r.forward.p.C, "norm_act_train: running_mean "
+                "must be 1-D with one value per channel (", r.forward.p.C, "), got ", running_mean.sizes());
     r.update = prepare_update(running_mean, running_var, steps, r.forward.mean, r.forward.var, momentum,
                               r.forward.p.group_size, 1);
     return r;

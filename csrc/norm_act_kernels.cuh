@@ -65,7 +65,6 @@ __global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type
     }
 }
 
-// One thread per group: Chan's merge of the chunks, in chunk order, in double.
 // Channel c's running statistics from its statistics just merged, the buffers' dtype chosen at run time (they need
 // not be x's: float32 buffers under autocast).
 template <typename S>
@@ -78,9 +77,10 @@ __device__ void update_running_any(const UpdateStatsParams& u, int64_t c, double
     }
 }
 
-// Per group, its chunks' moments merged in order into (mean, biased variance); with u.running_mean (the training
-// forward, fastgan::norm_act_train) also the running statistics of that channel, so the update costs no launch.
-// The step counter is only read here (momentum=None): apply_kernel, launched next, advances it.
+// One thread per group: Chan's merge of the chunks, in chunk order, in double, into (mean, biased variance); with
+// u.running_mean (the training forward, fastgan::norm_act_train) also that channel's running statistics, so the
+// update costs no launch. The step counter is only read here (momentum=None): apply_kernel, launched next, advances
+// it.
 template <typename M>
 __global__ void stats_merge_kernel(NormActParams p, const M* partials, int64_t chunks, M* mean, M* var,
                                    UpdateStatsParams u) {

@@ -660,8 +660,7 @@ def test_training_batch_norm_updates_its_buffers_within_its_forward(impl, moment
     for _ in range(3):
         x = (torch.randn(4, 6, 5, 7, generator=gen, device="cuda") * 2 + 1).to(dtype)
         torch.testing.assert_close(ours(x).float(), reference(x).float(), rtol=tolerance, atol=tolerance)
-    for name, buffer in reference.named_buffers():
-        torch.testing.assert_close(getattr(ours, name), buffer, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    _assert_buffers_match(ours, reference)
     x = torch.randn(4, 6, 5, 7, generator=gen, device="cuda").to(dtype)
     ours(x)  # warm-up outside the capture
     reference(x)
@@ -671,5 +670,33 @@ def test_training_batch_norm_updates_its_buffers_within_its_forward(impl, moment
     for _ in range(2):  # the capture ran nothing: each replay is one step
         graph.replay()
         reference(x)
+    _assert_buffers_match(ours, reference)
+
+
+def _assert_buffers_match(ours, reference):
     for name, buffer in reference.named_buffers():
         torch.testing.assert_close(getattr(ours, name), buffer, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("buffers", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_training_op_on_cuda_is_the_forward_then_the_update(impl, buffers):
+    """On the GPU, where native updates the buffers inside the statistics merge (the buffers' dtype switched at run
+    time): fastgan::norm_act_train bit for bit as norm_act then norm_act_update_stats, for every buffer dtype, with a
+    float16 input (float64 with float64 buffers), momentum and momentum=None."""
+    require(impl, "cuda")
+    ops = custom_ops("norm_act", impl)
+    dtype = torch.float64 if buffers == torch.float64 else torch.float16
+    math = torch.float64 if dtype == torch.float64 else torch.float32
+    x = (_rand((3, 5, 9, 7), torch.float32, "cuda", 11) * 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = _rand((5,), math, "cuda", 12) + 1, _rand((5,), math, "cuda", 13)
+    for momentum in (0.1, None):
+        start = _rand((2, 5), torch.float32, "cuda", 14).to(buffers)
+        running, steps = start.clone(), torch.tensor(4, device="cuda")
+        y, mean, var = ops.norm_act_train(x, w, b, running[0], running[1], steps, momentum, 1e-5, 3, 0.2)
+        y_ref, mean_ref, var_ref = ops.norm_act(x, w, b, None, None, True, False, 1e-5, 3, 0.2)
+        expected, expected_steps = start.clone(), torch.tensor(4, device="cuda")
+        ops.norm_act_update_stats(expected[0], expected[1], expected_steps, mean_ref, var_ref, momentum, 189, 1)
+        for ours, theirs in [(y, y_ref), (mean, mean_ref), (var, var_ref), (running, expected)]:
+            assert torch.equal(ours, theirs), momentum
+        assert steps.item() == expected_steps.item() == 5

@@ -733,6 +733,11 @@ def test_training_op_opcheck(impl):
     for steps, momentum in [(None, 0.1), (torch.tensor(3), None)]:
         args = (x, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.ones(4), steps, momentum, 1e-5, 3, 0.2)
         torch.library.opcheck(train, args, test_utils=checks)
+    running_mean, running_var = torch.zeros(5), torch.ones(5)
+    with pytest.raises((RuntimeError, ValueError), match="norm_act_train: running_mean must be 1-D with one value per "
+                                                         "channel \\(4\\)"):
+        train(x, None, None, running_mean, running_var, None, 0.1, 1e-5, 3, 0.2)
+    assert torch.equal(running_mean, torch.zeros(5))  # rejected before any write
 
 
 @pytest.mark.parametrize("impl", ["native", "triton"])

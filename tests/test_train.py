@@ -414,15 +414,15 @@ def test_graphed_step_refuses_the_cpu_and_a_bad_warmup():
         graphed_step(lambda x: x, warmup=0)
 
 
-@pytest.mark.parametrize("conditional", [None, "projection", "acgan"])
-def test_a_critic_without_batch_norm_sees_real_and_fake_in_one_forward(conditional, tmp_path, unpaired_root):
+@pytest.mark.parametrize("options", [{}, dict(conditional="projection"), dict(conditional="acgan"),
+                                     dict(channels_last=True)], ids=["plain", "projection", "acgan", "channels-last"])
+def test_a_critic_without_batch_norm_sees_real_and_fake_in_one_forward(options, tmp_path, unpaired_root):
     """WGAN-GP's critic (no batch norm) runs once on real and fake together: the same training as two forwards (to
     float32 round-off: a convolution over another batch size may sum in another order) with one critic forward
     fewer per step; a discriminator with batch norm keeps its two forwards."""
     runs = []
     for joint in (False, True):
-        trainer = Trainer(config_for("wgan-gp", tmp_path / str(joint), unpaired_root, conditional=conditional),
-                          verbose=False)
+        trainer = Trainer(config_for("wgan-gp", tmp_path / str(joint), unpaired_root, **options), verbose=False)
         assert trainer.joint_critic
         trainer.joint_critic = joint
         batches = []
@@ -436,6 +436,24 @@ def test_a_critic_without_batch_norm_sees_real_and_fake_in_one_forward(condition
     for name, value in runs[0].items():
         torch.testing.assert_close(runs[1][name], value, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
     assert not Trainer(config_for("dcgan", tmp_path / "dcgan", unpaired_root), verbose=False).joint_critic
+
+
+def test_cyclegan_discriminators_see_real_and_pooled_fakes_in_one_forward(tmp_path, unpaired_root):
+    """CycleGAN's PatchGANs (instance norm, per sample) run once on real and pooled fake images: the same
+    discriminator loss and gradients as two forwards each. (Compared after one step, gradients not weights: the
+    bias of a conv before an instance norm has a zero gradient, whose round-off Adam scales to a full step.)"""
+    runs = []
+    for joint in (False, True):
+        trainer = Trainer(config_for("cyclegan", tmp_path / str(joint), unpaired_root), verbose=False)
+        assert trainer.joint_critic
+        trainer.joint_critic = joint
+        losses = trainer.train_step()
+        grads = {f"{role}.{name}": p.grad for role in ("D_A", "D_B")
+                 for name, p in trainer.nets[role].named_parameters()}
+        runs.append((losses["loss_d"], grads))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-5, atol=1e-7)
+    for name, grad in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_the_launch_budget_counts_kernel_ops_and_fastgan_launches_fewer():

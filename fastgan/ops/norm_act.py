@@ -530,11 +530,17 @@ class _TrainingBatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, w, b, mean, var = ctx.saved_tensors
-        dx, dw, db = custom_ops("norm_act", ctx.impl).norm_act_backward(dy, x, w, b, mean, var, *ctx.args)
-        needs = ctx.needs_input_grad
-        return (dx if needs[0] else None, dw.to(w.dtype) if w is not None and needs[1] else None,
-                db.to(b.dtype) if b is not None and needs[2] else None, *(None,) * 8)
+        return (*_norm_grads(custom_ops("norm_act", ctx.impl).norm_act_backward, ctx, dy), *(None,) * 8)
+
+
+def _norm_grads(backward, ctx, dy) -> tuple:
+    """(dx, dw, db) from the forward's saved (x, w, b, mean, var) through the ``backward`` op, each only where
+    needed, in its input's dtype."""
+    x, w, b, mean, var = ctx.saved_tensors
+    dx, dw, db = backward(dy, x, w, b, mean, var, *ctx.args)
+    needs = ctx.needs_input_grad
+    return (dx if needs[0] else None, dw.to(w.dtype) if w is not None and needs[1] else None,
+            db.to(b.dtype) if b is not None and needs[2] else None)
 
 
 def _register(forward, backward, update_stats, train) -> None:
@@ -560,14 +566,7 @@ def _register(forward, backward, update_stats, train) -> None:
     def grad_forward(ctx, dy, _dmean, _dvar):
         if dy is None:  # grads are not materialized: nothing flows back
             return (None,) * 10
-        x, w, b, mean, var = ctx.saved_tensors
-        dx, dw, db = backward(dy, x, w, b, mean, var, *ctx.args)
-        return (
-            dx if ctx.needs_input_grad[0] else None,
-            dw.to(w.dtype) if w is not None and ctx.needs_input_grad[1] else None,
-            db.to(b.dtype) if b is not None and ctx.needs_input_grad[2] else None,
-            None, None, None, None, None, None, None,
-        )
+        return (*_norm_grads(backward, ctx, dy), *(None,) * 7)
 
     def setup_backward(ctx, inputs, output):
         dy, x, w, b, mean, var, *ctx.args = inputs

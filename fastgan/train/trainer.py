@@ -256,10 +256,12 @@ class Trainer:
         if not self.joint_critic or real.requires_grad:
             return self._critic(D, real, real_labels), self._critic(D, fake, fake_labels)
         labels = None if real_labels is None else torch.cat((real_labels, fake_labels))
-        logits, classes = self._critic(D, torch.cat((real, fake)), labels)
+        # In fake's dtype: under autocast the first layer casts real to it anyway (cat would promote fake instead).
+        logits, classes = self._critic(D, torch.cat((real.to(fake.dtype), fake)), labels)
         # split, not two slices: its backward is one cat where two slices' make two zero-filled copies and an add
-        real_logits, fake_logits = logits.split(real.shape[0])
-        real_classes, fake_classes = (None, None) if classes is None else classes.split(real.shape[0])
+        sizes = [real.shape[0], fake.shape[0]]
+        real_logits, fake_logits = logits.split(sizes)
+        real_classes, fake_classes = (None, None) if classes is None else classes.split(sizes)
         return (real_logits, real_classes), (fake_logits, fake_classes)
 
     def _logits(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -299,7 +301,8 @@ class Trainer:
         GradScaler."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
         loss = scaler.scale(loss)
-        if loss.dtype not in self._ones:  # the seed gradient, made once: backward() would fill a new 1 every step
+        # The seed gradient, made once (backward() would fill a new 1 every step); autograd never writes into it.
+        if loss.dtype not in self._ones:
             self._ones[loss.dtype] = torch.ones((), dtype=loss.dtype, device=loss.device)
         loss.backward(self._ones[loss.dtype])
         self.parallel.all_reduce_gradients(self.params[name])

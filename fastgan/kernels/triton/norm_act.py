@@ -567,8 +567,12 @@ def norm_act_train_triton(
     """Batch norm's training forward with its running statistics and step counter updated in place (as
     csrc/norm_act.cpp::train_forward_cpu): the forward's launches, then the update kernel's."""
     v = _View(x, True, False)
+    if running_mean.dim() != 1 or running_mean.shape[0] != v.C:
+        raise ValueError(f"norm_act_train: running_mean must be 1-D with one value per channel ({v.C}), got "
+                         f"{tuple(running_mean.shape)}")
+    stats = x.new_empty(v.C, dtype=v.math)  # what the statistics will be: every check before any launch
+    _check_update(running_mean, running_var, num_batches_tracked, stats, stats, momentum, v.group_size, 1)
     mean, var = v.merge(False, v.partials(False, v.x, v.x, None, None, v.x, v.x, eps, act, alpha))
-    _check_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, v.group_size, 1)
     y = v.elementwise(False, None, weight, bias, mean, var, None, eps, act, alpha)
     _launch_update(running_mean, running_var, num_batches_tracked, mean, var, momentum, v.group_size, 1)
     return y, mean, var
