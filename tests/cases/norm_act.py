@@ -40,8 +40,9 @@ def _split(affine: bool, running: bool, t):
     return x, w, b, rm, rv
 
 
-def _batch(act: str, shapes, alpha=None, training=True, affine=True, impls=IMPLS) -> OpCase:
-    running = not training
+def _batch(act: str, shapes, alpha=None, training=True, affine=True, impls=IMPLS, buffers=False) -> OpCase:
+    """``buffers``: training with running statistics, which the op updates in place (fastgan::norm_act_train)."""
+    running = buffers or not training
 
     def fn(*t, impl):
         x, w, b, rm, rv = _split(affine, running, t)
@@ -52,7 +53,8 @@ def _batch(act: str, shapes, alpha=None, training=True, affine=True, impls=IMPLS
         return batch_norm_act_ref(x, w, b, rm, rv, training, 0.1, 1e-5, act, alpha)
 
     return OpCase(
-        name=f"batch_norm_act[{act},{'train' if training else 'eval'}{',affine' if affine else ''}]",
+        name=f"batch_norm_act[{act},{'train' if training else 'eval'}{'+buffers' if buffers and training else ''}"
+             f"{',affine' if affine else ''}]",
         fn=fn, ref=ref, make_inputs=_inputs(affine, running), shapes=shapes,
         num_grad_inputs=3 if affine else 1, impls=impls,
     )
@@ -85,6 +87,7 @@ CASES = [
     _batch("relu", BATCH),
     _batch("lrelu", [(4, 8, 5, 7), (6, 5)], alpha=0.2, affine=False),
     _batch("tanh", [(2, 16, 8, 8)]),
+    _batch("lrelu", BATCH, alpha=0.2, buffers=True),
     _batch("relu", [(4, 8, 5, 7), (0, 4, 3, 3)], training=False),
     _batch("elu", [(2, 16, 8, 8)], alpha=0.7, training=False, affine=False),
     _instance("relu", INSTANCE),
@@ -95,6 +98,7 @@ CASES = [
 CASES += [
     _batch("relu", [(4, 8, 5, 7)], impls=TRITON),
     _batch("tanh", [(2, 16, 8, 8)], impls=TRITON),
+    _batch("lrelu", [(4, 8, 5, 7)], alpha=0.2, buffers=True, impls=TRITON),
     _batch("elu", [(2, 16, 8, 8)], alpha=0.7, training=False, affine=False, impls=TRITON),
     _instance("silu", [(1, 8, 5, 7)], affine=True, impls=TRITON),
     _instance("relu", [(2, 8, 5, 7)], use_input_stats=False, affine=True, impls=TRITON),
