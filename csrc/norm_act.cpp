@@ -710,6 +710,7 @@ Triple conditional_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const
 // The running-statistics update: checks naming the op, the statistics in their dtype (float32/float64, contiguous).
 struct PreparedUpdate {
     at::Tensor mean, var;
+    at::ScalarType buffers;
     UpdateStatsParams p;
 };
 
@@ -766,13 +767,14 @@ PreparedUpdate prepare_update(const at::Tensor& running_mean, const at::Tensor& 
     p.steps = has_steps ? steps->data_ptr<int64_t>() : nullptr;
     p.cumulative = !momentum.has_value();
     p.buffers = kernel_dtype(running_mean.scalar_type());
+    r.buffers = running_mean.scalar_type();
     return r;
 }
 
-void run_update_cpu(const PreparedUpdate& r, at::ScalarType buffers) {
+void run_update_cpu(const PreparedUpdate& r) {
     const bool stats_double = r.mean.scalar_type() == at::kDouble;
     const double factor = running_factor(r.p);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buffers, "norm_act_update_stats", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.buffers, "norm_act_update_stats", [&] {
         using M = at::opmath_type<scalar_t>;
         at::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t c = begin; c < end; ++c) {
@@ -790,8 +792,7 @@ void run_update_cpu(const PreparedUpdate& r, at::ScalarType buffers) {
 void update_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
                       const std::optional<at::Tensor>& steps, const at::Tensor& mean, const at::Tensor& var,
                       std::optional<double> momentum, int64_t count, int64_t batch) {
-    run_update_cpu(prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch),
-                   running_mean.scalar_type());
+    run_update_cpu(prepare_update(running_mean, running_var, steps, mean, var, momentum, count, batch));
 }
 
 // Batch norm in training with its running statistics (fastgan::norm_act_train): the forward's statistics, then the
@@ -820,7 +821,7 @@ Triple train_forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w
                          int64_t act, double alpha) {
     PreparedTraining r = prepare_training(x, w, b, running_mean, running_var, steps, momentum, eps, act, alpha);
     Triple out = run_forward_cpu(r.forward);
-    run_update_cpu(r.update, running_mean.scalar_type());
+    run_update_cpu(r.update);
     return out;
 }
 

@@ -103,7 +103,6 @@ def build_networks(
     }
 
 
-
 def per_sample(module: nn.Module) -> bool:
     """True when ``module(x)`` treats the samples of ``x`` independently and a forward changes no state, so one
     forward of a concatenated batch equals separate forwards of its parts (the trainer then runs a critic on real and

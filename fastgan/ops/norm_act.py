@@ -137,17 +137,11 @@ def _momentum_factor(
     """The references' running-average factor of this step, counting the step in ``num_batches_tracked`` (as
     nn.BatchNorm, which reads the counter on the host for momentum=None; the custom ops' kernel counts on the
     device)."""
-    if training and running_mean is not None and nbt is not None:
+    if _tracking(op, training, running_mean, momentum, nbt) and nbt is not None:
         nbt.add_(1)
         if momentum is None:
             return 1.0 / float(nbt)
-    if momentum is None:
-        if training and running_mean is not None:
-            raise ValueError(
-                f"{op}: momentum=None (cumulative moving average) needs num_batches_tracked= (the step counter)"
-            )
-        return 0.0
-    return float(momentum)
+    return 0.0 if momentum is None else float(momentum)
 
 
 def _tracking(op: str, training: bool, running_mean: torch.Tensor | None, momentum: float | None,

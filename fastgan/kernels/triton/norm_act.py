@@ -468,8 +468,10 @@ def _update_stats_kernel(
     zero = tl.zeros([BLOCK], tl.float64)
     # Scalars built in float64 from exact parts: on a GPU, Triton passes Python floats as float32.
     ratio = ((zero + count) / (zero + count - 1)).to(stat)
+    if STEPS:
+        steps = tl.load(steps_ptr)
     if CUMULATIVE:  # momentum=None: 1 / steps, counting this step
-        weight = ((zero + 1.0) / (zero + (tl.load(steps_ptr) + 1).to(tl.float64))).to(MATH)
+        weight = ((zero + 1.0) / (zero + (steps + 1).to(tl.float64))).to(MATH)
     else:
         weight = (zero + factor_hi + factor_mid + factor_lo).to(MATH)
     for start in range(0, C, BLOCK):
@@ -486,7 +488,6 @@ def _update_stats_kernel(
         _lerp_in_place(rm_ptr + c * stride_m, m, weight, mask, MATH)
         _lerp_in_place(rv_ptr + c * stride_v, v, weight, mask, MATH)
     if STEPS:
-        steps = tl.load(steps_ptr)
         tl.debug_barrier()  # every warp has read the counter (CUMULATIVE) before it advances
         tl.store(steps_ptr, steps + 1)
 
