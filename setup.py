@@ -14,6 +14,7 @@ PyTorch extensions need the installed torch, so install with build isolation off
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -79,14 +80,22 @@ def _extension():
     # -fno-trapping-math lets the compiler turn the activations' selects (z > 0 ? z : z * alpha) into branch-free
     # vector code: with trapping math on, GCC keeps a branch per element (a multiply it must not run speculatively),
     # which made the C++ bias_act 5x slower than PyTorch's leaky_relu on random data. Results are unchanged (no
-    # reassociation; only floating-point exception flags may differ).
-    cxx_flags = ["-O3"] if os.name == "nt" else ["-O3", "-fno-trapping-math"]
+    # reassociation; only floating-point exception flags may differ). -ffp-contract=off: the CPU kernels' AVX2 and
+    # AVX-512 copies (csrc/cpu_vec.h) compute the baseline's bits, no a * b + c fused where the baseline rounds twice.
+    cxx_flags = ["-O3"] if os.name == "nt" else ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    # at::parallel_for is inline (a `#pragma omp parallel` in ATen/ParallelOpenMP.h): without -fopenmp the
+    # extension's CPU kernels run on one thread whatever torch.set_num_threads says. The OpenMP runtime is the one
+    # PyTorch has loaded (torch/lib/libgomp.so.1, the same soname).
+    link_flags = []
+    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     with_cuda = (
         os.environ.get("FASTGAN_CUDA", "1") != "0" and torch.version.cuda is not None and CUDA_HOME is not None
     )
     if not with_cuda:
         return CppExtension("fastgan._C", cpp_sources, include_dirs=[os.path.join(HERE, "csrc")],
-                            extra_compile_args={"cxx": cxx_flags})
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     nvcc_flags = ["-O3", "-lineinfo"]
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         nvcc_flags += DEFAULT_CUDA_ARCHS
@@ -98,6 +107,7 @@ def _extension():
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=[("FASTGAN_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 

@@ -7,7 +7,7 @@ losses' textbook formulas), ``native`` (``impl="native"``) and ``auto`` (what ``
 Shapes: DCGAN-28 and DCGAN-64 activations at batch 64, a CycleGAN-256 activation at batch 1; contiguous and
 channels_last; float32 and bfloat16. Results and the machine are in the README (CPU benchmarks). The full matrix
 runs with ``FASTGAN_CPU_BENCH=full`` (CI's smoke run keeps one float32 shape per op and the plain/auto step on a
-batch of 8):
+batch of 8); ``FASTGAN_BENCH_ROUNDS`` sets the timed rounds (the README's table: 25, 2 threads):
 
     FASTGAN_CPU_BENCH=full python -m pytest benchmarks/bench_cpu.py --benchmark-group-by=group \
         --benchmark-columns=median,iqr

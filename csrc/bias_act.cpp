@@ -143,7 +143,7 @@ void cpu_kernel(const BiasActParams& p) {
     const int64_t blocks_per_run = (run + kCpuBlock - 1) / kCpuBlock;
     const int64_t items = runs * blocks_per_run;
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / kCpuBlock);
-    at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+    cpu::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
         M xbuf[kCpuBlock], dbuf[kCpuBlock], gbuf[kCpuBlock], obuf[kCpuBlock];
         for (int64_t item = i0; item < i1; ++item) {
             const int64_t r = item / blocks_per_run, j0 = (item % blocks_per_run) * kCpuBlock;  // per block

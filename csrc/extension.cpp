@@ -2,9 +2,12 @@
 // files); the module itself reports how it was built and connects the NVRTC path (nvrtc_launch.h) to Python.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 #include <string>
 
+#include "cpu_vec.h"
 #include "nvrtc_launch.h"
 
 namespace py = pybind11;
@@ -51,4 +54,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("_set_nvrtc_requested", &fastgan::set_nvrtc_requested,
           "Send CUDA tensors to the NVRTC kernels even where nvcc's are built in (FASTGAN_NATIVE=nvrtc).");
     m.def("_uses_nvrtc", &fastgan::use_nvrtc, "Whether CUDA tensors take the NVRTC path now.");
+    m.def("cpu_isa", [] { return std::string(fastgan::cpu::isa_name(fastgan::cpu::current_isa())); },
+          "The instruction set the CPU kernels run with: 'avx512', 'avx2' or 'baseline' (PyTorch's own choice).");
+    m.def("_limit_cpu_isa", [](const std::string& name) {
+        using fastgan::cpu::Isa;
+        const Isa isa = name == "avx512" ? Isa::kAvx512 : name == "avx2" ? Isa::kAvx2 : Isa::kBaseline;
+        if (name != fastgan::cpu::isa_name(isa)) {
+            throw std::invalid_argument("_limit_cpu_isa: expected 'avx512', 'avx2' or 'baseline', got '" + name + "'");
+        }
+        fastgan::cpu::limit_isa(isa);
+    }, "Cap the CPU kernels' instruction set (tests run every copy).");
+    m.def("_parallel_width", [] {
+        std::vector<int> ran(at::get_num_threads(), 0);
+        fastgan::cpu::parallel_for(0, at::get_num_threads(), 1, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) ran[at::get_thread_num()] = 1;
+        });
+        return std::count(ran.begin(), ran.end(), 1);
+    }, "How many threads ran the tasks of cpu::parallel_for over one task per thread (a build check: without "
+       "OpenMP at compile time the extension's parallel loops run on one).");
 }

@@ -10,6 +10,7 @@
 
 #include <c10/core/DeviceGuard.h>
 
+#include "cpu_vec.h"
 #include "glue.h"
 #include "launch.h"
 #include "losses.h"
@@ -173,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cpu(const at::Tensor& go, c
         auto scale = [&](const void* src, void* dst, int64_t n) {
             const M* g = static_cast<const M*>(src);
             scalar_t* out = static_cast<scalar_t*>(dst);
-            at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
+            cpu::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
                 for (int64_t i = begin; i < end; ++i) out[i] = static_cast<scalar_t>(go_v * g[i]);
             });
         };
@@ -224,7 +225,7 @@ at::Tensor interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const
         const scalar_t* y = static_cast<const scalar_t*>(p.fake);
         scalar_t* out = static_cast<scalar_t*>(p.out);
         const M* eps = static_cast<const M*>(p.eps);
-        at::parallel_for(0, p.batch * p.per_sample, 1 << 15, [&](int64_t begin, int64_t end) {
+        cpu::parallel_for(0, p.batch * p.per_sample, 1 << 15, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
                 const M e = eps[i / p.per_sample];
                 out[i] = static_cast<scalar_t>(interpolate_value<M>(e, static_cast<M>(x[i]), static_cast<M>(y[i])));
@@ -280,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor> penalty_cpu(const at::Tensor& g, double weigh
         using M = at::opmath_type<scalar_t>;
         const scalar_t* gp = static_cast<const scalar_t*>(p.g);
         M* norms = static_cast<M*>(p.norms);
-        at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+        cpu::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s) {
                 double sq = 0;  // double partial sums: the norm does not depend on the sample size
                 for (int64_t j = s * p.per_sample; j < (s + 1) * p.per_sample; ++j) {
@@ -308,7 +309,7 @@ at::Tensor penalty_backward_cpu(const at::Tensor& go, const at::Tensor& g, const
         const M* n = static_cast<const M*>(p.norms);
         const M go_v = static_cast<M>(*static_cast<const scalar_t*>(p.go));
         scalar_t* out = static_cast<scalar_t*>(p.out);
-        at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+        cpu::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s) {
                 const M coef = penalty_coef<M>(n[s], go_v, M(p.weight), M(p.center), M(p.scale), p.batch);
                 for (int64_t j = s * p.per_sample; j < (s + 1) * p.per_sample; ++j) {

@@ -2,7 +2,7 @@
 // fastgan.ops.batch_norm_act / instance_norm_act. The math is in norm_act.h (and bias_act.h for the activation),
 // shared with the CUDA kernels in norm_act.cu.
 //
-// CPU kernels: parallel (at::parallel_for) over planes or rows, vectorised, shifted sums of a fixed task split merged
+// CPU kernels: parallel (cpu::parallel_for) over planes or rows, vectorised, shifted sums of a fixed task split merged
 // in a fixed order, so results do not depend on the number of threads (deterministic by construction); see below.
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -132,13 +132,15 @@ void use_running_stats(const char* op, Prepared& r, const std::optional<at::Tens
 // --- CPU kernels ----------------------------------------------------------------------------------------------
 //
 // Two layouts, each walked so an element's channel comes from the loop, never from dividing its index:
-// - planes (contiguous NCHW, or C == 1): plane q = n * C + c holds L contiguous values of channel c = q % C (one
-//   division per plane); its group is q (instance) or c (batch).
+// - planes (contiguous NCHW, or C == 1): plane q = n * C + c holds L contiguous values of channel c (n and c
+//   stepped along the loops, not divided out per plane); its group is q (instance) or c (batch).
 // - rows (channels_last): row r = n * L + l holds C contiguous values, value j of channel j.
-// Reductions are split into tasks of a fixed geometry (one plane; or up to kRowsPerTask rows of one sample), each
-// summing its values (kCpuLanes accumulators for a plane, one per channel for rows) into per-task partial sums in
-// double (the statistics: in double throughout; the backward's sums: in the math type, folded into double every
-// kCpuFold values of a plane and per task of rows); the partials of a group are then added in task order. The split
+// Reductions are split into tasks of a fixed geometry (planes: a group's planes, i.e. one plane for instance
+// statistics, a channel's N planes for batch statistics; rows: up to kRowsPerTask rows of one sample), each summing
+// its values (kCpuLanes accumulators for planes, one per channel for rows) into per-task partial sums in double (the
+// statistics: in double throughout; the backward's sums: in the math type, folded into double every kCpuFold values
+// of planes and per task of rows); the partials of a group are then added in task order. (One task per batch-norm
+// channel rather than per plane: a DCGAN's 4x4 and 7x7 planes are too short to pay for a task's set-up each.) The split
 // depends on the shape only, so the results are the same bits for any number of threads. The inner loops are
 // functions of __restrict pointers, so the compiler vectorises them without run-time alias checks; the activation
 // is a template constant.
@@ -147,15 +149,20 @@ constexpr int64_t kRowsPerTask = 64;
 
 struct CpuGeometry {
     bool rows;         // channels_last rows, else planes
-    int64_t tasks;     // reduction tasks
+    int64_t tasks;     // reduction tasks; planes: task q is group q
+    int64_t planes;    // planes path: planes per task (1, or N for batch statistics)
     int64_t per_n;     // rows path: tasks per sample
+
+    // planes path: plane k of task q (NCHW index n * C + c)
+    int64_t plane(const NormActParams& p, int64_t q, int64_t k) const { return p.instance ? q : k * p.C + q; }
 };
 
 CpuGeometry cpu_geometry(const NormActParams& p) {
     CpuGeometry geo{};
     geo.rows = p.sL != 1;  // channels_last with C > 1 (with C == 1 both layouts are the same planes)
     geo.per_n = geo.rows ? (p.L + kRowsPerTask - 1) / kRowsPerTask : 0;
-    geo.tasks = geo.rows ? p.N * geo.per_n : p.N * p.C;
+    geo.planes = geo.rows ? 0 : (p.instance ? 1 : p.N);
+    geo.tasks = geo.rows ? p.N * geo.per_n : p.groups;
     return geo;
 }
 
@@ -164,12 +171,9 @@ void merge_partials(const NormActParams& p, const CpuGeometry& geo, const std::v
                     const std::vector<double>& part2, std::vector<double>& s1, std::vector<double>& s2) {
     s1.assign(p.groups, 0.0);
     s2.assign(p.groups, 0.0);
-    if (!geo.rows) {
-        for (int64_t q = 0; q < geo.tasks; ++q) {
-            const int64_t g = p.instance ? q : q % p.C;  // per plane
-            s1[g] += part1[q];
-            s2[g] += part2[q];
-        }
+    if (!geo.rows) {  // a task per group
+        s1 = part1;
+        s2 = part2;
         return;
     }
     for (int64_t t = 0; t < geo.tasks; ++t) {
@@ -311,28 +315,31 @@ GroupParams<M> group_params(const NormActParams& p, const M* mean, const M* var)
     return gp;
 }
 
-// Sums over one plane of L values, in blocks: fill(j0, n, a, b) writes the block's n values of a and b, which are
-// summed (a and a * b) in the math type and folded into double every kCpuFold values.
+// Sums over `planes` planes of L values, in blocks: fill(k, j0, n, a, b) writes the n values of a and b from j0 on
+// in plane k, which are summed (a and a * b) in lanes of the math type, folded into double every kCpuFold values.
 template <typename M, typename Fill>
-void plane_sums(int64_t L, Fill&& fill, double& sum_a, double& sum_ab) {
+void plane_sums(int64_t planes, int64_t L, Fill&& fill, double& sum_a, double& sum_ab) {
     M abuf[cpu::kCpuBlock], bbuf[cpu::kCpuBlock];
+    M lanes_a[cpu::kCpuLanes] = {}, lanes_ab[cpu::kCpuLanes] = {};
     double s = 0.0, sp = 0.0;
-    M fs = M(0), fsp = M(0);
     int64_t since_fold = 0;
-    for (int64_t j0 = 0; j0 < L; j0 += cpu::kCpuBlock) {
-        const int64_t n = std::min(cpu::kCpuBlock, L - j0);
-        fill(j0, n, abuf, bbuf);
-        cpu::sum_and_dot<M>(abuf, bbuf, n, fs, fsp);
-        since_fold += n;
-        if (since_fold >= cpu::kCpuFold) {
-            s += fs;
-            sp += fsp;
-            fs = fsp = M(0);
-            since_fold = 0;
+    for (int64_t k = 0; k < planes; ++k) {
+        for (int64_t j0 = 0; j0 < L; j0 += cpu::kCpuBlock) {
+            const int64_t n = std::min(cpu::kCpuBlock, L - j0);
+            fill(k, j0, n, abuf, bbuf);
+            cpu::add_lanes<M>(abuf, bbuf, n, lanes_a, lanes_ab);
+            since_fold += n;
+            if (since_fold >= cpu::kCpuFold) {
+                cpu::fold_lanes(lanes_a, s);
+                cpu::fold_lanes(lanes_ab, sp);
+                since_fold = 0;
+            }
         }
     }
-    sum_a = s + fs;
-    sum_ab = sp + fsp;
+    cpu::fold_lanes(lanes_a, s);
+    cpu::fold_lanes(lanes_ab, sp);
+    sum_a = s;
+    sum_ab = sp;
 }
 
 // Runs plane_body(offset, n, group, affine index) over blocks of every plane, or row_body(offset, group base, affine
@@ -341,20 +348,30 @@ void plane_sums(int64_t L, Fill&& fill, double& sum_a, double& sum_ab) {
 template <typename M, typename PlaneBody, typename RowBody>
 void for_each_run(const NormActParams& p, const CpuGeometry& geo, PlaneBody&& plane_body, RowBody&& row_body) {
     constexpr int64_t kValuesPerTask = int64_t(1) << 14;
+    if (p.N * p.C * p.L == 0) return;  // nothing to visit, and L may be 0 (no grain to divide by)
     if (!geo.rows) {
         const int64_t blocks = (p.L + cpu::kCpuBlock - 1) / cpu::kCpuBlock;
         const int64_t grain = std::max<int64_t>(1, kValuesPerTask / std::min(p.L, cpu::kCpuBlock));
-        at::parallel_for(0, p.N * p.C * blocks, grain, [&](int64_t i0, int64_t i1) {
+        cpu::parallel_for(0, p.N * p.C * blocks, grain, [&](int64_t i0, int64_t i1) {
+            int64_t q = i0 / blocks, j = i0 - q * blocks;  // per task: plane q = n * C + c, block j; then stepped
+            int64_t n = q / p.C, c = q - n * p.C;
             for (int64_t item = i0; item < i1; ++item) {
-                const int64_t q = item / blocks, j0 = (item - q * blocks) * cpu::kCpuBlock;  // per block
-                const int64_t c = q % p.C;
+                const int64_t j0 = j * cpu::kCpuBlock;
                 plane_body(q * p.L + j0, std::min(cpu::kCpuBlock, p.L - j0), p.instance ? q : c,
-                           affine_index(p, q / p.C, c));
+                           affine_index(p, n, c));
+                if (++j == blocks) {
+                    j = 0;
+                    ++q;
+                    if (++c == p.C) {
+                        c = 0;
+                        ++n;
+                    }
+                }
             }
         });
     } else {
         const int64_t grain = std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(p.C, 1));
-        at::parallel_for(0, p.N * p.L, grain, [&](int64_t r0, int64_t r1) {
+        cpu::parallel_for(0, p.N * p.L, grain, [&](int64_t r0, int64_t r1) {
             std::vector<M> scratch(3 * p.C);
             for (int64_t r = r0; r < r1; ++r) {
                 const int64_t n = r / p.L;  // per row
@@ -389,15 +406,17 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
         if (!geo.rows) {
             part1.resize(geo.tasks);
             part2.resize(geo.tasks);
-            at::parallel_for(0, geo.tasks, 1, [&](int64_t q0, int64_t q1) {
+            cpu::parallel_for(0, geo.tasks, 1, [&](int64_t q0, int64_t q1) {
                 M xbuf[cpu::kCpuBlock];
                 for (int64_t q = q0; q < q1; ++q) {
-                    const double s = shift[p.instance ? q : q % p.C];  // per plane
-                    const scalar_t* xq = x + q * p.L;
+                    const double s = shift[q];  // per group
                     double s1[cpu::kCpuLanes] = {}, s2[cpu::kCpuLanes] = {};
-                    for (int64_t j0 = 0; j0 < p.L; j0 += cpu::kCpuBlock) {
-                        const int64_t n = std::min(cpu::kCpuBlock, p.L - j0);
-                        shifted_plane_sums<M>(cpu::as_math<scalar_t, M>(xq + j0, n, xbuf), n, s, s1, s2);
+                    for (int64_t k = 0; k < geo.planes; ++k) {
+                        const scalar_t* xq = x + geo.plane(p, q, k) * p.L;
+                        for (int64_t j0 = 0; j0 < p.L; j0 += cpu::kCpuBlock) {
+                            const int64_t n = std::min(cpu::kCpuBlock, p.L - j0);
+                            shifted_plane_sums<M>(cpu::as_math<scalar_t, M>(xq + j0, n, xbuf), n, s, s1, s2);
+                        }
                     }
                     double a = 0.0, b = 0.0;
                     for (int64_t j = 0; j < cpu::kCpuLanes; ++j) {
@@ -411,7 +430,7 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
         } else {
             part1.resize(geo.tasks * p.C);
             part2.resize(geo.tasks * p.C);
-            at::parallel_for(0, geo.tasks, 1, [&](int64_t t0, int64_t t1) {
+            cpu::parallel_for(0, geo.tasks, 1, [&](int64_t t0, int64_t t1) {
                 std::vector<M> row(p.C);
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t n = t / geo.per_n, l0 = (t - n * geo.per_n) * kRowsPerTask;  // per task
@@ -467,16 +486,16 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
     if (p.group_size > 0 && !geo.rows) {
         part1.resize(geo.tasks);
         part2.resize(geo.tasks);
-        at::parallel_for(0, geo.tasks, 1, [&](int64_t q0, int64_t q1) {
+        cpu::parallel_for(0, geo.tasks, 1, [&](int64_t q0, int64_t q1) {
             M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
-            for (int64_t q = q0; q < q1; ++q) {
-                const int64_t c = q % p.C, g = p.instance ? q : c, a = affine_index(p, q / p.C, c);  // per plane
-                const int64_t base = q * p.L;
-                plane_sums<M>(p.L, [&](int64_t j0, int64_t n, M* dz, M* xhat) {
-                    const int64_t i = base + j0;
+            for (int64_t q = q0; q < q1; ++q) {  // group q
+                const int64_t qn = p.instance ? q / p.C : 0, qc = p.instance ? q - qn * p.C : q;  // per group
+                plane_sums<M>(geo.planes, p.L, [&](int64_t k, int64_t j0, int64_t n, M* dz, M* xhat) {
+                    const int64_t s = p.instance ? qn : k;  // plane k's sample
+                    const int64_t a = affine_index(p, s, qc), i = (s * p.C + qc) * p.L + j0;
                     M* os = eval ? cpu::out_math<scalar_t, M>(dx + i, obuf) : nullptr;
                     grads_plane<A, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf),
-                                      cpu::as_math<scalar_t, M>(dy + i, n, dbuf), n, gp.mean[g], gp.invstd[g],
+                                      cpu::as_math<scalar_t, M>(dy + i, n, dbuf), n, gp.mean[q], gp.invstd[q],
                                       gp.w[a], gp.b[a], alpha, dz, xhat, os);
                     if (eval) cpu::store_math<scalar_t, M>(obuf, n, dx + i);
                 }, part1[q], part2[q]);
@@ -485,7 +504,7 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
     } else if (p.group_size > 0) {
         part1.resize(geo.tasks * p.C);
         part2.resize(geo.tasks * p.C);
-        at::parallel_for(0, geo.tasks, 1, [&](int64_t t0, int64_t t1) {
+        cpu::parallel_for(0, geo.tasks, 1, [&](int64_t t0, int64_t t1) {
             std::vector<M> scratch(5 * p.C);
             M* s1 = scratch.data() + 3 * p.C;
             M* s2 = scratch.data() + 4 * p.C;
@@ -776,7 +795,7 @@ void run_update_cpu(const PreparedUpdate& r) {
     const double factor = running_factor(r.p);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.buffers, "norm_act_update_stats", [&] {
         using M = at::opmath_type<scalar_t>;
-        at::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
+        cpu::parallel_for(0, r.p.C, 1024, [&](int64_t begin, int64_t end) {
             for (int64_t c = begin; c < end; ++c) {
                 if (stats_double) {
                     update_running_channel<scalar_t, double, M>(r.p, c, factor);

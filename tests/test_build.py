@@ -48,6 +48,41 @@ def test_every_native_op_has_a_cuda_kernel():
     assert [name for name in with_cpu if not has_kernel(name, "CUDA")] == []
 
 
+def test_cpu_kernels_run_in_parallel():
+    """at::parallel_for is an inline `#pragma omp parallel`: a build without -fopenmp runs the C++ kernels on one
+    thread whatever torch.set_num_threads says (as this extension did until the build said -fopenmp)."""
+    module, reason = native_extension()
+    if module is None:
+        pytest.skip(reason)
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch's CPU threads are not OpenMP's")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert module._parallel_width() == 2
+        torch.set_num_threads(1)
+        assert module._parallel_width() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cpu_isa_follows_pytorch():
+    """The C++ kernels run the copy for the instruction set PyTorch's own CPU kernels use; a cap lowers it."""
+    module, reason = native_extension()
+    if module is None:
+        pytest.skip(reason)
+    expected = {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "baseline")
+    assert module.cpu_isa() == expected
+    try:
+        module._limit_cpu_isa("baseline")
+        assert module.cpu_isa() == "baseline"
+        with pytest.raises(ValueError, match="_limit_cpu_isa"):
+            module._limit_cpu_isa("sse9")
+    finally:
+        module._limit_cpu_isa("avx512")
+    assert module.cpu_isa() == expected
+
+
 def _jit_kernels() -> set[str]:
     """Names of the @triton.jit functions in fastgan/kernels/triton named *_kernel (the ones launched)."""
     names = set()

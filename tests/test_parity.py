@@ -98,3 +98,45 @@ def test_parity(case, impl, device, dtype, layout, shape, monkeypatch):
         assert_close_to_truth(ours[key], truth[key].cpu(), torch_low[key], dtype, f"{case.name} {key}")
     if layout == "channels_last" and x[0].numel() and ours["forward"].dim() == 4:
         assert ours["forward"].is_contiguous(memory_format=torch.channels_last), "channels_last input not kept"
+
+
+def _isa_params():
+    for case in all_cases():
+        if "native" not in case.impls:
+            continue
+        for dtype in case.dtypes:
+            for layout in case.layouts:
+                for shape in case.shapes:
+                    if layout == "channels_last" and len(shape) != 4:
+                        continue
+                    size = "x".join(map(str, shape))
+                    yield pytest.param(case, dtype, layout, shape, id=f"{case.name}-{DTYPE_IDS[dtype]}-{layout}-{size}")
+
+
+@pytest.mark.parametrize("case,dtype,layout,shape", list(_isa_params()))
+def test_native_cpu_isa_copies_agree(case, dtype, layout, shape):
+    """The C++ kernels' AVX-512, AVX2 and baseline copies (csrc/cpu_vec.h) compute the same bits: forward and every
+    gradient the op claims, on each row of the parity matrix's native CPU configurations. The copies this CPU lacks
+    are capped to one it has, which the first assertion names."""
+    require("native", "cpu")
+    from fastgan import _C
+
+    gen = torch.Generator().manual_seed(0)
+    inputs64 = case.make_inputs(shape, gen)
+    best = _C.cpu_isa()
+    runs = {}
+    try:
+        for isa in ("avx512", "avx2", "baseline"):
+            _C._limit_cpu_isa(isa)
+            runs[_C.cpu_isa()] = _evaluate(lambda *t: case.fn(*t, impl="native"),
+                                           [_apply_layout(t.to(dtype), layout) if i == 0 else t.to(dtype)
+                                            for i, t in enumerate(inputs64)],
+                                           case.num_grad_inputs, case.grad_order, 1)
+    finally:
+        _C._limit_cpu_isa("avx512")
+    assert "baseline" in runs and _C.cpu_isa() == best
+    reference = runs.pop("baseline")
+    for isa, results in runs.items():
+        for key in reference:
+            torch.testing.assert_close(results[key], reference[key], rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m, isa=isa, key=key: f"{case.name} {key}: {isa} vs baseline: {m}")
