@@ -15,6 +15,7 @@ import glob
 import os
 import shutil
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -82,12 +83,17 @@ def _extension():
     # which made the C++ bias_act 5x slower than PyTorch's leaky_relu on random data. Results are unchanged (no
     # reassociation; only floating-point exception flags may differ). -ffp-contract=off: the CPU kernels' AVX2 and
     # AVX-512 copies (csrc/cpu_vec.h) compute the baseline's bits, no a * b + c fused where the baseline rounds twice.
-    cxx_flags = ["-O3"] if os.name == "nt" else ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    # (FASTGAN_FP_CONTRACT_OFF tells csrc/cpu_vec.h the flag is set, which its AVX copies require.)
+    cxx_flags = ["-O3"] if os.name == "nt" else ["-O3", "-fno-trapping-math", "-ffp-contract=off",
+                                                  "-DFASTGAN_FP_CONTRACT_OFF"]
     # at::parallel_for is inline (a `#pragma omp parallel` in ATen/ParallelOpenMP.h): without -fopenmp the
-    # extension's CPU kernels run on one thread whatever torch.set_num_threads says. The OpenMP runtime is the one
-    # PyTorch has loaded (torch/lib/libgomp.so.1, the same soname).
+    # extension's CPU kernels run on one thread whatever torch.set_num_threads says. With GCC on Linux the OpenMP
+    # runtime is the one PyTorch has loaded (its libgomp.so.1, the same soname); elsewhere a second runtime could
+    # load beside PyTorch's, so the kernels stay serial there.
     link_flags = []
-    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or ""
+    openmp_torch = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    if sys.platform.startswith("linux") and openmp_torch and "clang" not in compiler:
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
     with_cuda = (

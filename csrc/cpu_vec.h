@@ -98,19 +98,19 @@ inline void fold_lanes(M* acc, T& total) {
 // (flatten) and compiled for AVX-512, for AVX2 + FMA, or for the baseline. The copy is the instruction set PyTorch
 // chose for its own kernels (torch.backends.cpu.get_cpu_capability(): the CPU's best, or ATEN_CPU_CAPABILITY's),
 // capped by limit_isa (tests run every copy). The copies compute the same bits: no FMA contraction
-// (-ffp-contract=off), sums in fixed lanes, no reassociation.
+// (-ffp-contract=off, which the build declares by FASTGAN_FP_CONTRACT_OFF; without it only the baseline copy is
+// built), sums in fixed lanes, no reassociation. The targets are what PyTorch checks for its AVX2 and AVX512 kernels.
 enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 inline const char* isa_name(Isa isa) {
     return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && defined(FASTGAN_FP_CONTRACT_OFF)
 #define FASTGAN_CPU_MULTI_ISA 1
 #define FASTGAN_FLATTEN __attribute__((flatten))
-#define FASTGAN_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")))
-#define FASTGAN_TARGET_AVX512 \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")))
+#define FASTGAN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTGAN_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #else
 #define FASTGAN_CPU_MULTI_ISA 0
 #define FASTGAN_FLATTEN

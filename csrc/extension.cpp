@@ -56,6 +56,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("_uses_nvrtc", &fastgan::use_nvrtc, "Whether CUDA tensors take the NVRTC path now.");
     m.def("cpu_isa", [] { return std::string(fastgan::cpu::isa_name(fastgan::cpu::current_isa())); },
           "The instruction set the CPU kernels run with: 'avx512', 'avx2' or 'baseline' (PyTorch's own choice).");
+    m.def("_cpu_isa_copies", [] {
+        std::vector<std::string> names;
+        if (FASTGAN_CPU_MULTI_ISA) names = {"avx512", "avx2"};
+        names.push_back("baseline");
+        return names;
+    }, "The instruction sets the CPU kernels were compiled for (x86-64 GCC/Clang builds: three copies).");
     m.def("_limit_cpu_isa", [](const std::string& name) {
         using fastgan::cpu::Isa;
         const Isa isa = name == "avx512" ? Isa::kAvx512 : name == "avx2" ? Isa::kAvx2 : Isa::kBaseline;

@@ -6,7 +6,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <functional>
+#include <vector>
 
 #include <c10/core/DeviceGuard.h>
 
@@ -97,22 +99,27 @@ GanLossPrepared prepare_gan_loss(const at::Tensor& a_in, const std::optional<at:
     return r;
 }
 
-// Mean of one term over n elements, writing its gradient; partial sums in double, so the result does not depend
-// on n (the CUDA kernel accumulates in float32).
+// Mean of one term over n elements, writing its gradient; sums in double, so the result does not depend on n (the
+// CUDA kernel accumulates in float32), over chunks fixed by n alone added in chunk order, so it does not depend on
+// the number of threads either.
 template <typename scalar_t>
 double term_cpu(const scalar_t* z, at::opmath_type<scalar_t>* grad, int64_t n, int term) {
     using M = at::opmath_type<scalar_t>;
-    const double sum = at::parallel_reduce(
-        0, n, 1 << 14, 0.0,
-        [&](int64_t begin, int64_t end, double acc) {
-            for (int64_t i = begin; i < end; ++i) {
+    constexpr int64_t kChunk = int64_t(1) << 14;
+    std::vector<double> partial((n + kChunk - 1) / kChunk, 0.0);
+    cpu::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            double acc = 0.0;
+            for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
                 const M zi = static_cast<M>(z[i]);
                 acc += static_cast<double>(loss_term_value<M>(term, zi));
                 grad[i] = loss_term_grad<M>(term, zi) / static_cast<M>(n);
             }
-            return acc;
-        },
-        std::plus<double>());
+            partial[c] = acc;
+        }
+    });
+    double sum = 0.0;
+    for (const double v : partial) sum += v;
     return sum / static_cast<double>(n);
 }
 

@@ -9,8 +9,10 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -54,7 +56,10 @@ def test_cpu_kernels_run_in_parallel():
     module, reason = native_extension()
     if module is None:
         pytest.skip(reason)
-    if "OpenMP" not in torch.__config__.parallel_info():
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or ""
+    if not sys.platform.startswith("linux") or "clang" in compiler:
+        pytest.skip("setup.py builds with OpenMP on Linux with GCC only (elsewhere PyTorch's runtime is not shared)")
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("this PyTorch's CPU threads are not OpenMP's")
     threads = torch.get_num_threads()
     try:
@@ -67,11 +72,14 @@ def test_cpu_kernels_run_in_parallel():
 
 
 def test_cpu_isa_follows_pytorch():
-    """The C++ kernels run the copy for the instruction set PyTorch's own CPU kernels use; a cap lowers it."""
+    """The C++ kernels run the copy for the instruction set PyTorch's own CPU kernels use (builds without the AVX
+    copies: the baseline); a cap lowers it."""
     module, reason = native_extension()
     if module is None:
         pytest.skip(reason)
     expected = {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "baseline")
+    if expected not in module._cpu_isa_copies():
+        expected = "baseline"
     assert module.cpu_isa() == expected
     try:
         module._limit_cpu_isa("baseline")
@@ -81,6 +89,22 @@ def test_cpu_isa_follows_pytorch():
     finally:
         module._limit_cpu_isa("avx512")
     assert module.cpu_isa() == expected
+
+
+def test_cpu_isa_copies_are_vector_code():
+    """The AVX copies are real: the extension's machine code uses 512-bit (zmm) and 256-bit (ymm) registers, which
+    the baseline x86-64 build alone never does (a flatten or target attribute the compiler ignored would not)."""
+    module, reason = native_extension()
+    if module is None:
+        pytest.skip(reason)
+    if "avx512" not in module._cpu_isa_copies():
+        pytest.skip(f"this build has only {module._cpu_isa_copies()}")
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    code = subprocess.run([objdump, "-d", "--no-show-raw-insn", module.__file__], capture_output=True, text=True,
+                          check=True).stdout
+    assert "%zmm" in code and "%ymm" in code
 
 
 def _jit_kernels() -> set[str]:

@@ -219,6 +219,28 @@ def test_triton_multi_program_reduction(kind, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_native_cpu_loss_same_bits_for_any_thread_count(dtype):
+    """The C++ loss sums fixed chunks of 16384 logits and adds them in order: a PatchGAN's 40000 logits give the same
+    loss and gradients on 1 and 2 threads (an at::parallel_reduce, one chunk per thread, did not)."""
+    require("native", "cpu")
+    real = _logits((100, 1, 20, 20), dtype)
+    fake = _logits((100, 1, 20, 20), dtype, seed=1)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            r, f = real.clone().requires_grad_(), fake.clone().requires_grad_()
+            loss = d_loss(r, f, "nonsaturating", impl="native")
+            runs.append((loss, *torch.autograd.grad(loss, (r, f))))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(runs[0][0], d_loss_ref(real.double(), fake.double(), "nonsaturating").to(dtype))
+
+
 def test_compiles_with_aot_autograd():
     """torch.compile (AOT autograd, no code generation) traces the custom ops through their fakes and autograd."""
     require("native", "cpu")

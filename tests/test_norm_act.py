@@ -192,8 +192,8 @@ def test_statistics_far_from_zero(impl, layout):
 @pytest.mark.parametrize("instance", [False, True], ids=["batch", "instance"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
 def test_native_cpu_deterministic_across_layouts(layout, instance):
-    """The C++ kernels split reductions into tasks of a fixed geometry (an NCHW plane; up to 64 channels_last rows of
-    one sample) merged in task order: equal bits with 1 and 2 threads in both layouts, for both norms, with more
+    """The C++ kernels split reductions into tasks of a fixed geometry (an NCHW group's planes; up to 64 channels_last
+    rows of one sample) merged in task order: equal bits with 1 and 2 threads in both layouts, for both norms, with more
     channels than one vector and rows than one task."""
     require("native", "cpu")
     gen = torch.Generator().manual_seed(0)

@@ -116,10 +116,13 @@ def _isa_params():
 @pytest.mark.parametrize("case,dtype,layout,shape", list(_isa_params()))
 def test_native_cpu_isa_copies_agree(case, dtype, layout, shape):
     """The C++ kernels' AVX-512, AVX2 and baseline copies (csrc/cpu_vec.h) compute the same bits: forward and every
-    gradient the op claims, on each row of the parity matrix's native CPU configurations. The copies this CPU lacks
-    are capped to one it has, which the first assertion names."""
+    gradient the op claims, on each row of the parity matrix's native CPU configurations (the copies this CPU can
+    run)."""
     require("native", "cpu")
     from fastgan import _C
+
+    if len(_C._cpu_isa_copies()) == 1 or _C.cpu_isa() == "baseline":
+        pytest.skip(f"one copy to run here (built: {_C._cpu_isa_copies()}, this CPU/PyTorch: {_C.cpu_isa()})")
 
     gen = torch.Generator().manual_seed(0)
     inputs64 = case.make_inputs(shape, gen)
@@ -134,7 +137,7 @@ def test_native_cpu_isa_copies_agree(case, dtype, layout, shape):
                                            case.num_grad_inputs, case.grad_order, 1)
     finally:
         _C._limit_cpu_isa("avx512")
-    assert "baseline" in runs and _C.cpu_isa() == best
+    assert "baseline" in runs and len(runs) > 1 and _C.cpu_isa() == best
     reference = runs.pop("baseline")
     for isa, results in runs.items():
         for key in reference:
