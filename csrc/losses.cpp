@@ -7,7 +7,6 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
-#include <functional>
 #include <vector>
 
 #include <c10/core/DeviceGuard.h>
@@ -110,7 +109,8 @@ double term_cpu(const scalar_t* z, at::opmath_type<scalar_t>* grad, int64_t n, i
     cpu::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
             double acc = 0.0;
-            for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+            const int64_t end = std::min(n, (c + 1) * kChunk);
+            for (int64_t i = c * kChunk; i < end; ++i) {
                 const M zi = static_cast<M>(z[i]);
                 acc += static_cast<double>(loss_term_value<M>(term, zi));
                 grad[i] = loss_term_grad<M>(term, zi) / static_cast<M>(n);

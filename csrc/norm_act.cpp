@@ -169,13 +169,13 @@ CpuGeometry cpu_geometry(const NormActParams& p) {
 // The per-task partial sums of each group added in task order: (s1[g], s2[g]) in double.
 void merge_partials(const NormActParams& p, const CpuGeometry& geo, const std::vector<double>& part1,
                     const std::vector<double>& part2, std::vector<double>& s1, std::vector<double>& s2) {
-    s1.assign(p.groups, 0.0);
-    s2.assign(p.groups, 0.0);
     if (!geo.rows) {  // a task per group
         s1 = part1;
         s2 = part2;
         return;
     }
+    s1.assign(p.groups, 0.0);
+    s2.assign(p.groups, 0.0);
     for (int64_t t = 0; t < geo.tasks; ++t) {
         const int64_t base = p.instance ? (t / geo.per_n) * p.C : 0;  // per task
         const double* a = part1.data() + t * p.C;
@@ -491,8 +491,7 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
             for (int64_t q = q0; q < q1; ++q) {  // group q
                 const int64_t qn = p.instance ? q / p.C : 0, qc = p.instance ? q - qn * p.C : q;  // per group
                 plane_sums<M>(geo.planes, p.L, [&](int64_t k, int64_t j0, int64_t n, M* dz, M* xhat) {
-                    const int64_t s = p.instance ? qn : k;  // plane k's sample
-                    const int64_t a = affine_index(p, s, qc), i = (s * p.C + qc) * p.L + j0;
+                    const int64_t a = affine_index(p, p.instance ? qn : k, qc), i = geo.plane(p, q, k) * p.L + j0;
                     M* os = eval ? cpu::out_math<scalar_t, M>(dx + i, obuf) : nullptr;
                     grads_plane<A, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf),
                                       cpu::as_math<scalar_t, M>(dy + i, n, dbuf), n, gp.mean[q], gp.invstd[q],
