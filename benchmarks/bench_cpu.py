@@ -2,12 +2,13 @@
 
 Every fused op must be at least as fast as eager PyTorch on the CPU, forward and forward+backward, and the canonical
 28x28 MNIST DCGAN step (``benchmarks/dcgan28.py``) through ``fastgan.optimize`` at most 0.9x plain PyTorch's time.
-Providers: ``eager`` (the ops a user writes: ``F.batch_norm`` + ``F.relu``, ``x + b`` + ``F.leaky_relu``, the
-losses' textbook formulas), ``native`` (``impl="native"``) and ``auto`` (what ``impl="auto"`` picks on the CPU).
-Shapes: DCGAN-28 and DCGAN-64 activations at batch 64, a CycleGAN-256 activation at batch 1; contiguous and
-channels_last; float32 and bfloat16. Results and the machine are in the README (CPU benchmarks). The full matrix
-runs with ``FASTGAN_CPU_BENCH=full`` (CI's smoke run keeps one float32 shape per op and the plain/auto step on a
-batch of 8); ``FASTGAN_BENCH_ROUNDS`` sets the timed rounds (the README's table: 25, 2 threads):
+Providers: ``eager`` (the ops a user writes: ``F.batch_norm`` + ``F.relu``, ``x + b`` + ``F.leaky_relu``,
+``F.conv2d`` + ``F.leaky_relu``, the losses' textbook formulas), ``native`` (``impl="native"``) and ``auto`` (what
+``impl="auto"`` picks on the CPU). Shapes: DCGAN-28 and DCGAN-64 activations at batch 64, a CycleGAN-256 activation
+at batch 1, the DCGAN-28 convolutions that fastgan runs other than oneDNN's way; contiguous and channels_last;
+float32 and bfloat16. Results and the machine are in the README (CPU benchmarks). The full matrix runs with
+``FASTGAN_CPU_BENCH=full`` (CI's smoke run keeps one float32 shape per op and the plain/auto step on a batch of 8);
+``FASTGAN_BENCH_ROUNDS`` sets the timed rounds (the README's table: 25, 2 threads):
 
     FASTGAN_CPU_BENCH=full python -m pytest benchmarks/bench_cpu.py --benchmark-group-by=group \
         --benchmark-columns=median,iqr
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from benchmarks.dcgan28 import make_step
 from benchmarks.harness import measure, require_provider, shape_id, step
 from fastgan.losses import d_loss, d_loss_ref
-from fastgan.ops import batch_norm_act, bias_act, instance_norm_act
+from fastgan.ops import batch_norm_act, bias_act, conv2d_act, conv_transpose2d_act, instance_norm_act
 from fastgan.ops.penalty import grad_norm_penalty
 
 if torch.cuda.is_available():  # a GPU machine runs the GPU suites; these rows are the CPU's
@@ -92,6 +93,39 @@ def test_norm_relu(benchmark, provider, mode, norm, shape, dtype, layout):
     _run(benchmark, f"cpu-{norm}_norm_relu-{mode}-{shape_id(shape)}-{dtype}-{layout}", provider, mode,
          eager if provider == "eager" else fused, [x, w, b], op=f"{norm}_norm_act[relu]", shape=shape_id(shape),
          dtype=str(dtype), layout=layout)
+
+
+# The DCGAN-28 convolutions fastgan's CPU path runs other than oneDNN's way (fastgan/ops/conv_act.py): (name,
+# transposed, x shape, weight shape, stride, padding, act); batch 64.
+CONV_CASES = [
+    ("D1-lrelu", False, (64, 1, 28, 28), (64, 1, 4, 4), 2, 1, "lrelu"),  # from one channel: input grad by col2im
+    ("D4-linear", False, (64, 256, 4, 4), (1, 256, 4, 4), 1, 0, "linear"),  # a matrix product
+    ("G1-linear", True, (64, 100, 1, 1), (100, 256, 4, 4), 1, 0, "linear"),  # a matrix product
+    ("G4-tanh", True, (64, 64, 14, 14), (64, 1, 4, 4), 2, 1, "tanh"),  # to one channel: matrix product + col2im
+]
+if not FULL:
+    CONV_CASES = CONV_CASES[:1]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_conv_act(benchmark, provider, mode, case, layout):
+    name, transposed, x_shape, w_shape, stride, padding, act = case
+    gen = torch.Generator().manual_seed(0)
+    x, w = _tensor(x_shape, torch.float32, layout, gen), torch.randn(w_shape, generator=gen) * 0.05
+    alpha = 0.2 if act == "lrelu" else None
+    if provider == "eager":
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        post = {"lrelu": lambda y: F.leaky_relu(y, 0.2), "tanh": torch.tanh, "linear": lambda y: y}[act]
+        fn = lambda x, w: post(conv(x, w, None, stride, padding))  # noqa: E731
+    elif transposed:
+        fn = lambda x, w: conv_transpose2d_act(x, w, None, stride, padding, 0, act, alpha, impl=provider)  # noqa: E731
+    else:
+        fn = lambda x, w: conv2d_act(x, w, None, stride, padding, act, alpha, impl=provider)  # noqa: E731
+    _run(benchmark, f"cpu-conv-{name}-{mode}-{layout}", provider, mode, fn, [x, w], op=f"conv[{name}]",
+         shape=shape_id(x_shape), dtype="torch.float32", layout=layout)
 
 
 @pytest.mark.parametrize("shape", [(64,), (1, 1, 30, 30)], ids=shape_id)

@@ -12,6 +12,8 @@ What is rewritten, inside every ``nn.Sequential`` (the only container whose exec
   a plain ``nn.Sequential`` is converted (a subclass may have its own ``forward``); a conv in front of an instance
   norm stays as it is;
 - ``Linear`` -> activation: a :class:`~fastgan.nn.FusedLinear` at the Linear's index;
+- any other ``Conv2d``/``ConvTranspose2d``: a fused conv with a linear activation, which on the CPU runs a
+  convolution that is a matrix product (a discriminator's last layer, a generator's first) as one;
 
 and the activation's own index gets an ``nn.Identity``. Activations: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, ELU,
 SELU, Softplus(beta=1, threshold=20). Every index keeps its module's parameters and buffers under the same names
@@ -149,6 +151,13 @@ def _rewrite_sequential(seq: nn.Sequential, prefix: str, impl: str, report: list
             fused = _CONVS[type(module)].from_modules(module, None, nxt, impl)
             _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))
             i += 2
+        elif _convertible_conv(module):
+            # A lone conv (a discriminator's last layer): the fused conv's CPU path runs it as a matrix product
+            # where it is one (fastgan/ops/conv_act.py), elsewhere it is the same convolution.
+            seq._modules[names[i]] = _adopt(_CONVS[type(module)].from_modules(module, None, None, impl), module)
+            report.append(f"{prefix}{names[i]}: {type(module).__name__} -> {type(seq._modules[names[i]]).__name__}"
+                          "(act='linear')")
+            i += 1
         elif _convertible_norm(module) and act is not None:
             fused = _NORMS[type(module)].from_modules(module, nxt, impl)
             _replace(seq, names, i, _adopt(fused, module), prefix, report, (module, nxt))

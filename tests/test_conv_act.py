@@ -260,14 +260,17 @@ def test_torch_compile_captures_the_ops(impl):
     require(impl, "cpu")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = nn.Sequential(FusedConv2d(3, 4, 4, 2, 1, act="lrelu", alpha=0.2, impl=impl),
-                          FusedConvTranspose2d(4, 2, 4, 2, 1, act="tanh", impl=impl))
+    # on the CPU natively: from one channel (input gradient by col2im), PyTorch's, to one channel, a matrix product
+    model = nn.Sequential(FusedConv2d(1, 4, 4, 2, 1, act="lrelu", alpha=0.2, impl=impl),
+                          FusedConvTranspose2d(4, 2, 4, 2, 1, act="tanh", impl=impl),
+                          FusedConvTranspose2d(2, 1, 4, 2, 1, act="tanh", impl=impl),
+                          FusedConv2d(1, 2, 16, 1, 0, impl=impl))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    x = torch.randn(2, 3, 8, 8)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
     y, y_compiled = model(x), compiled(x)
     torch.testing.assert_close(y_compiled, y)
-    grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
-    grads_compiled = torch.autograd.grad(y_compiled.square().sum(), list(model.parameters()))
+    grads = torch.autograd.grad(y.square().sum(), [x, *model.parameters()])
+    grads_compiled = torch.autograd.grad(y_compiled.square().sum(), [x, *model.parameters()])
     for g, gc in zip(grads, grads_compiled):
         torch.testing.assert_close(gc, g)
 
@@ -600,3 +603,110 @@ def test_triton_conv_nonfinite_weight_at_the_border():
     for a, b in ((ours[0, 1][~border], ref[0, 1][~border]), (ours[:, [0, 2]], ref[:, [0, 2]])):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
         torch.testing.assert_close(a, b, equal_nan=True)
+
+
+# --- issue 17: convolutions that are matrix products run as one on the CPU -------------------------------------------
+
+
+class _OpRecorder:
+    """The aten ops dispatched inside the ``with`` block (by overload packet name)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = self.ops = set()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.add(func.overloadpacket.__name__)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+# (transposed, x shape, weight shape, stride, padding, output_padding): the DCGAN discriminator's last layer (the
+# kernel covers the input) and the generator's first (a 1x1 input, no padding), square and not.
+_MATRIX_CONVS = [(False, (3, 8, 4, 4), (2, 8, 4, 4), 1, 0, None), (False, (2, 5, 4, 3), (3, 5, 4, 3), 2, 0, None),
+                 (True, (3, 6, 1, 1), (6, 4, 4, 4), 1, 0, 0), (True, (2, 5, 1, 1), (5, 3, 3, 2), 2, 0, 1)]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("config", _MATRIX_CONVS, ids=str)
+def test_matrix_product_convolutions_run_as_one(config, bias):
+    """Issue 17: oneDNN took 4-15x longer than a matrix product for these convolutions on the CPU, so the native path
+    runs them as one (mm / addmm): no aten convolution is dispatched forward, backward or double backward; the result
+    has PyTorch's values and output layout for every input and weight layout. (The parity matrix compares these
+    shapes with float64 across dtypes; an output_padding, which pads the output, keeps the convolution.)"""
+    require("native", "cpu")
+    transposed, x_shape, w_shape, stride, padding, output_padding = config
+    x, w = _rand(*x_shape, grad=False).float(), _rand(*w_shape, seed=1, grad=False).float()
+    b = _rand(w_shape[1] if transposed else w_shape[0], seed=2, grad=False).float() if bias else None
+
+    def run(x, w, impl):
+        if transposed:
+            return conv_transpose2d_act(x, w, b, stride, padding, output_padding, act="linear", impl=impl)
+        return conv2d_act(x, w, b, stride, padding, act="linear", impl=impl)
+
+    matrix = not output_padding
+    for (xl, xt), (wl, wt) in [(a, c) for a in _layouts(x).items() for c in _layouts(w).items()]:
+        xt, wt = xt.detach().requires_grad_(), wt.detach().requires_grad_()
+        with _OpRecorder() as rec:
+            ours = run(xt, wt, "native")
+            gx, gw = torch.autograd.grad(ours.square().sum(), (xt, wt), create_graph=True)
+            (gx.square().sum() + gw.square().sum()).backward()
+        assert any("convolution" in op for op in rec.ops) != matrix, (xl, wl, sorted(rec.ops))
+        assert ("mm" in rec.ops or "addmm" in rec.ops) == matrix, (xl, wl, sorted(rec.ops))
+        ref = run(xt.detach(), wt.detach(), "ref")
+        assert _format(ours) == _format(ref), f"x {xl}, weight {wl}: {ours.stride()} vs PyTorch's {ref.stride()}"
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_matrix_product_convolution_gradgradcheck():
+    """Second order of both matrix-product routes in float64 (with a bias; the parity matrix covers the rest)."""
+    require("native", "cpu")
+    x, w, b = _rand(2, 3, 4, 4), _rand(2, 3, 4, 4, seed=1), _rand(2, seed=2)
+    z, wt = _rand(2, 3, 1, 1, seed=3), _rand(3, 2, 4, 4, seed=4)
+    for fn, args in ((lambda x, w, b: conv2d_act(x, w, b, 1, 0, "lrelu", 0.2, impl="native"), (x, w, b)),
+                     (lambda z, w, b: conv_transpose2d_act(z, w, b, 1, 0, 0, "tanh", impl="native"), (z, wt, b))):
+        assert torch.autograd.gradcheck(fn, args)
+        assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("op", ["conv_transpose2d_act", "conv2d_act"])
+def test_one_channel_side_skips_onednns_slow_kernel(op):
+    """Issue 17: oneDNN's transposed convolution to one channel (MNIST's generator output, and the input gradient of
+    the discriminator's first layer) took 4-5x longer than a per-sample matrix product and col2im, so the native
+    CPU path (which "auto" runs on the CPU) runs that instead, and the results to second order are within the parity
+    tolerance of the float64 reference. (The transposed convolution's backward is PyTorch's: a convolution from one
+    channel, which oneDNN runs fast. Sigmoid, not tanh: at tanh's second order here PyTorch's own convolution with
+    oneDNN off is 7x further from float64 than with it on, the tolerance's basis, and so is this route.)"""
+    require("native", "cpu")
+    transposed = op == "conv_transpose2d_act"
+    x64 = _rand(2, 3, 5, 4) if transposed else _rand(2, 1, 9, 8)
+    w64, b64 = _rand(3, 1, 4, 4, seed=1), _rand(1 if transposed else 3, seed=2)
+
+    def grads(x, w, b, impl):
+        y = (conv_transpose2d_act(x, w, b, 2, 1, 1, "sigmoid", impl=impl) if transposed
+             else conv2d_act(x, w, b, 2, 1, "lrelu", 0.2, impl=impl))
+        gx, gw, gb = torch.autograd.grad(y.square().sum(), (x, w, b), create_graph=True)
+        return (y, gx, gw, gb, *torch.autograd.grad((gx.square().sum() + gw.square().sum()), (x, w, b)))
+
+    x, w, b = (t.detach().float().requires_grad_() for t in (x64, w64, b64))
+    if transposed:
+        with _OpRecorder() as rec:
+            conv_transpose2d_act(x, w, b, 2, 1, 1, "sigmoid", impl="auto")
+        assert "convolution" not in rec.ops and "col2im" in rec.ops, sorted(rec.ops)
+    else:
+        y = conv2d_act(x, w, b, 2, 1, "lrelu", 0.2, impl="auto")
+        with _OpRecorder() as rec:
+            torch.autograd.grad(y.sum(), (x, w))
+        assert "col2im" in rec.ops and "bmm" in rec.ops, sorted(rec.ops)
+    ours = grads(x, w, b, "auto")
+    truth, torch_out = grads(x64, w64, b64, "ref"), grads(x, w, b, "ref")
+    for name, o, t, r in zip(("y", "dx", "dw", "db", "d2x", "d2w", "d2b"), ours, truth, torch_out):
+        assert_close_to_truth(o.detach(), t.detach(), r.detach(), torch.float32, f"{op} {name}")

@@ -16,7 +16,7 @@ from fastgan._backend import custom_ops
 from fastgan.nn import BatchNormAct2d, InstanceNormAct2d, activation_of
 from fastgan.ops import ACTIVATIONS, batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
 
-from .conftest import DEVICES, require
+from .conftest import DEVICES, assert_close_to_truth, require
 
 IMPLS = ("ref", "native", "triton")
 # Our kernels (the reference is PyTorch itself, whose channels_last CPU kernel loses ~7e-3 on the far-from-zero test).
@@ -213,6 +213,38 @@ def test_native_cpu_deterministic_across_layouts(layout, instance):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# N, C, H, W: tasks of 2 samples (13 = 6 x 2 + 1), one sample, planes of 255 values (the longest so walked) and a
+# sample's row over several chunks of 1024 values
+@pytest.mark.parametrize("shape", [(13, 37, 7, 7), (1, 3, 2, 2), (17, 6, 15, 17)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_short_planes_backward(shape, dtype):
+    """Issue 17: batch norm's training backward on NCHW planes shorter than 256 values walks whole samples in memory
+    order (its own code path): within the parity tolerance of the float64 reference for dx, dw and db, and the same
+    bits with 1 and 2 threads."""
+    require("native", "cpu")
+    gen = torch.Generator().manual_seed(0)
+    x64, go = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2, torch.randn(shape, generator=gen)
+    w64, b64 = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5, torch.randn(shape[1], generator=gen,
+                                                                                          dtype=torch.float64)
+
+    def grads(x, w, b, impl, threads=None):
+        x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads or before)
+            y = (batch_norm_act(x, w, b, None, None, True, act="lrelu", alpha=0.2, impl=impl) if impl else
+                 batch_norm_act_ref(x, w, b, None, None, True, act="lrelu", alpha=0.2))
+            return torch.autograd.grad(y, (x, w, b), go.to(x.dtype))
+        finally:
+            torch.set_num_threads(before)
+
+    low = (x64.to(dtype), w64.float(), b64.float())
+    ours, truth, torch_out = grads(*low, "native", 2), grads(x64, w64, b64, None), grads(*low, None)
+    for name, o, t, r in zip(("dx", "dw", "db"), ours, truth, torch_out):
+        assert_close_to_truth(o, t, r, o.dtype, name)
+    assert all(torch.equal(a, c) for a, c in zip(ours, grads(*low, "native", 1)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

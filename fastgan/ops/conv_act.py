@@ -7,7 +7,9 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
 
 - ``native``: PyTorch's convolution without bias (cuDNN on CUDA, oneDNN on CPU), then the fused bias + activation
   epilogue kernel ``bias_act(impl="native")``. Both are differentiable twice (and any order for piecewise-linear
-  activations), so gradient penalties work through it.
+  activations), so gradient penalties work through it. On the CPU three shapes that oneDNN handles badly run as
+  matrix products instead (``_native``): a convolution that is one, a transposed convolution to one channel, and the
+  input gradient of a convolution from one channel (both by col2im).
 - ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
   written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
   phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
@@ -21,8 +23,9 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   activation followed by ``bias_act``.
 
 ``impl="auto"`` on CUDA measures every implementation on the first call of each shape class and keeps the fastest
-correct one (fastgan/_autotune.py). Its fixed order (on CPU, with ``FASTGAN_AUTOTUNE=0``, or inside torch.compile
-before anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) over the Triton kernel.
+correct one (fastgan/_autotune.py). Its fixed order (with ``FASTGAN_AUTOTUNE=0``, or inside torch.compile before
+anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) over the Triton kernel. On the CPU "auto"
+is ``native`` with the epilogue's implementation left to ``bias_act``'s own CPU rule.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from .._autotune import autotuned
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
 from .._dtypes import check_dtype
+from .._layout import suggests_channels_last
 from .bias_act import ACTIVATIONS, activation, activation_at, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
@@ -141,11 +145,134 @@ def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
 def conv_impl(
     impl: str, device: torch.device, op: str, act: str | None = None, dtype: torch.dtype | None = None
 ) -> str:
-    """The implementation a convolution op runs (``resolve_impl``, but ``auto`` prefers cuDNN on CUDA)."""
-    # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
-    if impl == "auto" and get_impl() == "auto" and device.type == "cuda" and available_impls()["native"]["cuda"][0]:
-        return "native"
+    """The implementation a convolution op runs (``resolve_impl``, but ``auto`` prefers cuDNN on CUDA, and on the CPU
+    the native convolution, whose epilogue then follows bias_act's own CPU rule: see ``_native``)."""
+    if impl == "auto" and get_impl() == "auto":
+        # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
+        if device.type == "cuda" and available_impls()["native"]["cuda"][0]:
+            return "native"
+        if device.type == "cpu" and op in ("conv2d_act", "conv_transpose2d_act") and torch.backends.mkldnn.enabled:
+            return "native"
     return resolve_impl(impl, device, op, act, dtype)
+
+
+def _fold_conv_transpose2d(x, weight, stride, padding, size) -> torch.Tensor:
+    """The transposed convolution of ``x`` [N, C, H, W] with a weight to one channel [C, 1, kH, kW], ``size`` its
+    output's spatial size: a matrix product per sample and a col2im (``F.fold``) of the columns. oneDNN took 4-5x
+    longer for this (a grayscale generator's last layer, and the input gradient of a discriminator's first layer on
+    grayscale images; README)."""
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    columns = torch.bmm(weight.reshape(c, kh * kw).t().contiguous().expand(n, kh * kw, c), x.reshape(n, c, h * w))
+    return F.fold(columns, size, (kh, kw), padding=padding, stride=stride)
+
+
+class _OneChannelConvTranspose(torch.autograd.Function):
+    """A transposed convolution to one channel on the CPU (``_fold_conv_transpose2d``); its backward is PyTorch's
+    (the input gradient is a convolution from one channel, which oneDNN runs fast), differentiable again."""
+
+    @staticmethod
+    def forward(x, weight, stride, padding, output_padding):
+        size = [(i - 1) * s - 2 * p + k + o for i, s, p, k, o in
+                zip(x.shape[2:], stride, padding, weight.shape[2:], output_padding)]
+        return _fold_conv_transpose2d(x, weight, stride, padding, size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, ctx.stride, ctx.padding, ctx.output_padding = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), True,
+                                                        ctx.output_padding, 1, mask)
+        return dx, dw, None, None, None
+
+
+class _FromOneChannelConv(torch.autograd.Function):
+    """A convolution from one input channel on the CPU: PyTorch's forward and weight gradient, its input gradient (a
+    transposed convolution to one channel) by ``_fold_conv_transpose2d``; differentiable again."""
+
+    @staticmethod
+    def forward(x, weight, stride, padding):
+        return F.conv2d(x, weight, None, stride, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, ctx.stride, ctx.padding = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:])
+        if ctx.needs_input_grad[1]:
+            dw = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
+                                                     (0, 0), 1, [False, True, False])[1]
+        return dx, dw, None, None
+
+
+def _matrix_conv2d(x, weight, bias, padding) -> torch.Tensor | None:
+    """A convolution whose kernel covers its whole unpadded input (a discriminator's last layer: one output pixel) as
+    the matrix product it is (for the CPU, where oneDNN took 10-15x longer at such shapes: README); else None."""
+    if padding != (0, 0) or x.shape[2:] != weight.shape[2:]:
+        return None
+    n, c_out, k = x.shape[0], weight.shape[0], x.shape[1] * x.shape[2] * x.shape[3]
+    if suggests_channels_last(x) or suggests_channels_last(weight):  # multiply in that order, without copies
+        x, weight = x.permute(0, 2, 3, 1), weight.permute(0, 2, 3, 1)
+    w = weight.reshape(c_out, k).t()
+    y = torch.mm(x.reshape(n, k), w) if bias is None else torch.addmm(bias, x.reshape(n, k), w)
+    return y.view(n, c_out, 1, 1)
+
+
+def _matrix_conv_transpose2d(x, weight, bias, padding, output_padding) -> torch.Tensor | None:
+    """A transposed convolution of a 1x1 input without padding (a generator's first layer, from the noise vector) as
+    the matrix product it is (for the CPU, where oneDNN took 4x longer at such shapes: README); else None."""
+    if padding != (0, 0) or output_padding != (0, 0) or x.shape[2:] != (1, 1):
+        return None
+    n, c_in, (c_out, kh, kw) = x.shape[0], x.shape[1], weight.shape[1:]
+    if suggests_channels_last(x) or suggests_channels_last(weight):  # PyTorch's output layout: channels_last
+        y = torch.mm(x.reshape(n, c_in), weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out))
+        y = y.view(n, kh, kw, c_out).permute(0, 3, 1, 2)
+    else:
+        y = torch.mm(x.reshape(n, c_in), weight.reshape(c_in, c_out * kh * kw)).view(n, c_out, kh, kw)
+    return y if bias is None else y + bias.view(1, c_out, 1, 1)
+
+
+def _epilogue(impl: str, x: torch.Tensor) -> str:
+    """The bias_act implementation after a native convolution: under "auto" on the CPU bias_act's own choice (the
+    reference for the activations and dtypes its C++ kernel measured slower on), else the native kernel."""
+    return "auto" if impl == "auto" and x.device.type == "cpu" else "native"
+
+
+def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue) -> torch.Tensor:
+    """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
+    with the bias, or followed by ``bias_act(impl=epilogue)``. On the CPU three shapes oneDNN handles badly run
+    otherwise: a convolution that is a matrix product, as one; a transposed convolution to one channel, and a
+    convolution's input gradient from one channel, by matrix product and col2im."""
+    transposed, linear, b = output_padding is not None, act == "linear", _cast(bias, x)
+    conv_bias = b if linear else None  # without an activation PyTorch's convolution adds the bias itself
+    # The CPU routes stand in for oneDNN's convolution; torch.backends.mkldnn.flags(enabled=False) turns them off.
+    cpu = x.device.type == "cpu" and torch.backends.mkldnn.enabled and x.numel() > 0
+    y = None
+    if cpu and transposed:
+        y = _matrix_conv_transpose2d(x, weight, conv_bias, padding, output_padding)
+        if y is None and weight.shape[1] == 1:
+            y = _OneChannelConvTranspose.apply(x, weight, stride, padding, output_padding)
+            y = y if conv_bias is None else y + conv_bias.view(1, 1, 1, 1)
+    elif cpu:
+        y = _matrix_conv2d(x, weight, conv_bias, padding)
+        if y is None and weight.shape[1] == 1:
+            y = _FromOneChannelConv.apply(x, weight, stride, padding)
+            y = y if conv_bias is None else y + conv_bias.view(1, -1, 1, 1)
+    if y is None:
+        y = (F.conv_transpose2d(x, weight, conv_bias, stride, padding, output_padding) if transposed
+             else F.conv2d(x, weight, conv_bias, stride, padding))
+    return y if linear else bias_act(y, bias, 1, act, alpha, impl=epilogue)
 
 
 def conv2d_act_ref(
@@ -211,13 +338,12 @@ def conv2d_act(
     """
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, _, alpha_ = check_conv("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
+    epilogue = _epilogue(impl, x)
     impl = conv_impl(impl, x.device, "conv2d_act", act, x.dtype)
     if impl == "ref":
         return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
-    if impl == "native" and act == "linear":  # nothing to fuse: cuDNN adds the bias itself
-        return F.conv2d(x, weight, _cast(bias, x), stride_, padding_)
     if impl == "native":
-        return bias_act(F.conv2d(x, weight, None, stride_, padding_), bias, 1, act, alpha, impl="native")
+        return _native(x, weight, bias, stride_, padding_, None, act, alpha, epilogue)
     conv = custom_ops("conv_act", "triton").conv2d_act
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
@@ -257,14 +383,12 @@ def conv_transpose2d_act(
     op = "conv_transpose2d_act"
     x, weight, bias = autocast_operands(x, weight, bias)
     stride_, padding_, out_pad, alpha_ = check_conv(op, x, weight, bias, stride, padding, output_padding, act, alpha)
+    epilogue = _epilogue(impl, x)
     impl = conv_impl(impl, x.device, op, act, x.dtype)
     if impl == "ref":
         return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
-    if impl == "native" and act == "linear":
-        return F.conv_transpose2d(x, weight, _cast(bias, x), stride_, padding_, out_pad)
     if impl == "native":
-        y = F.conv_transpose2d(x, weight, None, stride_, padding_, out_pad)
-        return bias_act(y, bias, 1, act, alpha, impl="native")
+        return _native(x, weight, bias, stride_, padding_, out_pad, act, alpha, epilogue)
     conv_t = custom_ops("conv_act", "triton").conv_transpose2d_act
     if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
         return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
