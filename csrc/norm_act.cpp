@@ -478,10 +478,12 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
 // samples: the split depends on the shape only), then each channel adds its positions' partials in double, task by
 // task in order; pass 2 writes dx.
 constexpr int64_t kShortPlane = cpu::kCpuBlock;
+constexpr int64_t kMaxTasks = 8;  // pass-1 tasks: each keeps 2 * C * L partial sums
 
 bool short_planes(const NormActParams& p, const CpuGeometry& geo) {
+    // At most kCpuFold samples per task (kMaxTasks tasks): a position's float sum is as long as the planes path's.
     return !geo.rows && !p.instance && !p.per_sample && p.use_input_stats && p.L < kShortPlane &&
-           p.C * p.L <= (int64_t(1) << 16) && p.N * p.C * p.L > 0;
+           p.C * p.L <= (int64_t(1) << 16) && p.N * p.C * p.L > 0 && p.N <= kMaxTasks * cpu::kCpuFold;
 }
 
 template <typename scalar_t, int A>
@@ -504,7 +506,6 @@ void backward_short_planes(const NormActParams& p, const GroupParams<at::opmath_
             e[3 * row + l] = gp.b[c];
         }
     }
-    constexpr int64_t kMaxTasks = 8;  // each task keeps 2 * row partial sums
     const int64_t per_task = (p.N + kMaxTasks - 1) / kMaxTasks;  // samples per pass-1 task
     const int64_t tasks = (p.N + per_task - 1) / per_task;
     std::vector<M> part1(tasks * row, M(0)), part2(tasks * row, M(0));

@@ -9,11 +9,11 @@ What is rewritten, inside every ``nn.Sequential`` (the only container whose exec
 - ``Conv2d``/``ConvTranspose2d`` -> ``BatchNorm2d``: the conv becomes a fused conv at its index and the Sequential a
   :class:`~fastgan.nn.FusedSequential` (its ``__class__`` is swapped, as ``torch.nn.utils.parametrize`` does), which
   runs the conv and the norm after it as one op: on Triton the batch statistics come from the conv's epilogue. Only
-  a plain ``nn.Sequential`` is converted (a subclass may have its own ``forward``); a conv in front of an instance
-  norm stays as it is;
+  a plain ``nn.Sequential`` is converted (a subclass may have its own ``forward``);
 - ``Linear`` -> activation: a :class:`~fastgan.nn.FusedLinear` at the Linear's index;
-- any other ``Conv2d``/``ConvTranspose2d``: a fused conv with a linear activation, which on the CPU runs a
-  convolution that is a matrix product (a discriminator's last layer, a generator's first) as one;
+- any other ``Conv2d``/``ConvTranspose2d`` (before an instance norm, an unsupported activation or nothing): a fused
+  conv with a linear activation, which on the CPU runs a convolution that is a matrix product (a discriminator's
+  last layer, a generator's first) as one;
 
 and the activation's own index gets an ``nn.Identity``. Activations: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, ELU,
 SELU, Softplus(beta=1, threshold=20). Every index keeps its module's parameters and buffers under the same names

@@ -256,7 +256,8 @@ def test_triton_custom_ops_pass_opcheck():
 
 @pytest.mark.parametrize("impl", ["ref", "native"])
 def test_torch_compile_captures_the_ops(impl):
-    """torch.compile (aot_eager: graph capture and AOT autograd, no code generation) gives eager's results."""
+    """torch.compile (aot_eager: graph capture and AOT autograd, no code generation) gives eager's results (the CPU's
+    matrix-product and col2im routes in eager, PyTorch's convolutions in the graph)."""
     require(impl, "cpu")
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -710,3 +711,47 @@ def test_one_channel_side_skips_onednns_slow_kernel(op):
     truth, torch_out = grads(x64, w64, b64, "ref"), grads(x, w, b, "ref")
     for name, o, t, r in zip(("y", "dx", "dw", "db", "d2x", "d2w", "d2b"), ours, truth, torch_out):
         assert_close_to_truth(o.detach(), t.detach(), r.detach(), torch.float32, f"{op} {name}")
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
+def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed):
+    """The col2im routes are autograd.Functions: per-sample gradients (vmap of grad) and forward-mode AD (jvp) give
+    PyTorch's convolution's results, and the output and input gradient suggest PyTorch's memory format (a
+    one-channel tensor is contiguous both ways, so the strides themselves are compared through
+    suggests_channels_last) for every input and weight layout."""
+    require("native", "cpu")
+    from fastgan._layout import suggests_channels_last
+
+    if transposed:
+        x, w = _rand(3, 2, 6, 7, 7), _rand(6, 1, 4, 4, seed=1)
+
+        def ours(x, w):
+            return conv_transpose2d_act(x, w, None, 2, 1, 0, impl="native")
+
+        def torchs(x, w):
+            return torch.nn.functional.conv_transpose2d(x, w, None, 2, 1)
+    else:
+        x, w = _rand(3, 2, 1, 14, 13), _rand(5, 1, 4, 4, seed=1)
+
+        def ours(x, w):
+            return conv2d_act(x, w, None, 2, 1, impl="native")
+
+        def torchs(x, w):
+            return torch.nn.functional.conv2d(x, w, None, 2, 1)
+
+    x, w = x.detach(), w.detach()
+    per_sample = [torch.func.vmap(torch.func.grad(lambda xi, f=f: f(xi, w).square().sum()))(x) for f in (ours, torchs)]
+    torch.testing.assert_close(*per_sample)
+    tangents = (torch.randn_like(x[0]), torch.randn_like(w))
+    jvps = [torch.func.jvp(f, (x[0], w), tangents)[1] for f in (ours, torchs)]
+    torch.testing.assert_close(*jvps)
+    for (xl, xt), (wl, wt) in [(a, c) for a in _layouts(x[0]).items() for c in _layouts(w).items()]:
+        xt = xt.detach().requires_grad_()
+        outs = []
+        for f in (ours, torchs):
+            y = f(xt, wt)
+            (gx,) = torch.autograd.grad(y.square().sum(), xt)
+            outs.append((y, gx))
+        for a, b in zip(*outs):
+            assert suggests_channels_last(a) == suggests_channels_last(b), (xl, wl, a.stride(), b.stride())
+            torch.testing.assert_close(a, b)

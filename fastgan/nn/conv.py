@@ -109,6 +109,8 @@ class FusedConv2d(nn.Conv2d):
         return _from_modules(cls, nn.Conv2d, conv, norm, act, impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and self.norm is None:  # unbatched, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return self.forward_with_norm(x, self.norm)
 
     def forward_with_norm(self, x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
@@ -164,6 +166,8 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         return _from_modules(cls, nn.ConvTranspose2d, conv, norm, act, impl, conv.output_padding)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and self.norm is None:  # unbatched, as nn.ConvTranspose2d
+            return self.forward(x.unsqueeze(0), output_size).squeeze(0)
         return self.forward_with_norm(x, self.norm, output_size)
 
     def forward_with_norm(

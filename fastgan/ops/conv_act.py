@@ -156,31 +156,46 @@ def conv_impl(
     return resolve_impl(impl, device, op, act, dtype)
 
 
-def _fold_conv_transpose2d(x, weight, stride, padding, size) -> torch.Tensor:
+def _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last: bool) -> torch.Tensor:
     """The transposed convolution of ``x`` [N, C, H, W] with a weight to one channel [C, 1, kH, kW], ``size`` its
     output's spatial size: a matrix product per sample and a col2im (``F.fold``) of the columns. oneDNN took 4-5x
     longer for this (a grayscale generator's last layer, and the input gradient of a discriminator's first layer on
-    grayscale images; README)."""
+    grayscale images; README). ``channels_last``: the result has those strides (the same memory, one channel)."""
     n, c, h, w = x.shape
     kh, kw = weight.shape[2:]
     columns = torch.bmm(weight.reshape(c, kh * kw).t().contiguous().expand(n, kh * kw, c), x.reshape(n, c, h * w))
-    return F.fold(columns, size, (kh, kw), padding=padding, stride=stride)
+    y = F.fold(columns, size, (kh, kw), padding=padding, stride=stride)
+    return y.view(n, size[0], size[1], 1).permute(0, 3, 1, 2) if channels_last else y
+
+
+def _one_channel_route(x, weight, stride) -> bool:
+    """Whether a col2im route runs (for a CPU tensor): one channel on the weight's second axis (a convolution's input,
+    a transposed convolution's output), float32 or float64 (half types would round every tap's product before col2im
+    adds them), and at most 4 kernel taps per output value (the columns are that many times the output's size)."""
+    kh, kw = weight.shape[2:]
+    return (weight.shape[1] == 1 and x.dtype in (torch.float32, torch.float64)
+            and kh * kw <= 4 * stride[0] * stride[1])
 
 
 class _OneChannelConvTranspose(torch.autograd.Function):
     """A transposed convolution to one channel on the CPU (``_fold_conv_transpose2d``); its backward is PyTorch's
-    (the input gradient is a convolution from one channel, which oneDNN runs fast), differentiable again."""
+    (the input gradient is a convolution from one channel, which oneDNN runs fast), differentiable again; vmap and
+    forward-mode AD work (the map is bilinear)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, stride, padding, output_padding):
         size = [(i - 1) * s - 2 * p + k + o for i, s, p, k, o in
                 zip(x.shape[2:], stride, padding, weight.shape[2:], output_padding)]
-        return _fold_conv_transpose2d(x, weight, stride, padding, size)
+        layout = suggests_channels_last(x) or suggests_channels_last(weight)
+        return _fold_conv_transpose2d(x, weight, stride, padding, size, layout)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, ctx.stride, ctx.padding, ctx.output_padding = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, dy):
@@ -190,10 +205,21 @@ class _OneChannelConvTranspose(torch.autograd.Function):
                                                         ctx.output_padding, 1, mask)
         return dx, dw, None, None, None
 
+    @staticmethod
+    def jvp(ctx, x_t, w_t, *_):
+        x, weight = ctx.saved_tensors
+        args = (ctx.stride, ctx.padding, ctx.output_padding)
+        terms = [F.conv_transpose2d(a, b, None, *args) for a, b in ((x_t, weight), (x, w_t)) if a is not None
+                 and b is not None]
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
 
 class _FromOneChannelConv(torch.autograd.Function):
     """A convolution from one input channel on the CPU: PyTorch's forward and weight gradient, its input gradient (a
-    transposed convolution to one channel) by ``_fold_conv_transpose2d``; differentiable again."""
+    transposed convolution to one channel) by ``_fold_conv_transpose2d``; differentiable again; vmap and
+    forward-mode AD work."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, stride, padding):
@@ -203,17 +229,26 @@ class _FromOneChannelConv(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, ctx.stride, ctx.padding = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:])
+            layout = suggests_channels_last(x) or suggests_channels_last(weight)
+            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:], layout)
         if ctx.needs_input_grad[1]:
             dw = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
                                                      (0, 0), 1, [False, True, False])[1]
         return dx, dw, None, None
+
+    @staticmethod
+    def jvp(ctx, x_t, w_t, *_):
+        x, weight = ctx.saved_tensors
+        terms = [F.conv2d(a, b, None, ctx.stride, ctx.padding) for a, b in ((x_t, weight), (x, w_t))
+                 if a is not None and b is not None]
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def _matrix_conv2d(x, weight, bias, padding) -> torch.Tensor | None:
@@ -257,16 +292,18 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
     transposed, linear, b = output_padding is not None, act == "linear", _cast(bias, x)
     conv_bias = b if linear else None  # without an activation PyTorch's convolution adds the bias itself
     # The CPU routes stand in for oneDNN's convolution; torch.backends.mkldnn.flags(enabled=False) turns them off.
-    cpu = x.device.type == "cpu" and torch.backends.mkldnn.enabled and x.numel() > 0
+    # torch.compile sees PyTorch's convolution (Dynamo does not trace autograd.Functions with a custom jvp).
+    cpu = (x.device.type == "cpu" and torch.backends.mkldnn.enabled and x.numel() > 0
+           and not torch.compiler.is_compiling())
     y = None
     if cpu and transposed:
         y = _matrix_conv_transpose2d(x, weight, conv_bias, padding, output_padding)
-        if y is None and weight.shape[1] == 1:
+        if y is None and _one_channel_route(x, weight, stride):
             y = _OneChannelConvTranspose.apply(x, weight, stride, padding, output_padding)
             y = y if conv_bias is None else y + conv_bias.view(1, 1, 1, 1)
     elif cpu:
         y = _matrix_conv2d(x, weight, conv_bias, padding)
-        if y is None and weight.shape[1] == 1:
+        if y is None and _one_channel_route(x, weight, stride):
             y = _FromOneChannelConv.apply(x, weight, stride, padding)
             y = y if conv_bias is None else y + conv_bias.view(1, -1, 1, 1)
     if y is None:
