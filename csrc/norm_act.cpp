@@ -276,6 +276,16 @@ inline void dx_plane(const M* __restrict xs, const M* __restrict ds, M* __restri
     }
 }
 
+// dx_plane over n stored values (one block of a plane), through the math-type buffers of reduced precision.
+template <typename scalar_t, int A, bool PerSample, typename M>
+inline void dx_plane_stored(const scalar_t* x, const scalar_t* dy, scalar_t* dx, int64_t n, M mu, M inv, M w, M b,
+                            M alpha, M s_dz, M s_dzx, M count) {
+    M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
+    dx_plane<A, PerSample, M>(cpu::as_math<scalar_t, M>(x, n, xbuf), cpu::as_math<scalar_t, M>(dy, n, dbuf),
+                              cpu::out_math<scalar_t, M>(dx, obuf), n, mu, inv, w, b, alpha, s_dz, s_dzx, count);
+    cpu::store_math<scalar_t, M>(obuf, n, dx);
+}
+
 template <int A, bool PerSample, typename M>
 inline void dx_row(const M* __restrict xs, const M* __restrict ds, M* __restrict dx, int64_t C, const M* __restrict mu,
                    const M* __restrict inv, const M* __restrict w, const M* __restrict b, M alpha,
@@ -601,11 +611,8 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
                     const int64_t a = affine_index(p, p.instance ? qn : k, qc);
                     for (int64_t j0 = 0; j0 < p.L; j0 += cpu::kCpuBlock) {
                         const int64_t n = std::min(cpu::kCpuBlock, p.L - j0), i = geo.plane(p, q, k) * p.L + j0;
-                        dx_plane<A, false, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf),
-                                              cpu::as_math<scalar_t, M>(dy + i, n, dbuf),
-                                              cpu::out_math<scalar_t, M>(dx + i, obuf), n, gp.mean[q], gp.invstd[q],
-                                              gp.w[a], gp.b[a], alpha, sdz, sdzx, count);
-                        cpu::store_math<scalar_t, M>(obuf, n, dx + i);
+                        dx_plane_stored<scalar_t, A, false, M>(x + i, dy + i, dx + i, n, gp.mean[q], gp.invstd[q],
+                                                               gp.w[a], gp.b[a], alpha, sdz, sdzx, count);
                     }
                 }
             }
@@ -657,11 +664,8 @@ void backward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* sum_
     auto pass2 = [&](auto per_sample) {
         constexpr bool PS = decltype(per_sample)::value;
         for_each_run<M>(p, geo, [&](int64_t i, int64_t n, int64_t g, int64_t a) {
-            M xbuf[cpu::kCpuBlock], dbuf[cpu::kCpuBlock], obuf[cpu::kCpuBlock];
-            dx_plane<A, PS, M>(cpu::as_math<scalar_t, M>(x + i, n, xbuf), cpu::as_math<scalar_t, M>(dy + i, n, dbuf),
-                               cpu::out_math<scalar_t, M>(dx + i, obuf), n, gp.mean[g], gp.invstd[g], gp.w[a],
-                               gp.b[a], alpha, sdz[g], sdzx[g], count);
-            cpu::store_math<scalar_t, M>(obuf, n, dx + i);
+            dx_plane_stored<scalar_t, A, PS, M>(x + i, dy + i, dx + i, n, gp.mean[g], gp.invstd[g], gp.w[a], gp.b[a],
+                                                alpha, sdz[g], sdzx[g], count);
         }, [&](int64_t i, int64_t gbase, int64_t abase, M* scratch) {
             dx_row<A, PS, M>(cpu::as_math<scalar_t, M>(x + i, p.C, scratch),
                              cpu::as_math<scalar_t, M>(dy + i, p.C, scratch + p.C),

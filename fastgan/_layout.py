@@ -50,3 +50,9 @@ def suggests_channels_last(t: torch.Tensor) -> bool:
             return False
         smallest = strides[d] * sizes[d]
     return True
+
+
+def conv_channels_last(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether PyTorch's convolution of ``x`` with ``weight`` (either direction) returns channels_last: when the input
+    or the weight suggests it."""
+    return suggests_channels_last(x) or suggests_channels_last(weight)

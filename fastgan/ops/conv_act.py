@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .._autotune import autotuned
 from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
 from .._dtypes import check_dtype
-from .._layout import suggests_channels_last
+from .._layout import conv_channels_last
 from .bias_act import ACTIVATIONS, activation, activation_at, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
@@ -177,6 +177,12 @@ def _one_channel_route(x, weight, stride) -> bool:
             and kh * kw <= 4 * stride[0] * stride[1])
 
 
+def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
+    """Forward-mode AD of a bilinear map ``f``: ``f(x_t, weight) + f(x, w_t)``, of the tangents given."""
+    terms = [f(a, b) for a, b in ((x_t, weight), (x, w_t)) if a is not None and b is not None]
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
 class _OneChannelConvTranspose(torch.autograd.Function):
     """A transposed convolution to one channel on the CPU (``_fold_conv_transpose2d``); its backward is PyTorch's
     (the input gradient is a convolution from one channel, which oneDNN runs fast), differentiable again; vmap and
@@ -186,10 +192,8 @@ class _OneChannelConvTranspose(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weight, stride, padding, output_padding):
-        size = [(i - 1) * s - 2 * p + k + o for i, s, p, k, o in
-                zip(x.shape[2:], stride, padding, weight.shape[2:], output_padding)]
-        layout = suggests_channels_last(x) or suggests_channels_last(weight)
-        return _fold_conv_transpose2d(x, weight, stride, padding, size, layout)
+        size = _output_size(x, weight, stride, padding, output_padding)
+        return _fold_conv_transpose2d(x, weight, stride, padding, size, conv_channels_last(x, weight))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -208,10 +212,8 @@ class _OneChannelConvTranspose(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, w_t, *_):
         x, weight = ctx.saved_tensors
-        args = (ctx.stride, ctx.padding, ctx.output_padding)
-        terms = [F.conv_transpose2d(a, b, None, *args) for a, b in ((x_t, weight), (x, w_t)) if a is not None
-                 and b is not None]
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return _bilinear_tangent(lambda a, b: F.conv_transpose2d(a, b, None, ctx.stride, ctx.padding,
+                                                                 ctx.output_padding), x, weight, x_t, w_t)
 
 
 class _FromOneChannelConv(torch.autograd.Function):
@@ -236,8 +238,7 @@ class _FromOneChannelConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            layout = suggests_channels_last(x) or suggests_channels_last(weight)
-            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:], layout)
+            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:], conv_channels_last(x, weight))
         if ctx.needs_input_grad[1]:
             dw = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
                                                      (0, 0), 1, [False, True, False])[1]
@@ -246,9 +247,7 @@ class _FromOneChannelConv(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, w_t, *_):
         x, weight = ctx.saved_tensors
-        terms = [F.conv2d(a, b, None, ctx.stride, ctx.padding) for a, b in ((x_t, weight), (x, w_t))
-                 if a is not None and b is not None]
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return _bilinear_tangent(lambda a, b: F.conv2d(a, b, None, ctx.stride, ctx.padding), x, weight, x_t, w_t)
 
 
 def _matrix_conv2d(x, weight, bias, padding) -> torch.Tensor | None:
@@ -257,7 +256,7 @@ def _matrix_conv2d(x, weight, bias, padding) -> torch.Tensor | None:
     if padding != (0, 0) or x.shape[2:] != weight.shape[2:]:
         return None
     n, c_out, k = x.shape[0], weight.shape[0], x.shape[1] * x.shape[2] * x.shape[3]
-    if suggests_channels_last(x) or suggests_channels_last(weight):  # multiply in that order, without copies
+    if conv_channels_last(x, weight):  # multiply in that order, without copies
         x, weight = x.permute(0, 2, 3, 1), weight.permute(0, 2, 3, 1)
     w = weight.reshape(c_out, k).t()
     y = torch.mm(x.reshape(n, k), w) if bias is None else torch.addmm(bias, x.reshape(n, k), w)
@@ -270,7 +269,7 @@ def _matrix_conv_transpose2d(x, weight, bias, padding, output_padding) -> torch.
     if padding != (0, 0) or output_padding != (0, 0) or x.shape[2:] != (1, 1):
         return None
     n, c_in, (c_out, kh, kw) = x.shape[0], x.shape[1], weight.shape[1:]
-    if suggests_channels_last(x) or suggests_channels_last(weight):  # PyTorch's output layout: channels_last
+    if conv_channels_last(x, weight):  # PyTorch's output layout: channels_last
         y = torch.mm(x.reshape(n, c_in), weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out))
         y = y.view(n, kh, kw, c_out).permute(0, 3, 1, 2)
     else:

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ..._backend import triton_interpreting
-from ..._layout import suggests_channels_last
+from ..._layout import conv_channels_last
 from .bias_act import _act, _round_to_bf16
 from .launch import INT32_MAX_ELEMENTS, launch
 from .norm_act import merge_partials
@@ -135,8 +135,7 @@ def empty_output(x, w, stride, padding, output_padding) -> torch.Tensor:
     """The uninitialised output in PyTorch's convolution layout: channels_last when the input or the weight suggests
     channels_last (``Tensor.suggest_memory_format``), else contiguous."""
     shape = _output_shape(x, w, stride, padding, output_padding)
-    channels_last = suggests_channels_last(x) or suggests_channels_last(w)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if conv_channels_last(x, w) else torch.contiguous_format
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
