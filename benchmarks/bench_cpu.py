@@ -40,7 +40,9 @@ LAYOUTS = ("contiguous", "channels_last")
 BN_SHAPES = [(64, 64, 14, 14), (64, 128, 7, 7), (64, 128, 16, 16)] if FULL else [(64, 128, 7, 7)]
 IN_SHAPES = [(1, 64, 256, 256), (1, 256, 64, 64)] if FULL else [(1, 256, 64, 64)]
 BIAS_SHAPES = [(64, 64, 14, 14), (64, 128, 16, 16)] if FULL else [(64, 64, 14, 14)]
-STEP_PROVIDERS = ("plain", "optimize-auto", "optimize-native", "optimize-ref") if FULL else ("plain", "optimize-auto")
+# "-cl": plain PyTorch's model.to(memory_format=torch.channels_last), optimize's channels_last=True.
+STEP_PROVIDERS = (("plain", "plain-cl", "optimize-auto", "optimize-auto-cl", "optimize-native", "optimize-ref") if FULL
+                  else ("plain", "optimize-auto"))
 
 
 def _tensor(shape, dtype, layout, gen):
@@ -159,10 +161,12 @@ def test_penalty_head(benchmark, provider, shape):
 @pytest.mark.parametrize("provider", STEP_PROVIDERS)
 def test_dcgan28_step(benchmark, provider):
     """One training step of the canonical MNIST DCGAN (batch 64, Adam): plain PyTorch vs ``fastgan.optimize``."""
-    impl = None if provider == "plain" else provider.split("-")[1]
+    impl = None if provider.startswith("plain") else provider.split("-")[1]
     if impl is not None:
         require_provider(impl if impl != "auto" else "ref")
     batch = 64 if FULL else 8  # CI's smoke run: the same step on a small batch
     benchmark.group = f"cpu-dcgan28-step-b{batch}-f32"
-    measure(benchmark, make_step(impl, batch), op="dcgan28_step", provider=provider, mode="step", shape=f"b{batch}",
+    cl = provider.endswith("-cl")
+    step = make_step(impl, batch, channels_last=cl and impl is None, fused_channels_last=cl and impl is not None)
+    measure(benchmark, step, op="dcgan28_step", provider=provider, mode="step", shape=f"b{batch}",
             dtype="torch.float32")

@@ -37,13 +37,15 @@ def discriminator() -> nn.Sequential:
     )
 
 
-def make_step(impl: str | None, batch: int = 64, seed: int = 0,
-              channels_last: bool = False) -> Callable[[], tuple[float, float]]:
-    """One training step as a closure: ``impl=None`` is plain PyTorch, otherwise ``fastgan.optimize(..., impl=)``."""
+def make_step(impl: str | None, batch: int = 64, seed: int = 0, channels_last: bool = False,
+              fused_channels_last: bool = False) -> Callable[[], tuple[float, float]]:
+    """One training step as a closure: ``impl=None`` is plain PyTorch, otherwise ``fastgan.optimize(..., impl=)``
+    (``fused_channels_last``: its ``channels_last=True``); ``channels_last``: the models and images converted to
+    channels_last, as a user would for plain PyTorch."""
     torch.manual_seed(seed)
     g, d = generator(), discriminator()
     if impl is not None:
-        g, d = fastgan.optimize(g, impl=impl), fastgan.optimize(d, impl=impl)
+        g, d = (fastgan.optimize(m, impl=impl, channels_last=fused_channels_last) for m in (g, d))
     if channels_last:
         g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))

@@ -22,6 +22,14 @@ keys, shapes and values, and a checkpoint of either model loads into the other w
 modules adopt the original Parameter and buffer objects, so an optimizer built before ``optimize(inplace=True)``
 keeps training the same tensors.
 
+With ``channels_last=True`` the fused convolutions of each Sequential run in channels_last, as
+``model.to(memory_format=torch.channels_last)`` would run them, but nothing outside a Sequential sees another
+layout: their weights get channels_last strides (the same Parameters, values and state_dict), and the Sequential
+hands its caller, and any module inside it that may depend on strides (a custom module's ``view``), the layout of
+its input. On the CPU oneDNN runs NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs
+and gradients: the DCGAN-28 step gains about 5% more; but convolutions with 512 channels on small maps ran slower
+(DCGAN-64's discriminator, PatchGAN: README, CPU benchmarks), so it is not the default.
+
 Modules inside a custom ``nn.Module`` subclass are only rewritten within its child Sequentials (recursively): its
 ``forward`` may call its children in any order, so a conv followed by a ReLU attribute need not be a conv -> ReLU
 run. Modules with hooks or parametrizations (``spectral_norm``, ``weight_norm``) are left untouched, as is anything
@@ -42,10 +50,12 @@ from .nn.norm_act import BatchNormAct2d, InstanceNormAct2d
 __all__ = ["optimize"]
 
 _CONVS = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d}
+_FUSED_CONVS = (FusedConv2d, FusedConvTranspose2d)
 _NORMS = {nn.BatchNorm2d: BatchNormAct2d, nn.InstanceNorm2d: InstanceNormAct2d}
 
 
-def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbose: bool = False) -> nn.Module:
+def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbose: bool = False,
+             channels_last: bool = False) -> nn.Module:
     """Replace conv/norm/linear + activation runs of ``model`` by fused fastgan modules (see the module docstring).
 
     Args:
@@ -53,6 +63,9 @@ def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbos
         inplace: rewrite ``model`` itself (sharing its Parameters) instead of a deep copy.
         impl: the ``impl=`` of every fused module (``"auto"``, ``"ref"``, ``"triton"`` or ``"native"``).
         verbose: print one line per fused run.
+        channels_last: run the fused convolutions of every Sequential in channels_last
+            (:meth:`fastgan.nn.FusedSequential.run_channels_last`: their weights become channels_last; each
+            Sequential still hands out the layout of its input, and gives it to any module that may need it).
 
     Returns:
         The optimized model: the same function in train and eval mode (outputs, gradients, running statistics),
@@ -60,6 +73,8 @@ def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbos
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastgan.optimize: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"fastgan.optimize: channels_last must be True or False, got {channels_last!r}")
     if not inplace:
         model = copy.deepcopy(model)
     report: list[str] = []
@@ -67,6 +82,8 @@ def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbos
         _rewrite_sequential(model, "", impl, report)
     else:
         _visit(model, "", impl, report)
+    if channels_last:
+        _run_channels_last(model, report)
     if verbose:
         print(f"fastgan.optimize: fused {len(report)} run(s)" + "".join(f"\n  {line}" for line in report))
     return model
@@ -172,6 +189,15 @@ def _rewrite_sequential(seq: nn.Sequential, prefix: str, impl: str, report: list
             elif module is not None:
                 _visit(module, f"{prefix}{names[i]}.", impl, report)
             i += 1
+
+
+def _run_channels_last(model: nn.Module, report: list[str]) -> None:
+    """Every plain or fused Sequential holding a fused convolution runs it channels_last (as a FusedSequential)."""
+    for name, module in model.named_modules():
+        if type(module) in (nn.Sequential, FusedSequential) and any(isinstance(m, _FUSED_CONVS) for m in module):
+            module.__class__ = FusedSequential
+            module.run_channels_last()
+            report.append(f"{name or '(model)'}: fused convolutions run channels_last")
 
 
 def _replace(seq, names, i, fused, prefix, report, originals) -> None:

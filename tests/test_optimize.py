@@ -110,11 +110,11 @@ MODELS = {
 }
 
 
-def _pair(name: str, impl: str):
+def _pair(name: str, impl: str, channels_last: bool = False):
     factory, shape = MODELS[name]
     torch.manual_seed(0)
     original = factory().double()
-    optimized = fastgan.optimize(original, impl=impl)
+    optimized = fastgan.optimize(original, impl=impl, channels_last=channels_last)
     return original, optimized, shape
 
 
@@ -163,7 +163,10 @@ def test_fuses_and_keeps_state_dict(name):
 def test_same_training_trajectory(name, impl):
     """Several SGD steps in train mode, then eval, then train again: outputs, gradients, running statistics."""
     require(impl, "cpu")
-    original, optimized, shape = _pair(name, impl)
+    _check_trajectory(*_pair(name, impl), REL[impl])
+
+
+def _check_trajectory(original, optimized, shape, rel):
     opt_a = torch.optim.SGD(original.parameters(), lr=0.01, momentum=0.9)
     opt_b = torch.optim.SGD(optimized.parameters(), lr=0.01, momentum=0.9)
     for step, mode in enumerate(["train", "train", "train", "eval", "train"]):
@@ -171,7 +174,8 @@ def test_same_training_trajectory(name, impl):
         optimized.train(mode == "train")
         x = _input(shape, step)
         out_a, out_b = original(x), optimized(x)
-        _close(out_b, out_a, f"step {step} ({mode}) output", REL[impl])
+        _close(out_b, out_a, f"step {step} ({mode}) output", rel)
+        assert out_b.is_contiguous(), f"step {step}: the output is not laid out as the model's ({out_b.stride()})"
         if mode == "eval":
             continue
         weights = _input(out_a.shape, 100 + step)
@@ -180,8 +184,8 @@ def test_same_training_trajectory(name, impl):
             (out * weights).sum().backward()
             opt.step()
         for (key, pa), (_, pb) in zip(original.named_parameters(), optimized.named_parameters()):
-            _close(pb.grad, pa.grad, f"step {step} grad {key}", REL[impl])
-        _assert_same_state_close(original, optimized, REL[impl])
+            _close(pb.grad, pa.grad, f"step {step} grad {key}", rel)
+        _assert_same_state_close(original, optimized, rel)
 
 
 def _assert_same_state_close(a, b, rel):
@@ -216,6 +220,70 @@ def test_gradient_penalty_through_optimized_discriminator(name, penalty, impl):
     _close(value_b, value_a, "penalty", REL[impl])
     for i, (ga, gb) in enumerate(zip(grads_a, grads_b)):
         _close(gb, ga, f"penalty gradient {i}", REL[impl])
+
+
+# --- channels_last on the CPU -----------------------------------------------------------------------------------------
+
+
+def _weights_channels_last(model) -> list[bool]:
+    """For each fused conv: whether its weight has channels_last strides (``clone``'s, also for one channel)."""
+    return [m.weight.stride() == m.weight.clone(memory_format=torch.channels_last).stride()
+            for m in model.modules() if isinstance(m, FusedConv2d | FusedConvTranspose2d)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_channels_last_training_trajectory(name):
+    """Fused convolutions run channels_last: the same trajectory as the plain model, and every Sequential hands out
+    the layout of its input."""
+    require("native", "cpu")
+    original, optimized, shape = _pair(name, "native", channels_last=True)
+    assert all(_weights_channels_last(optimized))
+    _check_trajectory(original, optimized, shape, REL["native"])
+
+
+def test_channels_last_is_asked_for():
+    torch.manual_seed(0)
+    model = DCGANGenerator()
+    assert not any(_weights_channels_last(fastgan.optimize(model))) and not fastgan.optimize(model).main.keeps_layout
+    params = list(model.parameters())
+    optimized = fastgan.optimize(model, inplace=True, channels_last=True)
+    assert all(_weights_channels_last(optimized)) and optimized.main.keeps_layout
+    assert all(a is b for a, b in zip(params, optimized.parameters()))  # the same Parameters, restrided
+    with pytest.raises(TypeError, match="channels_last"):
+        fastgan.optimize(DCGANGenerator(), channels_last=None)
+
+
+class _Flatten(nn.Module):
+    def forward(self, x):
+        return x.view(x.shape[0], -1)  # only for a contiguous x
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_channels_last_run_hands_other_modules_the_input_layout(layout):
+    """A module that needs its input's layout (a view) gets it back; the caller gets what the plain Sequential gives.
+    Without the restoring the view fails: the witness that the test can."""
+    require("native", "cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                          nn.LeakyReLU(0.2)).double()
+    x = _input((2, 3, 8, 8), 0)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    body = fastgan.optimize(model, impl="native", channels_last=True)
+    assert type(body) is FusedSequential and all(_weights_channels_last(body))
+    out_plain, out_fused = model(x), body(x)
+    _close(out_fused, out_plain, "output", REL["native"])
+    assert out_fused.stride() == out_plain.stride()
+    if layout == "channels_last":
+        return  # the plain model's output is channels_last: no view after it
+    body.keeps_layout = False
+    assert not body(x).is_contiguous()
+    plain = nn.Sequential(*model, _Flatten(), nn.Linear(8 * 4 * 4, 1)).double()
+    optimized = fastgan.optimize(plain, impl="native", channels_last=True)
+    _close(optimized(x), plain(x), "output through a view", REL["native"])
+    optimized.keeps_layout = False
+    with pytest.raises(RuntimeError, match="view"):
+        optimized(x)
 
 
 def test_conv_batch_norm_statistics_come_from_the_conv_epilogue(monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._layout import suggests_channels_last
 from ..ops.bias_act import activation
 from ..ops.conv_act import conv2d_act, conv_transpose2d_act
 from ..ops.conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
@@ -199,20 +200,61 @@ class FusedSequential(nn.Sequential):
     (batch statistics from the convolution's epilogue on Triton). Each module keeps its index, so the state_dict keys
     are those of the plain Sequential. The pair is called through ``forward_with_norm``: forward hooks on either
     module are not run.
+
+    After :meth:`run_channels_last` (``fastgan.optimize(..., channels_last=True)`` calls it) its fused convolutions'
+    weights are channels_last, so the convolutions, norms and activations inside run on channels_last tensors
+    (oneDNN's direct NHWC kernels, without the reorders it makes around an NCHW convolution); every other module, and
+    the caller, get 4-D tensors in the layout the input had (contiguous unless the input was channels_last), as the
+    plain Sequential gives them, so a ``view`` after it still works.
     """
 
+    keeps_layout = False  # True after run_channels_last: hand 4-D tensors out in the input's layout
+
+    def run_channels_last(self) -> bool:
+        """Make the fused convolutions' weights (direct children) channels_last, in place (the same Parameter
+        objects, as ``Module.to(memory_format=...)`` does); True if there was one."""
+        convs = [m for m in self if isinstance(m, FusedConv2d | FusedConvTranspose2d)]
+        for conv in convs:
+            # clone, not contiguous: a weight with one input or output channel is both layouts at once, and only
+            # channels_last strides make the convolution's output channels_last.
+            conv.weight.data = conv.weight.data.clone(memory_format=torch.channels_last)
+        self.keeps_layout = self.keeps_layout or bool(convs)
+        return bool(convs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = _layout_of(x) if self.keeps_layout else None
         modules = list(self._modules.values())
         i = 0
         while i < len(modules):
             module, nxt = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            if layout is not None and not isinstance(module, _ANY_LAYOUT):
+                x = _in_layout(x, layout)
             if _feeds_batch_norm(module, nxt):
                 x = module.forward_with_norm(x, nxt)
                 i += 2
             else:
                 x = module(x)
                 i += 1
-        return x
+        return x if layout is None else _in_layout(x, layout)
+
+
+# Modules that take a channels_last tensor as well as a contiguous one (a FusedSequential's channels_last run continues
+# through them); anything else, a custom module above all (its forward may view), gets the layout the input had.
+_ANY_LAYOUT = (FusedConv2d, FusedConvTranspose2d, BatchNormAct2d, InstanceNormAct2d, nn.Identity, nn.ReLU,
+               nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus, nn.Dropout, nn.Dropout2d,
+               nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.AvgPool2d,
+               nn.MaxPool2d)
+
+
+def _layout_of(x) -> torch.memory_format:
+    """The layout a plain Sequential of convolutions hands out for input ``x``: channels_last if ``x`` suggests it."""
+    return torch.channels_last if isinstance(x, torch.Tensor) and suggests_channels_last(x) else torch.contiguous_format
+
+
+def _in_layout(x, layout: torch.memory_format):
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous(memory_format=layout):
+        return x.contiguous(memory_format=layout)
+    return x
 
 
 def _feeds_batch_norm(module: nn.Module, nxt: nn.Module | None) -> bool:
