@@ -25,10 +25,11 @@ keeps training the same tensors.
 With ``channels_last=True`` the fused convolutions of each Sequential run in channels_last, as
 ``model.to(memory_format=torch.channels_last)`` would run them, but nothing outside a Sequential sees another
 layout: their weights get channels_last strides (the same Parameters, values and state_dict), and the Sequential
-hands its caller, and any module inside it that may depend on strides (a custom module's ``view``), the layout of
-its input. On the CPU oneDNN runs NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs
-and gradients: the DCGAN-28 step gains about 5% more; but convolutions with 512 channels on small maps ran slower
-(DCGAN-64's discriminator, PatchGAN: README, CPU benchmarks), so it is not the default.
+hands its caller, its input's gradient and any module inside it that may depend on strides (a custom module's
+``view``) the layout the plain Sequential would (see :class:`~fastgan.nn.FusedSequential`). On the CPU oneDNN runs
+NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs and gradients: the DCGAN-28 step
+gains about 4% more; but convolutions with 512 channels on small maps ran slower (DCGAN-64's discriminator,
+PatchGAN: README, CPU benchmarks), so it is not the default.
 
 Modules inside a custom ``nn.Module`` subclass are only rewritten within its child Sequentials (recursively): its
 ``forward`` may call its children in any order, so a conv followed by a ReLU attribute need not be a conv -> ReLU
@@ -65,7 +66,7 @@ def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbos
         verbose: print one line per fused run.
         channels_last: run the fused convolutions of every Sequential in channels_last
             (:meth:`fastgan.nn.FusedSequential.run_channels_last`: their weights become channels_last; each
-            Sequential still hands out the layout of its input, and gives it to any module that may need it).
+            Sequential still hands out the layouts the plain one would).
 
     Returns:
         The optimized model: the same function in train and eval mode (outputs, gradients, running statistics),
@@ -82,10 +83,9 @@ def optimize(model: nn.Module, inplace: bool = False, impl: str = "auto", verbos
         _rewrite_sequential(model, "", impl, report)
     else:
         _visit(model, "", impl, report)
-    if channels_last:
-        _run_channels_last(model, report)
+    layouts = _run_channels_last(model) if channels_last else []
     if verbose:
-        print(f"fastgan.optimize: fused {len(report)} run(s)" + "".join(f"\n  {line}" for line in report))
+        print(f"fastgan.optimize: fused {len(report)} run(s)" + "".join(f"\n  {line}" for line in report + layouts))
     return model
 
 
@@ -191,13 +191,16 @@ def _rewrite_sequential(seq: nn.Sequential, prefix: str, impl: str, report: list
             i += 1
 
 
-def _run_channels_last(model: nn.Module, report: list[str]) -> None:
-    """Every plain or fused Sequential holding a fused convolution runs it channels_last (as a FusedSequential)."""
+def _run_channels_last(model: nn.Module) -> list[str]:
+    """Every plain or fused Sequential holding a fused convolution runs it channels_last (as a FusedSequential); one
+    line per Sequential that does."""
+    lines = []
     for name, module in model.named_modules():
         if type(module) in (nn.Sequential, FusedSequential) and any(isinstance(m, _FUSED_CONVS) for m in module):
             module.__class__ = FusedSequential
-            module.run_channels_last()
-            report.append(f"{name or '(model)'}: fused convolutions run channels_last")
+            if module.run_channels_last():
+                lines.append(f"{name or '(model)'}: fused convolutions run channels_last")
+    return lines
 
 
 def _replace(seq, names, i, fused, prefix, report, originals) -> None:

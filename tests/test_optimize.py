@@ -286,6 +286,53 @@ def test_channels_last_run_hands_other_modules_the_input_layout(layout):
         optimized(x)
 
 
+def _grad_layout(model, x):
+    x = x.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+    return grad
+
+
+def test_channels_last_run_lays_out_everything_outside_as_plain():
+    """One-channel images (strides are all that tell a convolution their layout), the input's gradient (a penalty's
+    view), unbatched input, a slice, a custom module in the middle, weights that were channels_last already: the
+    strides the plain model gives; dropout drops the same elements."""
+    require("native", "cpu")
+    torch.manual_seed(0)
+    g = DCGANGenerator(nc=1).double()
+    g_opt = fastgan.optimize(g, impl="native", channels_last=True)
+    z = _input((2, 8, 1, 1), 0)
+    assert g_opt(z).stride() == g(z).stride()
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.LeakyReLU(0.2),
+                          nn.Conv2d(8, 4, 3, padding=1)).double()
+    fused = fastgan.optimize(plain, impl="native", channels_last=True)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = _input((2, 3, 8, 8), 1).contiguous(memory_format=layout)
+        grad, grad_plain = _grad_layout(fused, x), _grad_layout(plain, x)
+        assert grad.stride() == grad_plain.stride(), layout
+        _close(grad, grad_plain, "input gradient", REL["native"])
+        assert fused[:3](x).stride() == plain[:3](x).stride()
+    x3 = _input((3, 8, 8), 2)
+    assert fused(x3).stride() == plain(x3).stride() and fused(x3).shape == plain(x3).shape
+
+    class Contiguous(nn.Module):
+        def forward(self, x):
+            return x.contiguous()
+
+    x_cl = _input((2, 3, 8, 8), 3).contiguous(memory_format=torch.channels_last)
+    middle = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Contiguous(), nn.Conv2d(8, 8, 3, padding=1)).double()
+    assert fastgan.optimize(middle, impl="native", channels_last=True)(x_cl).stride() == middle(x_cl).stride()
+    already = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x = _input((2, 3, 8, 8), 4)
+    assert fastgan.optimize(already, impl="native", channels_last=True)(x).stride() == already(x).stride()
+
+    dropout = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(8, 4, 3, padding=1)).double()
+    fused_dropout = fastgan.optimize(dropout, impl="native", channels_last=True)
+    torch.manual_seed(1)
+    expected = dropout(x)
+    torch.manual_seed(1)
+    _close(fused_dropout(x), expected, "dropout", REL["native"])
+
+
 def test_conv_batch_norm_statistics_come_from_the_conv_epilogue(monkeypatch):
     """conv -> BatchNorm2d -> ReLU runs as one op (a FusedSequential keeps the keys): on Triton the norm never makes
     its statistics pass over the conv output (the conv epilogue reduced them); its backward reductions still run.

@@ -203,31 +203,48 @@ class FusedSequential(nn.Sequential):
 
     After :meth:`run_channels_last` (``fastgan.optimize(..., channels_last=True)`` calls it) its fused convolutions'
     weights are channels_last, so the convolutions, norms and activations inside run on channels_last tensors
-    (oneDNN's direct NHWC kernels, without the reorders it makes around an NCHW convolution); every other module, and
-    the caller, get 4-D tensors in the layout the input had (contiguous unless the input was channels_last), as the
-    plain Sequential gives them, so a ``view`` after it still works.
+    (oneDNN's direct NHWC kernels, without the reorders it makes around an NCHW convolution), while the layouts seen
+    outside are the plain Sequential's: every module not known to take channels_last (a custom module's forward may
+    ``view``) gets its input in the layout the plain Sequential would give it, and so do the caller (the output) and
+    the input's gradient (a gradient penalty's ``grad.view(n, -1)``). A slice keeps this; iterating over the modules
+    and calling them one by one does not (the tensors between them are channels_last).
     """
 
-    keeps_layout = False  # True after run_channels_last: hand 4-D tensors out in the input's layout
+    keeps_layout = False  # True after run_channels_last: tensors leave in the plain Sequential's layouts
 
     def run_channels_last(self) -> bool:
         """Make the fused convolutions' weights (direct children) channels_last, in place (the same Parameter
-        objects, as ``Module.to(memory_format=...)`` does); True if there was one."""
+        objects, as ``Module.to(memory_format=...)`` does); True if it did. Weights that are channels_last already
+        (``model.to(memory_format=torch.channels_last)``) are left as they are: the plain Sequential runs channels_last
+        then too."""
         convs = [m for m in self if isinstance(m, FusedConv2d | FusedConvTranspose2d)]
+        if not convs or any(suggests_channels_last(conv.weight) for conv in convs):
+            return False
         for conv in convs:
             # clone, not contiguous: a weight with one input or output channel is both layouts at once, and only
             # channels_last strides make the convolution's output channels_last.
             conv.weight.data = conv.weight.data.clone(memory_format=torch.channels_last)
-        self.keeps_layout = self.keeps_layout or bool(convs)
-        return bool(convs)
+        self.keeps_layout = True
+        return True
+
+    def __getitem__(self, idx):
+        item = super().__getitem__(idx)
+        if isinstance(item, FusedSequential):  # a slice runs its convolutions channels_last too
+            item.keeps_layout = self.keeps_layout
+        return item
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = _layout_of(x) if self.keeps_layout else None
+        layout = None
+        if self.keeps_layout and isinstance(x, torch.Tensor):
+            layout = _layout_of(x)
+            if x.requires_grad and not torch.compiler.is_compiling():  # Dynamo does not trace a custom jvp
+                x = _GradInLayout.apply(x, layout)
         modules = list(self._modules.values())
         i = 0
         while i < len(modules):
             module, nxt = modules[i], modules[i + 1] if i + 1 < len(modules) else None
-            if layout is not None and not isinstance(module, _ANY_LAYOUT):
+            foreign = layout is not None and not isinstance(module, _ANY_LAYOUT)
+            if foreign:
                 x = _in_layout(x, layout)
             if _feeds_batch_norm(module, nxt):
                 x = module.forward_with_norm(x, nxt)
@@ -235,13 +252,39 @@ class FusedSequential(nn.Sequential):
             else:
                 x = module(x)
                 i += 1
+            if foreign:  # what the plain Sequential's next convolutions make of this module's output
+                layout = _layout_of(x) if i < len(modules) else None
         return x if layout is None else _in_layout(x, layout)
 
 
-# Modules that take a channels_last tensor as well as a contiguous one (a FusedSequential's channels_last run continues
-# through them); anything else, a custom module above all (its forward may view), gets the layout the input had.
+class _GradInLayout(torch.autograd.Function):
+    """The identity, whose backward hands the gradient back in ``layout``: the input's gradient of a channels_last
+    run laid out as the plain Sequential's would be. Differentiable again (penalties)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, layout):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.layout = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _in_layout(grad, ctx.layout), None
+
+    @staticmethod
+    def jvp(ctx, x_t, _):
+        return x_t
+
+
+# Modules that compute the same values from a channels_last tensor (a FusedSequential's channels_last run continues
+# through them); anything else, a custom module above all (its forward may view), gets the plain layout. Not
+# nn.Dropout: its mask is drawn in memory order, so another layout drops other elements.
 _ANY_LAYOUT = (FusedConv2d, FusedConvTranspose2d, BatchNormAct2d, InstanceNormAct2d, nn.Identity, nn.ReLU,
-               nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus, nn.Dropout, nn.Dropout2d,
+               nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus, nn.Dropout2d,
                nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.AvgPool2d,
                nn.MaxPool2d)
 
@@ -252,8 +295,15 @@ def _layout_of(x) -> torch.memory_format:
 
 
 def _in_layout(x, layout: torch.memory_format):
-    if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous(memory_format=layout):
-        return x.contiguous(memory_format=layout)
+    """``x`` with ``layout``'s strides where it suggests the other layout (a one-channel map is contiguous both ways,
+    but only its strides tell the next convolution which it is: cloned then); unbatched (3-D) contiguous, as a
+    convolution returns it."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.dim() == 3:
+        return x.contiguous()
+    if x.dim() == 4 and suggests_channels_last(x) != (layout == torch.channels_last):
+        return x.clone(memory_format=layout)
     return x
 
 
