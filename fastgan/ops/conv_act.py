@@ -376,15 +376,7 @@ def conv2d_act(
     stride_, padding_, _, alpha_ = check_conv("conv2d_act", x, weight, bias, stride, padding, None, act, alpha)
     epilogue = _epilogue(impl, x)
     impl = conv_impl(impl, x.device, "conv2d_act", act, x.dtype)
-    if impl == "ref":
-        return conv2d_act_ref(x, weight, bias, stride_, padding_, act, alpha)
-    if impl == "native":
-        return _native(x, weight, bias, stride_, padding_, None, act, alpha, epilogue)
-    conv = custom_ops("conv_act", "triton").conv2d_act
-    if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
-        return conv(x, weight, bias, list(stride_), list(padding_), ACTIVATIONS[act].index, alpha_)
-    y = conv(x, weight, None, list(stride_), list(padding_), 0, 0.0)
-    return bias_act(y, bias, 1, act, alpha, impl="triton")
+    return run_conv_act(impl, x, weight, bias, stride_, padding_, None, act, alpha, alpha_, epilogue)
 
 
 @autotuned("conv_transpose2d_act")
@@ -421,15 +413,25 @@ def conv_transpose2d_act(
     stride_, padding_, out_pad, alpha_ = check_conv(op, x, weight, bias, stride, padding, output_padding, act, alpha)
     epilogue = _epilogue(impl, x)
     impl = conv_impl(impl, x.device, op, act, x.dtype)
+    return run_conv_act(impl, x, weight, bias, stride_, padding_, out_pad, act, alpha, alpha_, epilogue)
+
+
+def run_conv_act(impl, x, weight, bias, stride, padding, output_padding, act, alpha, alpha_, epilogue="native"):
+    """Both ops after their checks (``check_conv``'s stride, padding and ``alpha_``), ``impl`` resolved
+    (``conv_impl``), ``output_padding`` None for a convolution; also the convolution of the conv + norm blocks."""
+    transposed = output_padding is not None
     if impl == "ref":
-        return conv_transpose2d_act_ref(x, weight, bias, stride_, padding_, out_pad, act, alpha)
+        y = (F.conv_transpose2d(x, weight, None, stride, padding, output_padding) if transposed
+             else F.conv2d(x, weight, None, stride, padding))
+        return bias_act_ref(y, bias, 1, act, alpha)
     if impl == "native":
-        return _native(x, weight, bias, stride_, padding_, out_pad, act, alpha, epilogue)
-    conv_t = custom_ops("conv_act", "triton").conv_transpose2d_act
-    if act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0):
-        return conv_t(x, weight, bias, list(stride_), list(padding_), list(out_pad), ACTIVATIONS[act].index, alpha_)
-    y = conv_t(x, weight, None, list(stride_), list(padding_), list(out_pad), 0, 0.0)
-    return bias_act(y, bias, 1, act, alpha, impl="triton")
+        return _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue)
+    ops = custom_ops("conv_act", "triton")
+    fused = act in _GRAD_FROM_OUTPUT and (act != "lrelu" or alpha_ >= 0)  # the kernel's epilogue applies act
+    args = (bias if fused else None, list(stride), list(padding), *([list(output_padding)] if transposed else []),
+            ACTIVATIONS[act].index if fused else 0, alpha_ if fused else 0.0)
+    y = ops.conv_transpose2d_act(x, weight, *args) if transposed else ops.conv2d_act(x, weight, *args)
+    return y if fused else bias_act(y, bias, 1, act, alpha, impl="triton")
 
 
 # --- autograd of the Triton custom ops -----------------------------------------------------------------------------

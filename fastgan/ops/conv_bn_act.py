@@ -13,9 +13,9 @@ training-mode one), and the convolution's backward is the Triton conv's, so grad
 block. In evaluation mode batch norm is a per-channel affine map and every implementation runs the convolution then
 ``batch_norm_act``.
 
-Built on the two units it fuses: their argument checks (``check_conv``, ``check_norm``), the Triton convolution's
-gradients (``triton_conv_grads``) and the norm's custom-op path taking precomputed statistics
-(``batch_norm_act_custom``).
+Built on the two units it fuses: their argument checks (``check_conv``, ``check_norm``), the convolution after its
+checks (``run_conv_act``), the Triton convolution's gradients (``triton_conv_grads``) and the norm's custom-op path
+taking precomputed statistics (``batch_norm_act_custom``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from .conv_act import (
     IntPair,
     autocast_operands,
     check_conv,
-    conv2d_act,
     conv_impl,
-    conv_transpose2d_act,
+    run_conv_act,
     triton_conv_grads,
 )
 from .norm_act import batch_norm_act_custom, batch_norm_act_ref, check_norm, conditional_batch_norm_act
@@ -79,7 +78,7 @@ def conv2d_batch_norm_act(
     if impl == "triton" and training:
         z, *stats = custom_ops("conv_bn_act", "triton").conv2d_bn_stats(x, weight, bias, list(stride_), list(padding_))
     else:
-        z, stats = conv2d_act(x, weight, bias, stride_, padding_, impl=impl), None
+        z, stats = run_conv_act(impl, x, weight, bias, stride_, padding_, None, "linear", None, 0.0), None
     return _batch_norm(op, z, stats, norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act,
                        alpha, num_batches_tracked, impl)
 
@@ -117,7 +116,7 @@ def conv_transpose2d_batch_norm_act(
         stats_op = custom_ops("conv_bn_act", "triton").conv_transpose2d_bn_stats
         z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))
     else:
-        z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None
+        z, stats = run_conv_act(impl, x, weight, bias, stride_, padding_, out_pad, "linear", None, 0.0), None
     return _batch_norm(op, z, stats, norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act,
                        alpha, num_batches_tracked, impl)
 
@@ -156,7 +155,7 @@ def conv_transpose2d_conditional_batch_norm_act(
         stats_op = custom_ops("conv_bn_act", "triton").conv_transpose2d_bn_stats
         z, *stats = stats_op(x, weight, bias, list(stride_), list(padding_), list(out_pad))
     else:
-        z, stats = conv_transpose2d_act(x, weight, bias, stride_, padding_, out_pad, impl=impl), None
+        z, stats = run_conv_act(impl, x, weight, bias, stride_, padding_, out_pad, "linear", None, 0.0), None
     return conditional_batch_norm_act(z, scale, shift, running_mean, running_var, training, momentum, eps, act, alpha,
                                       impl, num_batches_tracked, stats)
 
