@@ -409,10 +409,11 @@ def autotuned(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             impl = args[position] if by_position and len(args) > position else kwargs.get("impl", default)
-            if impl != "auto" or not enabled() or _backend.get_impl() != "auto":
-                return fn(*args, **kwargs)
-            device = _first_device(args, kwargs)
+            device = _first_device(args, kwargs) if impl == "auto" else None
+            # Untuned devices first: on the CPU every fused layer's call passes here, and the environment reads cost.
             if device is None or device.type not in (devices() if devices else TUNED_DEVICES):
+                return fn(*args, **kwargs)
+            if not enabled() or _backend.get_impl() != "auto":
                 return fn(*args, **kwargs)
             if torch.compiler.is_compiling():
                 index = device.index if device.index is not None else -1

@@ -40,8 +40,8 @@ _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 # README's CPU table) measured the C++ kernel slower than the reference, which "auto" then runs instead:
 # - smooth activations in bias_act, the conv epilogues and norm_act: the C++ kernels call scalar libm functions
 #   where PyTorch's kernels are vectorised (tanh of a 64x1x28x28 DCGAN output: 1.6 ms against 0.04 ms);
-# - the adversarial losses: a few thousand logits at most, where the custom op's Python-side autograd costs more than
-#   the kernel saves (nonsaturating d_loss on [64] logits, forward+backward: 132 us against 101 us);
+# - the adversarial losses: their C++ kernel calls scalar libm log/exp too (nonsaturating d_loss, forward+backward, 2
+#   threads: 0.22 ms against 0.075 ms on 4096 logits, 1.46 against 0.27 on 65536; 43 us against 53 on 64);
 # - float16 and bfloat16 tensors: with the AVX-512 copies of the C++ kernels, faster than eager on most bfloat16 rows
 #   but not on all (NCHW batch norm + ReLU forward at 64x128x7x7: 0.56 ms against 0.36 ms).
 CPU_REF_ACTIVATIONS = frozenset({"tanh", "sigmoid", "elu", "selu", "softplus", "silu", "swish"})
@@ -259,16 +259,62 @@ _DECLARED: dict[str, tuple[tuple[str, ...], str, Callable[..., None]]] = {}
 _LOADED: dict[tuple[str, str], tuple] = {}
 
 
+class CustomOp:
+    """A custom op (``.op``: its OpOverload or Triton CustomOpDef), called as the op itself, whose autograd formula
+    runs in eager mode in a plain ``torch.autograd.Function``.
+
+    ``torch.library.register_autograd`` puts a generic Python kernel in front of every call of the op (it fills in
+    default arguments and redispatches): on the 2-core CPU about 25 us per call, and as much again in the backward,
+    where ``F.leaky_relu`` costs 2 and 20 us together, which is more than the kernels take on DCGAN-sized layers. The
+    same ``setup_context`` and ``backward`` formulas run here in a Function of their own with the op called below
+    autograd (fwd+bwd of a small bias_act: 42 us against 63). Inside torch.compile and functorch transforms, and for
+    ops without a formula, the call goes to the op as registered."""
+
+    def __init__(self, op) -> None:
+        self.op = op
+        self.function: type[torch.autograd.Function] | None = None
+
+    def __call__(self, *args):
+        if self.function is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return self.op(*args)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return self.function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return self.op(*args)
+
+
+def register_fake(op: CustomOp, fake: Callable) -> None:
+    """``torch.library.register_fake`` for a declared custom op."""
+    torch.library.register_fake(op.op, fake)
+
+
+def register_autograd(op: CustomOp, backward: Callable, *, setup_context: Callable) -> None:
+    """``torch.library.register_autograd`` for a declared custom op (used by torch.compile), and the same formulas as
+    the op's eager Function (``CustomOp``)."""
+    torch.library.register_autograd(op.op, backward, setup_context=setup_context)
+    raw = op.op
+
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = raw(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    name = getattr(raw, "__name__", None) or str(raw)
+    methods = {"forward": staticmethod(forward), "backward": staticmethod(backward)}
+    op.function = type(f"Eager_{name.replace('.', '_')}", (torch.autograd.Function,), methods)
+
+
 def declare_custom_ops(key: str, names: tuple[str, ...], triton_module: str, register: Callable[..., None]) -> None:
     """Declare an op unit's custom ops: ``fastgan::<name>`` (native, defined by fastgan._C) and
     ``fastgan.kernels.triton.<triton_module>.<name>_triton`` (Triton) for each name; ``register(*ops)`` installs
-    their fakes and autograd formulas once per implementation."""
+    their fakes and autograd formulas (``register_fake``, ``register_autograd``) once per implementation."""
     _DECLARED[key] = (names, triton_module, register)
 
 
 def custom_ops(key: str, impl: str) -> tuple:
     """The custom ops declared under ``key`` for ``impl`` ("native" or "triton"), in declaration order and by name
-    (``custom_ops("norm_act", impl).norm_act``)."""
+    (``custom_ops("norm_act", impl).norm_act``), each a ``CustomOp``."""
     _load_custom_ops(key, impl)
     return _LOADED[(key, impl)]
 
@@ -285,6 +331,7 @@ def _load_custom_ops(key: str, impl: str) -> bool:
         else:
             kernels = importlib.import_module(f"fastgan.kernels.triton.{triton_module}")
             ops = tuple(getattr(kernels, f"{name}_triton") for name in names)
+        ops = tuple(CustomOp(op) for op in ops)
         register(*ops)
         _LOADED[(key, impl)] = collections.namedtuple(f"{key}_ops", names)(*ops)
     return True

@@ -15,7 +15,7 @@ from fastgan._backend import custom_ops
 from fastgan.nn import BiasAct
 from fastgan.ops import ACTIVATIONS, bias_act, bias_act_ref
 
-from .conftest import require
+from .conftest import opcheck, require
 
 IMPLS = ["ref", "native", "triton"]
 
@@ -58,9 +58,9 @@ def test_opcheck(impl):
         basic = ("test_schema", "test_autograd_registration", "test_faketensor")
         interpreted = impl == "triton" and fastgan._backend.triton_interpreting()
         full = basic if interpreted else (*basic, "test_aot_dispatch_dynamic")
-        torch.library.opcheck(forward, args, test_utils=full)
-        torch.library.opcheck(backward, (dy, *args), test_utils=full)
-        torch.library.opcheck(backward2, (g, dy, *args), test_utils=basic if args[3] == tanh else full)
+        opcheck(forward, args, test_utils=full)
+        opcheck(backward, (dy, *args), test_utils=full)
+        opcheck(backward2, (g, dy, *args), test_utils=basic if args[3] == tanh else full)
 
 
 @pytest.mark.parametrize("impl", ["ref", "native"])

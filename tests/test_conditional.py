@@ -18,6 +18,7 @@ from fastgan.nn import BatchNormAct2d, ConditionalBatchNormAct2d
 from fastgan.ops import ACTIVATIONS, batch_norm_act, conditional_batch_norm_act
 from fastgan.train import TrainConfig, Trainer, load_checkpoint
 
+from .conftest import opcheck
 from .test_train import _state_tensors
 
 IMPLS = ("ref", "native", "triton")
@@ -98,9 +99,9 @@ def test_opcheck_of_the_normalization_it_runs(impl):
                  (x, None, None, mean, var, True, False, 1e-5, linear, 0.0),
                  (x.contiguous(memory_format=torch.channels_last), None, None, mean, var + 1, False, False, 1e-5,
                   linear, 0.0)]:
-        torch.library.opcheck(forward, args, test_utils=basic)
+        opcheck(forward, args, test_utils=basic)
         y, m, v = forward(*args)
-        torch.library.opcheck(backward, (torch.randn_like(y), args[0], None, None, m, v, *args[5:]), test_utils=basic)
+        opcheck(backward, (torch.randn_like(y), args[0], None, None, m, v, *args[5:]), test_utils=basic)
 
 
 def test_module_starts_as_batch_norm_and_checks_labels():

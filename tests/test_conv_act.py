@@ -10,7 +10,7 @@ from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv2d_batch_norm_act, conv_transpose2d_act, conv_transpose2d_batch_norm_act
 
-from .conftest import assert_close_to_truth, require
+from .conftest import assert_close_to_truth, opcheck, require
 
 
 def _rand(*shape, seed=0, grad=True):
@@ -250,8 +250,8 @@ def test_triton_custom_ops_pass_opcheck():
     # The interpreter runs eagerly only (AOT dispatch hands it fake tensors): that check runs on a GPU.
     basic = ("test_schema", "test_autograd_registration", "test_faketensor")
     checks = basic if triton_interpreting() else (*basic, "test_aot_dispatch_dynamic")
-    torch.library.opcheck(conv, (x, w.requires_grad_(), b.requires_grad_(), [2, 2], [1, 1], 2, 0.2), test_utils=checks)
-    torch.library.opcheck(conv_t, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0), test_utils=checks)
+    opcheck(conv, (x, w.requires_grad_(), b.requires_grad_(), [2, 2], [1, 1], 2, 0.2), test_utils=checks)
+    opcheck(conv_t, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0), test_utils=checks)
 
 
 @pytest.mark.parametrize("impl", ["ref", "native"])
@@ -422,7 +422,7 @@ def test_triton_weight_grad_ops_pass_opcheck():
     for transposed in (False, True):
         dz, x, k, s, p, _, _ = _wgrad_problem(WGRAD[1], transposed, torch.float32, "channels_last")
         args = (dz.requires_grad_(), x.requires_grad_(), list(k), list(s), list(p))
-        torch.library.opcheck(_wgrad_op(transposed), args, test_utils=checks)
+        opcheck(_wgrad_op(transposed), args, test_utils=checks)
 
 
 def test_triton_backward_dispatches_no_aten_convolution():

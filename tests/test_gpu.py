@@ -39,7 +39,7 @@ from fastgan.ops import (
     instance_norm_act_ref,
 )
 
-from .conftest import assert_close_to_truth, require
+from .conftest import assert_close_to_truth, opcheck, require
 
 FAST = ("triton", "native")
 LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -437,21 +437,21 @@ def test_triton_ops_pass_opcheck_with_aot_dispatch():
     conv = custom_ops("conv_act", "triton")
     x = _rand((2, 3, 6, 5), torch.float32, "cuda", 0).contiguous(memory_format=torch.channels_last)
     w, wt, b = (_rand(s, torch.float32, "cuda", i) for i, s in enumerate([(4, 3, 3, 3), (3, 4, 4, 4), (4,)], 1))
-    torch.library.opcheck(conv.conv2d_act, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 2],
+    opcheck(conv.conv2d_act, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 2],
                                             [1, 1], 2, 0.2), test_utils=checks)
-    torch.library.opcheck(conv.conv_transpose2d_act, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0),
+    opcheck(conv.conv_transpose2d_act, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0),
                           test_utils=checks)
     dz = _rand((2, 4, 3, 3), torch.float32, "cuda", 5).requires_grad_()
-    torch.library.opcheck(conv.conv2d_weight_grad, (dz, x, [3, 3], [2, 2], [1, 1]), test_utils=checks)
+    opcheck(conv.conv2d_weight_grad, (dz, x, [3, 3], [2, 2], [1, 1]), test_utils=checks)
     norm = custom_ops("norm_act", "triton")
     xn = _rand((2, 3, 4, 5), torch.float32, "cuda", 6)
-    torch.library.opcheck(norm.norm_act, (xn, None, None, None, None, True, False, 1e-5, 2, 0.2), test_utils=checks)
+    opcheck(norm.norm_act, (xn, None, None, None, None, True, False, 1e-5, 2, 0.2), test_utils=checks)
     bias = custom_ops("bias_act", "triton")
-    torch.library.opcheck(bias.bias_act, (xn.requires_grad_(), b[:3].detach().requires_grad_(), 1, 3, 0.0, 1.0,
+    opcheck(bias.bias_act, (xn.requires_grad_(), b[:3].detach().requires_grad_(), 1, 3, 0.0, 1.0,
                                           None), test_utils=checks)
     loss = custom_ops("gan_loss", "triton")
     logits = _rand((70000,), torch.float32, "cuda", 7).requires_grad_()
-    torch.library.opcheck(loss.gan_loss, (logits, logits.detach().clone().requires_grad_(), 0, 1), test_utils=checks)
+    opcheck(loss.gan_loss, (logits, logits.detach().clone().requires_grad_(), 0, 1), test_utils=checks)
 
 
 def test_triton_backward_dispatches_no_aten_convolution():

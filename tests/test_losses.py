@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastgan._backend import custom_ops
 from fastgan.losses import LOSS_KINDS, GANLoss, d_loss, d_loss_ref, g_loss, g_loss_ref
 
-from .conftest import DEVICES, require
+from .conftest import DEVICES, opcheck, require
 
 IMPLS = ("ref", "triton", "native")
 FAST_IMPLS = ("triton", "native")
@@ -197,7 +197,7 @@ def test_opcheck_custom_ops(impl):
         (penalty_backward, (torch.tensor(2.0), g.detach(), g.detach().flatten(1).norm(dim=1), 10.0, 1.0, 0.5)),
     ]
     for op, args in samples:
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+        opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kind", ["nonsaturating", "least_squares"])

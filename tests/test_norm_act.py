@@ -16,7 +16,7 @@ from fastgan._backend import custom_ops
 from fastgan.nn import BatchNormAct2d, InstanceNormAct2d, activation_of
 from fastgan.ops import ACTIVATIONS, batch_norm_act, batch_norm_act_ref, instance_norm_act, instance_norm_act_ref
 
-from .conftest import DEVICES, assert_close_to_truth, require
+from .conftest import DEVICES, assert_close_to_truth, opcheck, require
 
 IMPLS = ("ref", "native", "triton")
 # Our kernels (the reference is PyTorch itself, whose channels_last CPU kernel loses ~7e-3 on the far-from-zero test).
@@ -383,18 +383,19 @@ def test_opcheck(impl):
     ops = custom_ops("norm_act", impl)
     forward, backward = ops.norm_act, ops.norm_act_backward
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 4, 5, generator=gen)
-    cl = x.contiguous(memory_format=torch.channels_last)
-    w, b, rm, rv = torch.rand(3) + 0.5, torch.randn(3), torch.randn(3), torch.rand(3) + 0.5
+    x = torch.randn(2, 3, 4, 5, generator=gen).requires_grad_()
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, b = (torch.rand(3) + 0.5).requires_grad_(), torch.randn(3, requires_grad=True)
+    rm, rv = torch.randn(3), torch.rand(3) + 0.5
     lrelu, tanh = ACTIVATIONS["lrelu"].index, ACTIVATIONS["tanh"].index
     # The Triton interpreter runs eagerly only (AOT dispatch hands it fake tensors): that check runs on a GPU.
     basic = ("test_schema", "test_autograd_registration", "test_faketensor")
     full = basic if impl == "triton" else (*basic, "test_aot_dispatch_dynamic")
     for args in [(x, w, b, None, None, True, False, 1e-5, lrelu, 0.2), (cl, None, None, None, None, True, True, 1e-3,
                  tanh, 0.0), (cl, w, None, rm, rv, False, False, 1e-5, tanh, 0.0)]:
-        torch.library.opcheck(forward, args, test_utils=full)
+        opcheck(forward, args, test_utils=full)
         y, mean, var = forward(*args)
-        torch.library.opcheck(backward, (torch.randn_like(y), args[0], w, b, mean, var, *args[5:]), test_utils=basic)
+        opcheck(backward, (torch.randn_like(y), args[0], w, b, mean, var, *args[5:]), test_utils=basic)
 
 
 @pytest.mark.parametrize("impl", ["native", "triton"])
@@ -404,18 +405,19 @@ def test_conditional_opcheck(impl):
     require(impl, "cpu")
     forward, backward = custom_ops("conditional_norm_act", impl)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 5, 2, generator=gen)
-    cl = x.contiguous(memory_format=torch.channels_last)
-    scale, shift = 1 + torch.randn(3, 4, generator=gen) * 0.3, torch.randn(3, 4, generator=gen) * 0.3
-    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    x = torch.randn(3, 4, 5, 2, generator=gen).requires_grad_()
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    scale = (1 + torch.randn(3, 4, generator=gen) * 0.3).requires_grad_()
+    shift = (torch.randn(3, 4, generator=gen) * 0.3).requires_grad_()
+    mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), unbiased=False)
     relu, tanh = ACTIVATIONS["relu"].index, ACTIVATIONS["tanh"].index
     basic = ("test_schema", "test_autograd_registration", "test_faketensor")
     full = basic if impl == "triton" else (*basic, "test_aot_dispatch_dynamic")
     for args in [(x, scale, shift, None, None, True, 1e-5, relu, 0.0), (cl, scale, shift, mean, var, True, 1e-5, relu,
                  0.0), (cl, scale, shift, mean, var + 1, False, 1e-3, tanh, 0.0)]:
-        torch.library.opcheck(forward, args, test_utils=full)
+        opcheck(forward, args, test_utils=full)
         y, m, v = forward(*args)
-        torch.library.opcheck(backward, (torch.randn_like(y), args[0], scale, shift, m, v, *args[5:]),
+        opcheck(backward, (torch.randn_like(y), args[0], scale, shift, m, v, *args[5:]),
                               test_utils=basic)
 
 
@@ -764,7 +766,7 @@ def test_training_op_opcheck(impl):
     x = torch.randn(3, 4, 2, 5, generator=torch.Generator().manual_seed(0))
     for steps, momentum in [(None, 0.1), (torch.tensor(3), None)]:
         args = (x, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.ones(4), steps, momentum, 1e-5, 3, 0.2)
-        torch.library.opcheck(train, args, test_utils=checks)
+        opcheck(train, args, test_utils=checks)
     running_mean, running_var = torch.zeros(5), torch.ones(5)
     with pytest.raises((RuntimeError, ValueError), match="norm_act_train: running_mean must be 1-D with one value per "
                                                          "channel \\(4\\)"):
@@ -783,7 +785,7 @@ def test_update_stats_opcheck(impl):
         mean, var = torch.randn(batch * 4, generator=gen), torch.rand(batch * 4, generator=gen)
         for steps, momentum in [(None, 0.1), (torch.tensor(3), 0.1), (torch.tensor(3), None)]:
             args = (torch.zeros(4, dtype=buffers), torch.ones(4, dtype=buffers), steps, mean, var, momentum, 7, batch)
-            torch.library.opcheck(update, args, test_utils=checks)
+            opcheck(update, args, test_utils=checks)
 
 
 @pytest.mark.parametrize("impl", ["native", "triton"])

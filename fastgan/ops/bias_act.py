@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake, resolve_impl
 from .._dtypes import check_dtype
 from .._layout import dense
 
@@ -265,10 +265,10 @@ def _register(forward, backward, backward2) -> None:
         )
 
     for op, fake in ((forward, fake_forward), (backward, fake_backward), (backward2, fake_backward2)):
-        torch.library.register_fake(op, fake)
-    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
-    torch.library.register_autograd(backward2, grad_backward2, setup_context=setup_backward2)
+        register_fake(op, fake)
+    register_autograd(forward, grad_forward, setup_context=setup_forward)
+    register_autograd(backward, grad_backward, setup_context=setup_backward)
+    register_autograd(backward2, grad_backward2, setup_context=setup_backward2)
 
 
 declare_custom_ops("bias_act", ("bias_act", "bias_act_backward", "bias_act_backward2"), "bias_act", _register)

@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 
 from .._autotune import autotuned
-from .._backend import available_impls, custom_ops, declare_custom_ops, get_impl, resolve_impl
+from .._backend import (
+    available_impls,
+    custom_ops,
+    declare_custom_ops,
+    get_impl,
+    register_autograd,
+    register_fake,
+    resolve_impl,
+)
 from .._dtypes import check_dtype
 from .._layout import conv_channels_last
 from .bias_act import ACTIVATIONS, activation, activation_at, bias_act, bias_act_ref
@@ -285,7 +293,8 @@ def _epilogue(impl: str, x: torch.Tensor) -> str:
 
 def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue) -> torch.Tensor:
     """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
-    with the bias, or followed by ``bias_act(impl=epilogue)``. On the CPU three shapes oneDNN handles badly run
+    with the bias, or followed by ``bias_act(impl=epilogue)`` (on CUDA with the bias, where cuDNN would add it in a
+    kernel of its own; on the CPU oneDNN adds it). On the CPU three shapes oneDNN handles badly run
     otherwise: a convolution that is a matrix product, as one; a transposed convolution to one channel, and a
     convolution's input gradient from one channel, by matrix product and col2im."""
     transposed, linear, b = output_padding is not None, act == "linear", _cast(bias, x)
@@ -306,6 +315,8 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
             y = _FromOneChannelConv.apply(x, weight, stride, padding)
             y = y if conv_bias is None else y + conv_bias.view(1, -1, 1, 1)
     if y is None:
+        if x.device.type == "cpu":  # oneDNN adds the bias and reduces its gradient in its own passes, at no cost
+            conv_bias, bias = b, None
         y = (F.conv_transpose2d(x, weight, conv_bias, stride, padding, output_padding) if transposed
              else F.conv2d(x, weight, conv_bias, stride, padding))
     return y if linear else bias_act(y, bias, 1, act, alpha, impl=epilogue)
@@ -518,10 +529,10 @@ def _register(*declared) -> None:
         dx, dw, db = triton_conv_grads(ops, dz, x, w, b, stride, padding, out_pad, ctx.needs_input_grad)
         return dx, dw, db, None, None, None, None, None
 
-    torch.library.register_fake(conv, fake_conv)
-    torch.library.register_fake(conv_t, fake_conv_t)
-    torch.library.register_autograd(conv, grad_conv, setup_context=setup)
-    torch.library.register_autograd(conv_t, grad_conv_t, setup_context=setup)
+    register_fake(conv, fake_conv)
+    register_fake(conv_t, fake_conv_t)
+    register_autograd(conv, grad_conv, setup_context=setup)
+    register_autograd(conv_t, grad_conv_t, setup_context=setup)
 
     # dW(dz, x) is bilinear. For a convolution its vjp with a weight-shaped cotangent G is conv2d(x, G) w.r.t. dz and
     # conv_transpose2d(dz, G) w.r.t. x; for a transposed convolution the mirror images. Both are the Triton forward
@@ -555,8 +566,8 @@ def _register(*declared) -> None:
         return grad_wgrad
 
     for op, transposed in ((conv_wgrad, False), (conv_t_wgrad, True)):
-        torch.library.register_fake(op, fake_wgrad(transposed))
-        torch.library.register_autograd(op, make_grad_wgrad(transposed), setup_context=setup_wgrad)
+        register_fake(op, fake_wgrad(transposed))
+        register_autograd(op, make_grad_wgrad(transposed), setup_context=setup_wgrad)
 
 
 # Only Triton has custom ops here: the native path is PyTorch's convolution + the native bias_act epilogue.

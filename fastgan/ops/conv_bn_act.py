@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops
+from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake
 from .._dtypes import math_dtype
 from .conv_act import (
     IntPair,
@@ -199,8 +199,8 @@ def _register(conv_stats, conv_t_stats) -> None:
         return *grads, None, None, *(() if ctx.output_padding is None else (None,))
 
     for op in (conv_stats, conv_t_stats):
-        torch.library.register_fake(op, fake_stats)
-        torch.library.register_autograd(op, grad, setup_context=setup)
+        register_fake(op, fake_stats)
+        register_autograd(op, grad, setup_context=setup)
 
 
 declare_custom_ops("conv_bn_act", ("conv2d_bn_stats", "conv_transpose2d_bn_stats"), "conv", _register)

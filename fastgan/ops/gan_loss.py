@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 
 __all__ = ["LOSS_KINDS", "d_loss", "d_loss_ref", "g_loss", "g_loss_ref", "loss_kind"]
@@ -236,10 +236,10 @@ def _register(forward, backward) -> None:
                 d_grad_b = g_db.to(grad_b.dtype) * go.to(grad_b.dtype)
         return d_go, d_grad_a, d_grad_b
 
-    torch.library.register_fake(forward, fake_forward)
-    torch.library.register_fake(backward, fake_backward)
-    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+    register_fake(forward, fake_forward)
+    register_fake(backward, fake_backward)
+    register_autograd(forward, grad_forward, setup_context=setup_forward)
+    register_autograd(backward, grad_backward, setup_context=setup_backward)
 
 
 declare_custom_ops("gan_loss", ("gan_loss", "gan_loss_backward"), "losses", _register)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import Activation, activation, activation_at
 
@@ -578,12 +578,12 @@ def _register(forward, backward, update_stats, train) -> None:
             None, None, None, None, None, None, None,
         )
 
-    torch.library.register_fake(forward, fake_forward)
-    torch.library.register_fake(backward, fake_backward)
-    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
-    torch.library.register_fake(update_stats, lambda *args: None)
-    torch.library.register_fake(train, lambda x, w, b, *args: fake_forward(x, w, b, None, None, True, False, 0, 0, 0))
+    register_fake(forward, fake_forward)
+    register_fake(backward, fake_backward)
+    register_autograd(forward, grad_forward, setup_context=setup_forward)
+    register_autograd(backward, grad_backward, setup_context=setup_backward)
+    register_fake(update_stats, lambda *args: None)
+    register_fake(train, lambda x, w, b, *args: fake_forward(x, w, b, None, None, True, False, 0, 0, 0))
 
 
 def _norm_layout(x: torch.Tensor) -> torch.Tensor:
@@ -664,10 +664,10 @@ def _register_conditional(forward, backward) -> None:
                                                                          ctx.needs_input_grad)),
                 None, None, None, None, None, None)
 
-    torch.library.register_fake(forward, fake_forward)
-    torch.library.register_fake(backward, fake_backward)
-    torch.library.register_autograd(forward, grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(backward, grad_backward, setup_context=setup_backward)
+    register_fake(forward, fake_forward)
+    register_fake(backward, fake_backward)
+    register_autograd(forward, grad_forward, setup_context=setup_forward)
+    register_autograd(backward, grad_backward, setup_context=setup_backward)
 
 
 declare_custom_ops("conditional_norm_act", ("conditional_norm_act", "conditional_norm_act_backward"), "norm_act",

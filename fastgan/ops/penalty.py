@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops, resolve_impl
+from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake, resolve_impl
 from .._dtypes import check_dtype, math_dtype
 
 __all__ = ["grad_norm_penalty", "grad_norm_penalty_ref", "interpolate", "interpolate_ref"]
@@ -186,12 +186,12 @@ def _register(interp, penalty, penalty_backward) -> None:
         d_go, d_g = _penalty_grad2(gg, go, g, ctx.weight, ctx.center, ctx.scale)
         return d_go, d_g, None, None, None, None
 
-    torch.library.register_fake(interp, fake_interp)
-    torch.library.register_fake(penalty, fake_penalty)
-    torch.library.register_fake(penalty_backward, fake_penalty_backward)
-    torch.library.register_autograd(interp, grad_interp, setup_context=setup_interp)
-    torch.library.register_autograd(penalty, grad_penalty, setup_context=setup_penalty)
-    torch.library.register_autograd(penalty_backward, grad_penalty_backward, setup_context=setup_penalty_backward)
+    register_fake(interp, fake_interp)
+    register_fake(penalty, fake_penalty)
+    register_fake(penalty_backward, fake_penalty_backward)
+    register_autograd(interp, grad_interp, setup_context=setup_interp)
+    register_autograd(penalty, grad_penalty, setup_context=setup_penalty)
+    register_autograd(penalty_backward, grad_penalty_backward, setup_context=setup_penalty_backward)
 
 
 declare_custom_ops(
