@@ -44,9 +44,14 @@ _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 #   threads: 0.22 ms against 0.075 ms on 4096 logits, 1.46 against 0.27 on 65536; 43 us against 53 on 64);
 # - float16 and bfloat16 tensors: with the AVX-512 copies of the C++ kernels, faster than eager on most bfloat16 rows
 #   but not on all (NCHW batch norm + ReLU forward at 64x128x7x7: 0.56 ms against 0.36 ms).
+# - fused layers (fastgan.nn, so fastgan.optimize's) whose largest tensor has at most CPU_REF_MAX_NUMEL values:
+#   there a fused layer's fixed cost in Python (argument checks, autograd Functions: ~0.05 ms forward and 0.02 ms
+#   backward a layer) is more than its kernels save (``layer_runs_ref``; measured in the README's CPU section).
 CPU_REF_ACTIVATIONS = frozenset({"tanh", "sigmoid", "elu", "selu", "softplus", "silu", "swish"})
 CPU_REF_OPS = frozenset({"d_loss", "g_loss"})
 CPU_REF_DTYPES = frozenset({torch.float16, torch.bfloat16})
+# Per layer kind: where the fused layer measured faster than its reference (README's CPU section).
+CPU_REF_MAX_NUMEL = {"batch_norm": 1 << 18, "instance_norm": 1 << 17, "act": 1 << 18}
 
 _default_impl: str | None = None
 _warned: set[tuple[str, str]] = set()
@@ -219,6 +224,14 @@ def cpu_prefers_ref(op: str, act: str | None = None, dtype: torch.dtype | None =
     CPU, because the CPU benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``, ``CPU_REF_OPS``,
     ``CPU_REF_DTYPES``)."""
     return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS or dtype in CPU_REF_DTYPES
+
+
+def layer_runs_ref(impl: str, x: torch.Tensor, numel: int, kind: str) -> bool:
+    """Whether a fused layer (a ``fastgan.nn`` module with ``impl``) runs its reference for input ``x``, its largest
+    tensor having ``numel`` values: under ``"auto"`` on the CPU, in eager mode (compiled code has no per-op Python
+    cost), up to ``CPU_REF_MAX_NUMEL[kind]`` (``"batch_norm"``, ``"instance_norm"``, or ``"act"``: no norm)."""
+    return (impl == "auto" and numel <= CPU_REF_MAX_NUMEL[kind] and x.device.type == "cpu" and get_impl() == "auto"
+            and not torch.compiler.is_compiling())
 
 
 def resolve_impl(

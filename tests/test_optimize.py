@@ -474,3 +474,64 @@ def test_fewer_kernels_per_step(name):
     assert len(big(fused)) <= len(big(eager)) - 2 * n_norm_acts, (big(eager), big(fused))
     assert len(fused) <= _TOTAL_BOUND[name], [op for op, _ in fused]
     assert len(fused) < len(eager), ([op for op, _ in eager], [op for op, _ in fused])
+
+
+# --- impl="auto" on the CPU: fused layers this small run their reference ------------------------------------------
+
+
+def _step_ops(model, x) -> tuple[torch.Tensor, list[str]]:
+    """The model's output on ``x`` after a backward of its sum, and the ops dispatched (forward and backward)."""
+    with _CountKernels() as counter:
+        y = model(x)
+        y.sum().backward()
+    return y.detach(), [op for op, _ in counter.ops]
+
+
+@pytest.mark.parametrize("name", ["dcgan_d", "patchgan_d", "cyclegan_g"])
+def test_small_layers_run_their_reference_on_cpu(name, monkeypatch):
+    """impl="auto" on the CPU, in eager mode: a fused layer whose tensors have at most CPU_REF_MAX_NUMEL values runs
+    the PyTorch ops of its reference (its fixed cost in Python is more than its kernels save there), so the step
+    dispatches no fastgan op and computes what the plain model computes, bit for bit (values, gradients, running
+    statistics), except where the native path has a convolution of its own, which it keeps (the DCGAN
+    discriminator's last layer, a matrix product: mm, not a convolution). Above the threshold the fused ops run."""
+    require("native", "cpu")
+    factory, shape = MODELS[name]
+    torch.manual_seed(0)
+    plain = factory()
+    optimized = fastgan.optimize(plain)
+    x = _input(shape, 0).float()
+    assert x.numel() <= min(fastgan._backend.CPU_REF_MAX_NUMEL.values())
+    y_plain, ops_plain = _step_ops(plain, x)
+    y_opt, ops_opt = _step_ops(optimized, x)
+    assert not [op for op in ops_opt if op.startswith("fastgan.")]
+    state_plain, state_opt = plain.state_dict(), optimized.state_dict()
+    grads_plain = {k: p.grad for k, p in plain.named_parameters()}
+    grads_opt = {k: p.grad for k, p in optimized.named_parameters()}
+    if name == "dcgan_d":  # the last convolution is a matrix product: the same to rounding
+        assert ops_opt.count("aten.convolution") == ops_plain.count("aten.convolution") - 1
+        assert "aten.mm" in ops_opt
+        torch.testing.assert_close(y_opt, y_plain)
+        for k in grads_plain:
+            torch.testing.assert_close(grads_opt[k], grads_plain[k], rtol=1e-4, atol=1e-6)
+        for k in state_plain:
+            torch.testing.assert_close(state_opt[k], state_plain[k])
+    else:
+        assert torch.equal(y_opt, y_plain)
+        assert all(torch.equal(grads_opt[k], grads_plain[k]) for k in grads_plain)
+        assert all(torch.equal(state_opt[k], state_plain[k]) for k in state_plain)
+    monkeypatch.setattr(fastgan._backend, "CPU_REF_MAX_NUMEL", dict.fromkeys(fastgan._backend.CPU_REF_MAX_NUMEL, 0))
+    _, ops_fused = _step_ops(optimized, x)
+    assert [op for op in ops_fused if op.startswith("fastgan.")]
+
+
+def test_small_layers_keep_an_explicit_impl():
+    """The rule is impl="auto"'s: impl="native" given to optimize, or as the process default, runs the fused ops at
+    any size."""
+    require("native", "cpu")
+    factory, shape = MODELS["patchgan_d"]
+    x = _input(shape, 0).float()
+    _, ops = _step_ops(fastgan.optimize(factory(), impl="native"), x)
+    assert "fastgan.norm_act_train" in ops
+    with fastgan.use_impl("native"):
+        _, ops = _step_ops(fastgan.optimize(factory()), x)
+    assert "fastgan.norm_act_train" in ops

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._backend import layer_runs_ref
 from ..ops.bias_act import activation, bias_act
 from .common import fused_extra_repr
 
@@ -35,7 +36,8 @@ class BiasAct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, self.impl,
+        impl = "ref" if isinstance(x, torch.Tensor) and layer_runs_ref(self.impl, x, x.numel(), "act") else self.impl
+        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, impl,
                         defaults=self.defaults)
 
     def extra_repr(self) -> str:

@@ -1,14 +1,19 @@
 """What every fused module shares: the activation it takes over from a torch.nn module (``activation_of``, used by
-each ``from_modules`` and by ``fastgan.optimize``), copying a torch.nn module's state (``copy_state``), and how it
-prints its activation and implementation (``fused_extra_repr``)."""
+each ``from_modules`` and by ``fastgan.optimize``), copying a torch.nn module's state (``copy_state``), how it
+prints its activation and implementation (``fused_extra_repr``), and whether a layer led by a convolution is small
+enough to run its reference on the CPU (``conv_runs_ref``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
-__all__ = ["activation_of", "copy_state", "fused_extra_repr"]
+from .._backend import layer_runs_ref
+from ..ops.conv_act import cpu_route
+
+__all__ = ["activation_of", "conv_runs_ref", "copy_state", "fused_extra_repr"]
 
 
 def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
@@ -50,3 +55,19 @@ def fused_extra_repr(module: nn.Module, head: Iterable[str], show_act: bool = Tr
     if module.impl != "auto":
         parts.append(f"impl={module.impl!r}")
     return ", ".join(parts)
+
+
+def conv_runs_ref(impl: str, conv: nn.Conv2d | nn.ConvTranspose2d, x, output_padding=None, kind: str = "act") -> bool:
+    """``layer_runs_ref`` for a layer of ``kind`` led by ``conv`` (``output_padding``: a transposed convolution's) on
+    input ``x``: its largest tensor is the input or the convolution's output; never where the native path has a
+    convolution of its own (``cpu_route``)."""
+    if impl != "auto" or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != "cpu":
+        return False
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    h, w = x.shape[2:]
+    if output_padding is None:
+        out = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+    else:
+        out = ((h - 1) * sh - 2 * ph + kh + output_padding[0]) * ((w - 1) * sw - 2 * pw + kw + output_padding[1])
+    return (layer_runs_ref(impl, x, max(x.numel(), x.shape[0] * conv.out_channels * out), kind)
+            and not cpu_route(x, conv.weight, conv.stride, conv.padding, output_padding))

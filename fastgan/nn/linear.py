@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._backend import layer_runs_ref
 from ..ops.bias_act import activation, bias_act
 from .common import activation_of, copy_state, fused_extra_repr
 
@@ -45,6 +46,11 @@ class FusedLinear(nn.Linear):
         return copy_state(fused, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and layer_runs_ref(
+            self.impl, x, max(x.numel(), x.numel() // max(self.in_features, 1) * self.out_features), "act"
+        ):
+            spec, alpha = activation("FusedLinear", self.act, self.alpha)
+            return spec.fn(F.linear(x, self.weight, self.bias), alpha)
         return bias_act(F.linear(x, self.weight), self.bias, -1, self.act, self.alpha, impl=self.impl)
 
     def extra_repr(self) -> str:

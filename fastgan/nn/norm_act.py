@@ -15,10 +15,17 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from .._backend import layer_runs_ref
 from ..ops.bias_act import activation
 from ..ops.conv_bn_act import conv_transpose2d_conditional_batch_norm_act
-from ..ops.norm_act import batch_norm_act, conditional_batch_norm_act, instance_norm_act
-from .common import activation_of, copy_state, fused_extra_repr
+from ..ops.norm_act import (
+    batch_norm_act,
+    batch_norm_act_ref,
+    conditional_batch_norm_act,
+    instance_norm_act,
+    instance_norm_act_ref,
+)
+from .common import activation_of, conv_runs_ref, copy_state, fused_extra_repr
 
 __all__ = ["BatchNormAct2d", "ConditionalBatchNormAct2d", "InstanceNormAct2d"]
 
@@ -75,6 +82,8 @@ class BatchNormAct2d(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        if layer_runs_ref(self.impl, x, x.numel(), "batch_norm"):
+            return batch_norm_act_ref(x, self.weight, self.bias, **self.functional_kwargs())
         return batch_norm_act(x, self.weight, self.bias, **self.functional_kwargs(), impl=self.impl)
 
     def functional_kwargs(self) -> dict:
@@ -136,8 +145,9 @@ class ConditionalBatchNormAct2d(_NormBase):
         if labels.dim() != 1 or labels.shape[0] != x.shape[0] or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{type(self).__name__}: labels must be integer class indices [N] = [{x.shape[0]}], got "
                              f"{labels.dtype} {tuple(labels.shape)}")
+        impl = "ref" if layer_runs_ref(self.impl, x, x.numel(), "batch_norm") else self.impl
         return conditional_batch_norm_act(x, self.class_scale[labels], self.class_shift[labels],
-                                          **self.functional_kwargs(), impl=self.impl)
+                                          **self.functional_kwargs(), impl=impl)
 
     def after_conv_transpose(self, conv: nn.ConvTranspose2d, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``self(conv(x), labels)`` as one op (:func:`fastgan.ops.conv_transpose2d_conditional_batch_norm_act`:
@@ -145,6 +155,8 @@ class ConditionalBatchNormAct2d(_NormBase):
         (linear) transposed convolution without a norm of its own."""
         output_padding = conv._output_padding(x, None, list(conv.stride), list(conv.padding), list(conv.kernel_size),
                                               2, list(conv.dilation))
+        if conv_runs_ref(self.impl, conv, x, output_padding, "batch_norm"):
+            return self.forward(conv(x), labels)
         return conv_transpose2d_conditional_batch_norm_act(
             x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding, scale=self.class_scale[labels],
             shift=self.class_shift[labels], **self.functional_kwargs(), impl=self.impl)
@@ -196,19 +208,12 @@ class InstanceNormAct2d(_InstanceNorm):
         return 3
 
     def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
-        return instance_norm_act(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean,
-            self.running_var,
-            self.training or not self.track_running_stats,
-            self.momentum if self.momentum is not None else 0.0,
-            self.eps,
-            self.act,
-            self.alpha,
-            self.impl,
-        )
+        args = (input, self.weight, self.bias, self.running_mean, self.running_var,
+                self.training or not self.track_running_stats, self.momentum if self.momentum is not None else 0.0,
+                self.eps, self.act, self.alpha)
+        if layer_runs_ref(self.impl, input, input.numel(), "instance_norm"):
+            return instance_norm_act_ref(*args)
+        return instance_norm_act(*args, self.impl)
 
     def extra_repr(self) -> str:
         return fused_extra_repr(self, [super().extra_repr()])

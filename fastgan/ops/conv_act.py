@@ -185,6 +185,19 @@ def _one_channel_route(x, weight, stride) -> bool:
             and kh * kw <= 4 * stride[0] * stride[1])
 
 
+def cpu_route(x, weight, stride, padding, output_padding) -> bool:
+    """Whether the native path on the CPU runs a convolution of its own for these arguments (``output_padding`` None:
+    a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or
+    col2im for the input gradient of a convolution from one channel (when ``x`` requires one). They beat oneDNN at
+    every size measured, so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``)."""
+    if output_padding is None:
+        matrix = tuple(padding) == (0, 0) and x.shape[2:] == weight.shape[2:]
+    else:
+        matrix = tuple(padding) == (0, 0) and tuple(output_padding) == (0, 0) and x.shape[2:] == (1, 1)
+    col2im = (output_padding is not None or x.requires_grad) and _one_channel_route(x, weight, stride)
+    return matrix or col2im
+
+
 def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
     """Forward-mode AD of a bilinear map ``f``: ``f(x_t, weight) + f(x, w_t)``, of the tangents given."""
     terms = [f(a, b) for a, b in ((x_t, weight), (x, w_t)) if a is not None and b is not None]
