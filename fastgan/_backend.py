@@ -41,7 +41,8 @@ _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 # - smooth activations in bias_act, the conv epilogues and norm_act: the C++ kernels call scalar libm functions
 #   where PyTorch's kernels are vectorised (tanh of a 64x1x28x28 DCGAN output: 1.6 ms against 0.04 ms);
 # - the adversarial losses: their C++ kernel calls scalar libm log/exp too (nonsaturating d_loss, forward+backward, 2
-#   threads: 0.22 ms against 0.075 ms on 4096 logits, 1.46 against 0.27 on 65536; 43 us against 53 on 64);
+#   threads: 0.22 ms against 0.075 ms on 4096 logits, 1.46 against 0.27 on 65536; only on the fewest logits is it
+#   ahead, 43 us against 53 on 64);
 # - float16 and bfloat16 tensors: with the AVX-512 copies of the C++ kernels, faster than eager on most bfloat16 rows
 #   but not on all (NCHW batch norm + ReLU forward at 64x128x7x7: 0.56 ms against 0.36 ms).
 # - fused layers (fastgan.nn, so fastgan.optimize's) whose largest tensor has at most CPU_REF_MAX_NUMEL values:
@@ -226,12 +227,14 @@ def cpu_prefers_ref(op: str, act: str | None = None, dtype: torch.dtype | None =
     return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS or dtype in CPU_REF_DTYPES
 
 
-def layer_runs_ref(impl: str, x: torch.Tensor, numel: int, kind: str) -> bool:
-    """Whether a fused layer (a ``fastgan.nn`` module with ``impl``) runs its reference for input ``x``, its largest
-    tensor having ``numel`` values: under ``"auto"`` on the CPU, in eager mode (compiled code has no per-op Python
-    cost), up to ``CPU_REF_MAX_NUMEL[kind]`` (``"batch_norm"``, ``"instance_norm"``, or ``"act"``: no norm)."""
-    return (impl == "auto" and numel <= CPU_REF_MAX_NUMEL[kind] and x.device.type == "cpu" and get_impl() == "auto"
-            and not torch.compiler.is_compiling())
+def layer_runs_ref(impl: str, x: torch.Tensor, kind: str, largest: Callable[[], int] | None = None) -> bool:
+    """Whether a fused layer (a ``fastgan.nn`` module with ``impl``) runs its reference for input ``x``: under
+    ``"auto"`` on the CPU, in eager mode (compiled code has no per-op Python cost), when its largest tensor
+    (``largest()``, else ``x``) has at most ``CPU_REF_MAX_NUMEL[kind]`` values (``"batch_norm"``, ``"instance_norm"``,
+    or ``"act"``: no norm). The size is compared last: while tracing, a comparison of sizes would be a guard."""
+    if impl != "auto" or x.device.type != "cpu" or torch.compiler.is_compiling() or get_impl() != "auto":
+        return False
+    return (x.numel() if largest is None else largest()) <= CPU_REF_MAX_NUMEL[kind]
 
 
 def resolve_impl(

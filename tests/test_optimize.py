@@ -535,3 +535,28 @@ def test_small_layers_keep_an_explicit_impl():
     with fastgan.use_impl("native"):
         _, ops = _step_ops(fastgan.optimize(factory()), x)
     assert "fastgan.norm_act_train" in ops
+
+
+def test_small_layers_check_their_arguments_as_the_fused_ops():
+    """The reference path of a small fused convolution raises the fused op's errors, naming it."""
+    require("native", "cpu")
+    conv = FusedConv2d(3, 8, 3, padding=1, act="lrelu")
+    with pytest.raises(ValueError, match="conv2d_act: x has 4 channels"):
+        conv(torch.randn(2, 4, 8, 8))
+    with pytest.raises(TypeError, match="conv2d_act: weight is torch.float32 but x is torch.float16"):
+        conv(torch.randn(2, 3, 8, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="conv2d_act: output size"):
+        FusedConv2d(3, 8, 5)(torch.randn(2, 3, 3, 3))
+    with pytest.raises(ValueError, match="conv_transpose2d_batch_norm_act: x has 5 channels"):
+        FusedConvTranspose2d(4, 8, 4, 2, 1, norm="batch")(torch.randn(2, 5, 4, 4))
+
+
+def test_size_rule_adds_no_guard_when_traced():
+    """The size test runs in eager mode only, and is not even evaluated while tracing: a dynamic batch exports (a
+    comparison of sizes would have been a guard on it)."""
+    require("native", "cpu")
+    norm = BatchNormAct2d(4).eval()
+    batch = torch.export.Dim("batch", max=100000)
+    exported = torch.export.export(norm, (torch.randn(2, 4, 8, 8),), dynamic_shapes={"x": {0: batch}})
+    x = torch.randn(3, 4, 8, 8)
+    torch.testing.assert_close(exported.module()(x), norm(x))

@@ -36,7 +36,7 @@ class BiasAct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        impl = "ref" if isinstance(x, torch.Tensor) and layer_runs_ref(self.impl, x, x.numel(), "act") else self.impl
+        impl = "ref" if isinstance(x, torch.Tensor) and layer_runs_ref(self.impl, x, "act") else self.impl
         return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp, impl,
                         defaults=self.defaults)
 

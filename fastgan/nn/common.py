@@ -1,19 +1,20 @@
 """What every fused module shares: the activation it takes over from a torch.nn module (``activation_of``, used by
 each ``from_modules`` and by ``fastgan.optimize``), copying a torch.nn module's state (``copy_state``), how it
 prints its activation and implementation (``fused_extra_repr``), and whether a layer led by a convolution is small
-enough to run its reference on the CPU (``conv_runs_ref``)."""
+enough to run its reference on the CPU (``conv_runs_ref``) and that convolution (``conv_reference``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._backend import layer_runs_ref
-from ..ops.conv_act import cpu_route
+from ..ops.conv_act import autocast_operands, check_conv, cpu_route
 
-__all__ = ["activation_of", "conv_runs_ref", "copy_state", "fused_extra_repr"]
+__all__ = ["activation_of", "conv_reference", "conv_runs_ref", "copy_state", "fused_extra_repr"]
 
 
 def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
@@ -61,13 +62,27 @@ def conv_runs_ref(impl: str, conv: nn.Conv2d | nn.ConvTranspose2d, x, output_pad
     """``layer_runs_ref`` for a layer of ``kind`` led by ``conv`` (``output_padding``: a transposed convolution's) on
     input ``x``: its largest tensor is the input or the convolution's output; never where the native path has a
     convolution of its own (``cpu_route``)."""
-    if impl != "auto" or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != "cpu":
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return False
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    h, w = x.shape[2:]
-    if output_padding is None:
-        out = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
-    else:
-        out = ((h - 1) * sh - 2 * ph + kh + output_padding[0]) * ((w - 1) * sw - 2 * pw + kw + output_padding[1])
-    return (layer_runs_ref(impl, x, max(x.numel(), x.shape[0] * conv.out_channels * out), kind)
+
+    def largest() -> int:
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        h, w = x.shape[2:]
+        if output_padding is None:
+            out = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+        else:
+            out = ((h - 1) * sh - 2 * ph + kh + output_padding[0]) * ((w - 1) * sw - 2 * pw + kw + output_padding[1])
+        return max(x.numel(), x.shape[0] * conv.out_channels * out)
+
+    return (layer_runs_ref(impl, x, kind, largest)
             and not cpu_route(x, conv.weight, conv.stride, conv.padding, output_padding))
+
+
+def conv_reference(op: str, conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, output_padding=None) -> torch.Tensor:
+    """``conv``'s convolution of ``x`` (with its bias) by PyTorch, its arguments checked as the fused op ``op``
+    checks them (the same errors on every path); ``output_padding``: a transposed convolution's."""
+    xc, weight, bias = autocast_operands(x, conv.weight, conv.bias)
+    check_conv(op, xc, weight, bias, conv.stride, conv.padding, output_padding, "linear", None)
+    if output_padding is None:
+        return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    return F.conv_transpose2d(x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding)

@@ -15,14 +15,13 @@ Only groups=1, dilation=1 and zero padding are supported (the constructors and `
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._layout import suggests_channels_last
 from ..ops.bias_act import activation
 from ..ops.conv_act import conv2d_act, conv_transpose2d_act
 from ..ops.conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
-from .common import activation_of, conv_runs_ref, copy_state, fused_extra_repr
+from .common import activation_of, conv_reference, conv_runs_ref, copy_state, fused_extra_repr
 from .norm_act import BatchNormAct2d, InstanceNormAct2d
 
 __all__ = ["FusedConv2d", "FusedConvTranspose2d", "FusedSequential"]
@@ -118,7 +117,8 @@ class FusedConv2d(nn.Conv2d):
     def forward_with_norm(self, x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
         """The convolution feeding ``norm`` (its own ``norm``, or the BatchNormAct2d after it in a FusedSequential)."""
         if conv_runs_ref(self.impl, self, x, None, _kind(norm)):
-            return _reference(self, F.conv2d(x, self.weight, self.bias, self.stride, self.padding), norm)
+            op = "conv2d_batch_norm_act" if isinstance(norm, BatchNormAct2d) else "conv2d_act"
+            return _reference(self, conv_reference(op, self, x), norm)
         args = (x, self.weight, self.bias, self.stride, self.padding)
         if norm is None:
             return conv2d_act(*args, self.act, self.alpha, self.impl)
@@ -182,8 +182,8 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
             x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
         )
         if conv_runs_ref(self.impl, self, x, output_padding, _kind(norm)):
-            z = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, output_padding)
-            return _reference(self, z, norm)
+            op = "conv_transpose2d_batch_norm_act" if isinstance(norm, BatchNormAct2d) else "conv_transpose2d_act"
+            return _reference(self, conv_reference(op, self, x, output_padding), norm)
         args = (x, self.weight, self.bias, self.stride, self.padding, output_padding)
         if norm is None:
             return conv_transpose2d_act(*args, act=self.act, alpha=self.alpha, impl=self.impl)
@@ -202,8 +202,8 @@ def _kind(norm: nn.Module | None) -> str:
 
 
 def _reference(conv: FusedConv2d | FusedConvTranspose2d, z: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
-    """The rest of a fused convolution's reference run, from its output ``z`` (bias added): ``norm`` (which runs its
-    own reference, z being this small) or the activation."""
+    """The rest of a fused convolution's reference run, from its output ``z`` (bias added): ``norm`` (which under
+    "auto" runs its own reference, z being this small) or the activation."""
     if isinstance(norm, BatchNormAct2d):  # the fused path runs it inside the convolution's op: no hooks either
         return norm.forward(z)
     if norm is not None:

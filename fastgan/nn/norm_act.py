@@ -25,7 +25,7 @@ from ..ops.norm_act import (
     instance_norm_act,
     instance_norm_act_ref,
 )
-from .common import activation_of, conv_runs_ref, copy_state, fused_extra_repr
+from .common import activation_of, conv_reference, conv_runs_ref, copy_state, fused_extra_repr
 
 __all__ = ["BatchNormAct2d", "ConditionalBatchNormAct2d", "InstanceNormAct2d"]
 
@@ -82,7 +82,7 @@ class BatchNormAct2d(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        if layer_runs_ref(self.impl, x, x.numel(), "batch_norm"):
+        if layer_runs_ref(self.impl, x, "batch_norm"):
             return batch_norm_act_ref(x, self.weight, self.bias, **self.functional_kwargs())
         return batch_norm_act(x, self.weight, self.bias, **self.functional_kwargs(), impl=self.impl)
 
@@ -145,7 +145,7 @@ class ConditionalBatchNormAct2d(_NormBase):
         if labels.dim() != 1 or labels.shape[0] != x.shape[0] or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{type(self).__name__}: labels must be integer class indices [N] = [{x.shape[0]}], got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        impl = "ref" if layer_runs_ref(self.impl, x, x.numel(), "batch_norm") else self.impl
+        impl = "ref" if layer_runs_ref(self.impl, x, "batch_norm") else self.impl
         return conditional_batch_norm_act(x, self.class_scale[labels], self.class_shift[labels],
                                           **self.functional_kwargs(), impl=impl)
 
@@ -156,7 +156,8 @@ class ConditionalBatchNormAct2d(_NormBase):
         output_padding = conv._output_padding(x, None, list(conv.stride), list(conv.padding), list(conv.kernel_size),
                                               2, list(conv.dilation))
         if conv_runs_ref(self.impl, conv, x, output_padding, "batch_norm"):
-            return self.forward(conv(x), labels)
+            return self.forward(conv_reference("conv_transpose2d_conditional_batch_norm_act", conv, x, output_padding),
+                                labels)
         return conv_transpose2d_conditional_batch_norm_act(
             x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding, scale=self.class_scale[labels],
             shift=self.class_shift[labels], **self.functional_kwargs(), impl=self.impl)
@@ -211,7 +212,7 @@ class InstanceNormAct2d(_InstanceNorm):
         args = (input, self.weight, self.bias, self.running_mean, self.running_var,
                 self.training or not self.track_running_stats, self.momentum if self.momentum is not None else 0.0,
                 self.eps, self.act, self.alpha)
-        if layer_runs_ref(self.impl, input, input.numel(), "instance_norm"):
+        if layer_runs_ref(self.impl, input, "instance_norm"):
             return instance_norm_act_ref(*args)
         return instance_norm_act(*args, self.impl)
 

@@ -189,7 +189,10 @@ def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     """Whether the native path on the CPU runs a convolution of its own for these arguments (``output_padding`` None:
     a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or
     col2im for the input gradient of a convolution from one channel (when ``x`` requires one). They beat oneDNN at
-    every size measured, so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``)."""
+    every size measured, so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``). None run
+    with oneDNN turned off (``torch.backends.mkldnn.flags(enabled=False)``), as in ``_native``."""
+    if not torch.backends.mkldnn.enabled:
+        return False
     if output_padding is None:
         matrix = tuple(padding) == (0, 0) and x.shape[2:] == weight.shape[2:]
     else:
