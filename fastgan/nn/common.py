@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._backend import layer_runs_ref
-from ..ops.conv_act import autocast_operands, check_conv, cpu_route
+from ..ops.conv_act import autocast_operands, check_conv, cpu_route, output_size
 
 __all__ = ["activation_of", "conv_reference", "conv_runs_ref", "copy_state", "fused_extra_repr"]
 
@@ -66,13 +66,8 @@ def conv_runs_ref(impl: str, conv: nn.Conv2d | nn.ConvTranspose2d, x, output_pad
         return False
 
     def largest() -> int:
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        h, w = x.shape[2:]
-        if output_padding is None:
-            out = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
-        else:
-            out = ((h - 1) * sh - 2 * ph + kh + output_padding[0]) * ((w - 1) * sw - 2 * pw + kw + output_padding[1])
-        return max(x.numel(), x.shape[0] * conv.out_channels * out)
+        h, w = output_size(x, conv.weight, conv.stride, conv.padding, output_padding)
+        return max(x.numel(), x.shape[0] * conv.out_channels * h * w)
 
     return (layer_runs_ref(impl, x, kind, largest)
             and not cpu_route(x, conv.weight, conv.stride, conv.padding, output_padding))

@@ -126,7 +126,7 @@ def check_conv(
         raise ValueError(f"{op}: padding must be >= 0, got {padding}")
     if min(output_padding_) < 0 or any(o >= s for o, s in zip(output_padding_, stride_)):
         raise ValueError(f"{op}: output_padding must be >= 0 and smaller than stride {stride_}, got {output_padding}")
-    out_size = _output_size(x, weight, stride_, padding_, output_padding_ if transposed else None)
+    out_size = output_size(x, weight, stride_, padding_, output_padding_ if transposed else None)
     if min(out_size) < 1:
         raise ValueError(
             f"{op}: output size {tuple(out_size)} is not positive for input {tuple(x.shape[2:])}, kernel "
@@ -140,7 +140,7 @@ def _cast(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return bias.to(x.dtype) if bias is not None else None
 
 
-def _output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
+def output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
     """Spatial output size of the convolution (``output_padding=None``) or the transposed convolution."""
     size = []
     for d in range(2):
@@ -216,7 +216,7 @@ class _OneChannelConvTranspose(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weight, stride, padding, output_padding):
-        size = _output_size(x, weight, stride, padding, output_padding)
+        size = output_size(x, weight, stride, padding, output_padding)
         return _fold_conv_transpose2d(x, weight, stride, padding, size, conv_channels_last(x, weight))
 
     @staticmethod
