@@ -24,12 +24,13 @@ keeps training the same tensors.
 
 With ``channels_last=True`` the fused convolutions of each Sequential run in channels_last, as
 ``model.to(memory_format=torch.channels_last)`` would run them, but nothing outside a Sequential sees another
-layout: their weights get channels_last strides (the same Parameters, values and state_dict), and the Sequential
-hands its caller, its input's gradient and any module inside it that may depend on strides (a custom module's
-``view``) the layout the plain Sequential would (see :class:`~fastgan.nn.FusedSequential`). On the CPU oneDNN runs
-NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs and gradients: the DCGAN-28 step
-gains about 4% more; but convolutions with 512 channels on small maps ran slower (DCGAN-64's discriminator,
-PatchGAN: README, CPU benchmarks), so it is not the default.
+layout: their weights get channels_last strides (the same Parameters, values and state_dict; ask for it before an
+optimizer holds state for them: ``Adam(fused=True)`` pairs their elements with that state's by memory order), and the
+Sequential hands its caller, its input's gradient and any module inside it that may depend on strides (a custom
+module's ``view``) the layout the plain Sequential would (see :class:`~fastgan.nn.FusedSequential`). On the CPU
+oneDNN runs NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs and gradients: the
+DCGAN-28 step gains about 4% more; but convolutions with 512 channels on small maps ran slower (DCGAN-64's
+discriminator, PatchGAN: README, CPU benchmarks), so it is not the default.
 
 Modules inside a custom ``nn.Module`` subclass are only rewritten within its child Sequentials (recursively): its
 ``forward`` may call its children in any order, so a conv followed by a ReLU attribute need not be a conv -> ReLU
