@@ -41,18 +41,18 @@ struct BiasActParams {
 };
 
 template <typename T>
-FASTGAN_HD T sigmoid_of(T z) { return T(1) / (T(1) + exp(-z)); }
+FASTGAN_HD T sigmoid_of(T z) { return T(1) / (T(1) + math_exp(-z)); }
 
 template <typename T>
 FASTGAN_HD T act_forward(int act, T z, T alpha) {
     switch (static_cast<Act>(act)) {
         case Act::Relu: return z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu (max(z, 0) would drop it)
         case Act::Lrelu: return z > T(0) ? z : z * alpha;
-        case Act::Tanh: return tanh(z);
+        case Act::Tanh: return math_tanh(z);
         case Act::Sigmoid: return sigmoid_of(z);
-        case Act::Elu: return z > T(0) ? z : alpha * (exp(z) - T(1));
-        case Act::Selu: return T(kSeluScale) * (z > T(0) ? z : T(kSeluAlpha) * (exp(z) - T(1)));
-        case Act::Softplus: return z > T(kSoftplusThreshold) ? z : log1p(exp(z));
+        case Act::Elu: return z > T(0) ? z : alpha * (math_exp(z) - T(1));
+        case Act::Selu: return T(kSeluScale) * (z > T(0) ? z : T(kSeluAlpha) * (math_exp(z) - T(1)));
+        case Act::Softplus: return z > T(kSoftplusThreshold) ? z : math_log1p(math_exp(z));
         case Act::Silu: return z * sigmoid_of(z);
         default: return z;
     }
@@ -67,15 +67,15 @@ FASTGAN_HD T act_backward(int act, T z, T d, T alpha) {
     switch (static_cast<Act>(act)) {
         case Act::Relu: return z <= T(0) ? T(0) : d;
         case Act::Lrelu: return z > T(0) ? d : d * alpha;
-        case Act::Tanh: { T t = tanh(z); return d * (T(1) - t * t); }
+        case Act::Tanh: { T t = math_tanh(z); return d * (T(1) - t * t); }
         case Act::Sigmoid: { T s = sigmoid_of(z); return d * (T(1) - s) * s; }
         // elu_backward tests z <= 0; at a NaN z its vectorized CPU kernel, which every tensor but a short tail goes
         // through, gives NaN (its scalar tail and the CUDA kernel pass d): the NaN is kept here, everywhere.
-        case Act::Elu: return z > T(0) ? d : d * alpha * exp(z);
-        case Act::Selu: return z > T(0) ? d * T(kSeluScale) : d * T(kSeluAlpha * kSeluScale) * exp(z);
+        case Act::Elu: return z > T(0) ? d : d * alpha * math_exp(z);
+        case Act::Selu: return z > T(0) ? d * T(kSeluScale) : d * T(kSeluAlpha * kSeluScale) * math_exp(z);
         case Act::Softplus: {
             if (z > T(kSoftplusThreshold)) return d;
-            T e = exp(z);
+            T e = math_exp(z);
             return d * e / (e + T(1));
         }
         case Act::Silu: { T s = sigmoid_of(z); return d * s * (T(1) + z * (T(1) - s)); }
@@ -90,7 +90,7 @@ FASTGAN_HD T act_backward(int act, T z, T d, T alpha) {
 template <typename T>
 FASTGAN_HD T act_double_backward(int act, T z, T d, T g, T alpha) {
     switch (static_cast<Act>(act)) {
-        case Act::Tanh: { T t = tanh(z); return g * (T(-2) * t * d) * (T(1) - t * t); }
+        case Act::Tanh: { T t = math_tanh(z); return g * (T(-2) * t * d) * (T(1) - t * t); }
         case Act::Sigmoid: { T s = sigmoid_of(z); return g * d * (T(-2) * s + T(1)) * (T(1) - s) * s; }
         case Act::Elu: return act_backward<T>(act, z, g * d, alpha) * (z < T(0) ? T(1) : T(0));
         case Act::Selu: return act_backward<T>(act, z, g * d, alpha) * (z < T(0) ? T(1) : T(0));

@@ -36,13 +36,13 @@ constexpr double kLossSoftplusThreshold = 20.0;
 template <typename T>
 FASTGAN_HD T stable_softplus(T u) {
     if (u > T(kLossSoftplusThreshold)) return u;
-    return (u > T(0) ? u : T(0)) + log1p(exp(-fabs(u)));
+    return (u > T(0) ? u : T(0)) + math_log1p(math_exp(-fabs(u)));
 }
 
 template <typename T>
 FASTGAN_HD T stable_sigmoid(T u) {  // softplus'(u)
     if (u > T(kLossSoftplusThreshold)) return T(1);
-    const T e = exp(-fabs(u));  // in (0, 1]: never overflows
+    const T e = math_exp(-fabs(u));  // in (0, 1]: never overflows
     return u >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
 

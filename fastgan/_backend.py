@@ -40,16 +40,17 @@ _AUTO_ORDER = {"cuda": ("triton", "native", "ref"), "cpu": ("native", "ref")}
 # README's CPU table) measured the C++ kernel slower than the reference, which "auto" then runs instead:
 # - smooth activations in bias_act, the conv epilogues and norm_act: the C++ kernels call scalar libm functions
 #   where PyTorch's kernels are vectorised (tanh of a 64x1x28x28 DCGAN output: 1.6 ms against 0.04 ms);
-# - the adversarial losses: their C++ kernel calls scalar libm log/exp too (nonsaturating d_loss, forward+backward, 2
-#   threads: 0.22 ms against 0.075 ms on 4096 logits, 1.46 against 0.27 on 65536; only on the fewest logits is it
-#   ahead, 43 us against 53 on 64);
+# - g_loss, and d_loss's wasserstein kind: one or two means, where the custom op's fixed cost is the whole time
+#   (forward+backward, 2 threads: g_loss 0.92-1.46x the reference's time up to 4096 logits, d_loss wasserstein
+#   0.98-1.04x; every other d_loss kind 0.66-0.87x, and 0.51-0.84x of both ops at 65536);
 # - float16 and bfloat16 tensors: with the AVX-512 copies of the C++ kernels, faster than eager on most bfloat16 rows
 #   but not on all (NCHW batch norm + ReLU forward at 64x128x7x7: 0.56 ms against 0.36 ms).
 # - fused layers (fastgan.nn, so fastgan.optimize's) whose largest tensor has at most CPU_REF_MAX_NUMEL values:
 #   there a fused layer's fixed cost in Python (argument checks, autograd Functions: ~0.05 ms forward and 0.02 ms
 #   backward a layer) is more than its kernels save (``layer_runs_ref``; measured in the README's CPU section).
 CPU_REF_ACTIVATIONS = frozenset({"tanh", "sigmoid", "elu", "selu", "softplus", "silu", "swish"})
-CPU_REF_OPS = frozenset({"d_loss", "g_loss"})
+# (op, kind): the op for that loss kind; (op, None): for every kind.
+CPU_REF_OPS = frozenset({("g_loss", None), ("d_loss", "wasserstein")})
 CPU_REF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 # Per layer kind: where the fused layer measured faster than its reference (README's CPU section).
 CPU_REF_MAX_NUMEL = {"batch_norm": 1 << 18, "instance_norm": 1 << 17, "act": 1 << 18}
@@ -220,11 +221,12 @@ def available_impls() -> dict[str, dict[str, tuple[bool, str]]]:
 available_backends = available_impls
 
 
-def cpu_prefers_ref(op: str, act: str | None = None, dtype: torch.dtype | None = None) -> bool:
-    """Whether ``impl="auto"`` runs the reference for ``op`` (with activation ``act``, on ``dtype`` tensors) on the
-    CPU, because the CPU benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``, ``CPU_REF_OPS``,
-    ``CPU_REF_DTYPES``)."""
-    return op in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS or dtype in CPU_REF_DTYPES
+def cpu_prefers_ref(op: str, act: str | None = None, dtype: torch.dtype | None = None, kind: str | None = None) -> bool:
+    """Whether ``impl="auto"`` runs the reference for ``op`` (with activation ``act``, on ``dtype`` tensors, a loss of
+    ``kind``) on the CPU, because the CPU benchmarks measured the C++ kernel slower there (``CPU_REF_ACTIVATIONS``,
+    ``CPU_REF_OPS``, ``CPU_REF_DTYPES``)."""
+    return ((op, None) in CPU_REF_OPS or (op, kind) in CPU_REF_OPS or act in CPU_REF_ACTIVATIONS
+            or dtype in CPU_REF_DTYPES)
 
 
 def layer_runs_ref(impl: str, x: torch.Tensor, kind: str, largest: Callable[[], int] | None = None) -> bool:
@@ -238,14 +240,15 @@ def layer_runs_ref(impl: str, x: torch.Tensor, kind: str, largest: Callable[[], 
 
 
 def resolve_impl(
-    impl: str, device: torch.device, op: str, act: str | None = None, dtype: torch.dtype | None = None
+    impl: str, device: torch.device, op: str, act: str | None = None, dtype: torch.dtype | None = None,
+    kind: str | None = None,
 ) -> str:
     """The concrete implementation ``op`` runs for a tensor on ``device``.
 
     ``impl="auto"`` consults the process-wide default, then picks the fastest available implementation,
     warning once per (op, reason) when it has to fall back. On the CPU that is native, or the reference for the op
     classes measured faster there (``cpu_prefers_ref``; ``act``: the op's activation name, if it has one; ``dtype``:
-    its input's).
+    its input's; ``kind``: a loss's).
     """
     _check_choice(impl, op)
     if impl == "auto":
@@ -256,7 +259,7 @@ def resolve_impl(
         if reason:
             raise ImplUnavailableError(f"{op}: impl={impl!r} is unavailable for {device_type} tensors: {reason}")
         return impl
-    if device_type == "cpu" and cpu_prefers_ref(op, act, dtype):
+    if device_type == "cpu" and cpu_prefers_ref(op, act, dtype, kind):
         return "ref"
     order = _AUTO_ORDER.get(device_type, ("ref",))
     for candidate in order:

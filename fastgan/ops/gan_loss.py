@@ -146,7 +146,7 @@ def d_loss(
     """
     spec = loss_kind("d_loss", kind)
     _check_pair(real_logits, fake_logits, "d_loss")
-    impl = resolve_impl(impl, real_logits.device, "d_loss")
+    impl = resolve_impl(impl, real_logits.device, "d_loss", dtype=real_logits.dtype, kind=kind)
     if impl == "ref":
         return d_loss_ref(real_logits, fake_logits, kind)
     forward = custom_ops("gan_loss", impl).gan_loss
@@ -163,7 +163,7 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating", impl: str = "
     """
     spec = loss_kind("g_loss", kind)
     _check_logits(fake_logits, "fake_logits", "g_loss")
-    impl = resolve_impl(impl, fake_logits.device, "g_loss")
+    impl = resolve_impl(impl, fake_logits.device, "g_loss", dtype=fake_logits.dtype, kind=kind)
     if impl == "ref":
         return g_loss_ref(fake_logits, kind)
     forward = custom_ops("gan_loss", impl).gan_loss
