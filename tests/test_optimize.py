@@ -538,11 +538,17 @@ def test_small_layers_keep_an_explicit_impl():
 
 
 def test_small_layers_check_their_arguments_as_the_fused_ops():
-    """The reference path of a small fused convolution raises the fused op's errors, naming it."""
+    """The reference path of a small fused layer raises the fused op's errors, naming it, from PyTorch's (it checks
+    the arguments only when PyTorch refuses them: ``fastgan.nn.common.checked_on_failure``)."""
     require("native", "cpu")
     conv = FusedConv2d(3, 8, 3, padding=1, act="lrelu")
-    with pytest.raises(ValueError, match="conv2d_act: x has 4 channels"):
+    with pytest.raises(ValueError, match="conv2d_act: x has 4 channels") as refused:
         conv(torch.randn(2, 4, 8, 8))
+    assert isinstance(refused.value.__cause__, RuntimeError)  # PyTorch's own error, kept as the cause
+    with pytest.raises(ValueError, match=r"batch_norm_act: weight must be 1-D of length x.shape\[1\] = 5"):
+        BatchNormAct2d(4)(torch.randn(2, 5, 3, 3))
+    with pytest.raises(ValueError, match="instance_norm_act: expected more than 1 spatial element"):
+        InstanceNormAct2d(4)(torch.randn(2, 4, 1, 1))
     with pytest.raises(TypeError, match="conv2d_act: weight is torch.float32 but x is torch.float16"):
         conv(torch.randn(2, 3, 8, 8, dtype=torch.float16))
     with pytest.raises(ValueError, match="conv2d_act: output size"):

@@ -211,9 +211,15 @@ def batch_norm_act_ref(
     act: str = "linear",
     alpha: float | None = None,
     num_batches_tracked: torch.Tensor | None = None,
+    checked: bool = True,
 ) -> torch.Tensor:
-    """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch."""
-    spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch.
+    ``checked=False``: the arguments are left to PyTorch (a small fused layer checks them when PyTorch refuses them:
+    ``fastgan.nn.common.checked_on_failure``)."""
+    if checked:
+        spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+    else:
+        spec, alpha_ = activation(_BN, act, alpha)
     factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
     if x.shape[1] == 0:  # no channels: nothing to normalize (F.batch_norm fails on meta tensors here)
         return spec.fn(x.clone(), alpha_)
@@ -255,9 +261,14 @@ def instance_norm_act_ref(
     eps: float = 1e-5,
     act: str = "linear",
     alpha: float | None = None,
+    checked: bool = True,
 ) -> torch.Tensor:
-    """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch."""
-    spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch.
+    ``checked=False`` as in ``batch_norm_act_ref``."""
+    if checked:
+        spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+    else:
+        spec, alpha_ = activation(_IN, act, alpha)
     if x.shape[1] == 0 or x.shape[0] == 0:
         # Nothing to normalize, and no statistics to average into the running ones: they are left as they are, on
         # every implementation (F.instance_norm writes NaN, the mean of no samples, or fails for float16 buffers).
