@@ -7,9 +7,10 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
 
 - ``native``: PyTorch's convolution without bias (cuDNN on CUDA, oneDNN on CPU), then the fused bias + activation
   epilogue kernel ``bias_act(impl="native")``. Both are differentiable twice (and any order for piecewise-linear
-  activations), so gradient penalties work through it. On the CPU three shapes that oneDNN handles badly run as
-  matrix products instead (``_native``): a convolution that is one, a transposed convolution to one channel, and the
-  input gradient of a convolution from one channel (both by col2im).
+  activations), so gradient penalties work through it. On the CPU the shapes that oneDNN handles badly run as
+  matrix products instead (``_native``): a convolution that is one; a transposed convolution to one channel and the
+  input gradient of a convolution from one channel (col2im); a convolution from one channel and its weight gradient
+  (a product with the input's columns, for contiguous tensors).
 - ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
   written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
   phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
@@ -176,6 +177,40 @@ def _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last: bool
     return y.view(n, size[0], size[1], 1).permute(0, 3, 1, 2) if channels_last else y
 
 
+def _one_channel_columns(x, kernel, stride, padding) -> torch.Tensor:
+    """The columns [N, kH*kW, L] of a one-channel ``x`` [N, 1, H, W] for a convolution with ``kernel`` (kH, kW), L the
+    output's pixels: a strided copy of the padded input's windows (F.unfold's im2col took 3x longer)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # [N, 1, oh, ow, kH, kW]
+    n, _, oh, ow = windows.shape[:4]
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, kh * kw, oh * ow)
+
+
+def _from_one_channel_conv2d(x, weight, stride, padding, channels_last: bool) -> torch.Tensor:
+    """The convolution of a one-channel ``x`` [N, 1, H, W] with ``weight`` [C, 1, kH, kW], with a contiguous result:
+    a matrix product per sample with the columns, where oneDNN's NCHW kernel took 1.2-5x longer (a grayscale
+    discriminator's first layer, the input gradient of a generator's last; README); ``channels_last``: oneDNN's NHWC
+    kernel, which the columns did not beat within a training step."""
+    if channels_last:  # oneDNN decides by x and weight alone; the caller's layout may come from another tensor
+        return F.conv2d(x, weight, None, stride, padding).contiguous(memory_format=torch.channels_last)
+    n, c = x.shape[0], weight.shape[0]
+    w = weight.reshape(c, -1)
+    columns = _one_channel_columns(x, weight.shape[2:], stride, padding)
+    return torch.bmm(w.expand(n, *w.shape), columns).view(n, c, *output_size(x, weight, stride, padding, None))
+
+
+def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool) -> torch.Tensor:
+    """The gradient of ``weight`` [C, 1, kH, kW] in the convolution from the one-channel ``x`` whose output has the
+    gradient ``dy``, as ``_from_one_channel_conv2d`` computes that convolution: each sample's ``dy`` times its
+    columns, summed (oneDNN took 1.1-2x longer), or ``channels_last`` oneDNN's."""
+    if channels_last:
+        return torch.ops.aten.convolution_backward(dy, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
+                                                   [False, True, False])[1]
+    n, c = dy.shape[:2]
+    columns = _one_channel_columns(x, weight.shape[2:], stride, padding)
+    return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
+
+
 def _one_channel_route(x, weight, stride) -> bool:
     """Whether a col2im route runs (for a CPU tensor): one channel on the weight's second axis (a convolution's input,
     a transposed convolution's output), float32 or float64 (half types would round every tap's product before col2im
@@ -187,18 +222,19 @@ def _one_channel_route(x, weight, stride) -> bool:
 
 def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     """Whether the native path on the CPU runs a convolution of its own for these arguments (``output_padding`` None:
-    a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or
-    col2im for the input gradient of a convolution from one channel (when ``x`` requires one). They beat oneDNN at
-    every size measured, so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``). None run
-    with oneDNN turned off (``torch.backends.mkldnn.flags(enabled=False)``), as in ``_native``."""
+    a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or a
+    convolution from one channel (the columns' product when contiguous, col2im for its input gradient when ``x``
+    requires one; channels_last with neither it is oneDNN's all through). They beat oneDNN at every size measured,
+    so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``). None run with oneDNN turned off
+    (``torch.backends.mkldnn.flags(enabled=False)``), as in ``_native``."""
     if not torch.backends.mkldnn.enabled:
         return False
     if output_padding is None:
         matrix = tuple(padding) == (0, 0) and x.shape[2:] == weight.shape[2:]
     else:
         matrix = tuple(padding) == (0, 0) and tuple(output_padding) == (0, 0) and x.shape[2:] == (1, 1)
-    col2im = (output_padding is not None or x.requires_grad) and _one_channel_route(x, weight, stride)
-    return matrix or col2im
+    own = output_padding is not None or x.requires_grad or not conv_channels_last(x, weight)
+    return matrix or (own and _one_channel_route(x, weight, stride))
 
 
 def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
@@ -208,9 +244,9 @@ def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
 
 
 class _OneChannelConvTranspose(torch.autograd.Function):
-    """A transposed convolution to one channel on the CPU (``_fold_conv_transpose2d``); its backward is PyTorch's
-    (the input gradient is a convolution from one channel, which oneDNN runs fast), differentiable again; vmap and
-    forward-mode AD work (the map is bilinear)."""
+    """A transposed convolution to one channel on the CPU (``_fold_conv_transpose2d``); its input gradient is a
+    convolution from one channel (``_from_one_channel_conv2d``), its weight gradient ``_one_channel_weight_grad``;
+    differentiable again; vmap and forward-mode AD work (the map is bilinear)."""
 
     generate_vmap_rule = True
 
@@ -228,9 +264,11 @@ class _OneChannelConvTranspose(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), True,
-                                                        ctx.output_padding, 1, mask)
+        channels_last, dx, dw = conv_channels_last(x, weight), None, None
+        if ctx.needs_input_grad[0]:  # the adjoint: a convolution from the one channel of dy
+            dx = _from_one_channel_conv2d(dy, weight, ctx.stride, ctx.padding, channels_last)
+        if ctx.needs_input_grad[1]:
+            dw = _one_channel_weight_grad(dy, x, weight, ctx.stride, ctx.padding, channels_last)
         return dx, dw, None, None, None
 
     @staticmethod
@@ -241,15 +279,15 @@ class _OneChannelConvTranspose(torch.autograd.Function):
 
 
 class _FromOneChannelConv(torch.autograd.Function):
-    """A convolution from one input channel on the CPU: PyTorch's forward and weight gradient, its input gradient (a
-    transposed convolution to one channel) by ``_fold_conv_transpose2d``; differentiable again; vmap and
-    forward-mode AD work."""
+    """A convolution from one input channel on the CPU (``_from_one_channel_conv2d``, ``_one_channel_weight_grad``),
+    its input gradient (a transposed convolution to one channel) by ``_fold_conv_transpose2d``; differentiable again;
+    vmap and forward-mode AD work."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, stride, padding):
-        return F.conv2d(x, weight, None, stride, padding)
+        return _from_one_channel_conv2d(x, weight, stride, padding, conv_channels_last(x, weight))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -260,12 +298,11 @@ class _FromOneChannelConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        dx = dw = None
+        channels_last, dx, dw = conv_channels_last(x, weight), None, None
         if ctx.needs_input_grad[0]:
-            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:], conv_channels_last(x, weight))
+            dx = _fold_conv_transpose2d(dy, weight, ctx.stride, ctx.padding, x.shape[2:], channels_last)
         if ctx.needs_input_grad[1]:
-            dw = torch.ops.aten.convolution_backward(dy, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
-                                                     (0, 0), 1, [False, True, False])[1]
+            dw = _one_channel_weight_grad(x, dy, weight, ctx.stride, ctx.padding, channels_last)
         return dx, dw, None, None
 
     @staticmethod
@@ -310,9 +347,9 @@ def _epilogue(impl: str, x: torch.Tensor) -> str:
 def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue) -> torch.Tensor:
     """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
     with the bias, or followed by ``bias_act(impl=epilogue)`` (on CUDA with the bias, where cuDNN would add it in a
-    kernel of its own; on the CPU oneDNN adds it). On the CPU three shapes oneDNN handles badly run
-    otherwise: a convolution that is a matrix product, as one; a transposed convolution to one channel, and a
-    convolution's input gradient from one channel, by matrix product and col2im."""
+    kernel of its own; on the CPU oneDNN adds it). On the CPU the shapes oneDNN handles badly run
+    otherwise: a convolution that is a matrix product, as one; a transposed convolution to one channel and a
+    convolution from one channel (``_OneChannelConvTranspose``, ``_FromOneChannelConv``)."""
     transposed, linear, b = output_padding is not None, act == "linear", _cast(bias, x)
     conv_bias = b if linear else None  # without an activation PyTorch's convolution adds the bias itself
     # The CPU routes stand in for oneDNN's convolution; torch.backends.mkldnn.flags(enabled=False) turns them off.
