@@ -539,7 +539,7 @@ def test_small_layers_keep_an_explicit_impl():
 
 def test_small_layers_check_their_arguments_as_the_fused_ops():
     """The reference path of a small fused layer raises the fused op's errors, naming it, from PyTorch's (it checks
-    the arguments only when PyTorch refuses them: ``fastgan.nn.common.checked_on_failure``)."""
+    the arguments only when PyTorch refuses them: ``fastgan._backend.checked_on_failure``)."""
     require("native", "cpu")
     conv = FusedConv2d(3, 8, 3, padding=1, act="lrelu")
     with pytest.raises(ValueError, match="conv2d_act: x has 4 channels") as refused:

@@ -1,25 +1,21 @@
 """What every fused module shares: the activation it takes over from a torch.nn module (``activation_of``, used by
 each ``from_modules`` and by ``fastgan.optimize``), copying a torch.nn module's state (``copy_state``), how it
 prints its activation and implementation (``fused_extra_repr``), and whether a layer led by a convolution is small
-enough to run its reference on the CPU (``conv_runs_ref``) and that convolution (``conv_reference``), and how such a
-reference checks its arguments (``checked_on_failure``)."""
+enough to run its reference on the CPU (``conv_runs_ref``) and that convolution (``conv_reference``, its arguments
+checked only when PyTorch refuses them: ``fastgan._backend.checked_on_failure``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._backend import layer_runs_ref
+from .._backend import checked_on_failure, layer_runs_ref
 from ..ops.conv_act import autocast_operands, check_conv, cpu_route, output_size
 
-__all__ = ["activation_of", "checked_on_failure", "conv_reference", "conv_runs_ref", "copy_state", "fused_extra_repr"]
-
-T = TypeVar("T")
-
+__all__ = ["activation_of", "conv_reference", "conv_runs_ref", "copy_state", "fused_extra_repr"]
 
 def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
     """``(act, alpha)`` of ``fastgan.ops.ACTIVATIONS`` computing the same function as a torch.nn activation module.
@@ -75,20 +71,6 @@ def conv_runs_ref(impl: str, conv: nn.Conv2d | nn.ConvTranspose2d, x, output_pad
 
     return (layer_runs_ref(impl, x, kind, largest)
             and not cpu_route(x, conv.weight, conv.stride, conv.padding, output_padding))
-
-
-def checked_on_failure(run: Callable[[], T], check: Callable[[], object]) -> T:
-    """``run()``, a small layer's reference (PyTorch's ops); if PyTorch refuses its arguments, ``check()`` raises the
-    fused op's own error for them, naming the op, from PyTorch's. Checked up front, the arguments took about as long as
-    the ops at these sizes (10-20 us a layer: a 4-channel model ran 1.07-1.13x plain's time through ``optimize``)."""
-    try:
-        return run()
-    except Exception as refused:
-        try:
-            check()
-        except (TypeError, ValueError) as named:
-            raise named from refused
-        raise
 
 
 def conv_reference(op: str, conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, output_padding=None) -> torch.Tensor:

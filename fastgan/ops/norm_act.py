@@ -40,7 +40,14 @@ import torch
 import torch.nn.functional as F
 
 from .._autotune import autotuned
-from .._backend import custom_ops, declare_custom_ops, register_autograd, register_fake, resolve_impl
+from .._backend import (
+    checked_on_failure,
+    custom_ops,
+    declare_custom_ops,
+    register_autograd,
+    register_fake,
+    resolve_impl,
+)
 from .._dtypes import check_dtype, math_dtype
 from .bias_act import Activation, activation, activation_at
 
@@ -214,17 +221,21 @@ def batch_norm_act_ref(
     checked: bool = True,
 ) -> torch.Tensor:
     """The specification of ``batch_norm_act``: ``F.batch_norm`` then the activation, in plain PyTorch.
-    ``checked=False``: the arguments are left to PyTorch (a small fused layer checks them when PyTorch refuses them:
-    ``fastgan.nn.common.checked_on_failure``)."""
-    if checked:
-        spec, alpha_ = check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
-    else:
-        spec, alpha_ = activation(_BN, act, alpha)
-    factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
-    if x.shape[1] == 0:  # no channels: nothing to normalize (F.batch_norm fails on meta tensors here)
-        return spec.fn(x.clone(), alpha_)
-    weight = _ones_if_only_bias(weight, bias)
-    return spec.fn(F.batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps), alpha_)
+    ``checked=False``: the arguments are checked only if PyTorch refuses them (``checked_on_failure``: a small fused
+    layer's reference)."""
+
+    def check():
+        return check_norm(_BN, x, weight, bias, running_mean, running_var, training, eps, act, alpha)
+
+    def run():
+        spec, alpha_ = check() if checked else activation(_BN, act, alpha)
+        factor = _momentum_factor(_BN, training, running_mean, momentum, num_batches_tracked)
+        if x.shape[1] == 0:  # no channels: nothing to normalize (F.batch_norm fails on meta tensors here)
+            return spec.fn(x.clone(), alpha_)
+        w = _ones_if_only_bias(weight, bias)
+        return spec.fn(F.batch_norm(x, running_mean, running_var, w, bias, training, factor, eps), alpha_)
+
+    return run() if checked else checked_on_failure(run, check)
 
 
 def conditional_batch_norm_act_ref(
@@ -265,25 +276,30 @@ def instance_norm_act_ref(
 ) -> torch.Tensor:
     """The specification of ``instance_norm_act``: ``F.instance_norm`` then the activation, in plain PyTorch.
     ``checked=False`` as in ``batch_norm_act_ref``."""
-    if checked:
-        spec, alpha_ = check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
-    else:
-        spec, alpha_ = activation(_IN, act, alpha)
-    if x.shape[1] == 0 or x.shape[0] == 0:
-        # Nothing to normalize, and no statistics to average into the running ones: they are left as they are, on
-        # every implementation (F.instance_norm writes NaN, the mean of no samples, or fails for float16 buffers).
-        return spec.fn(x.clone(), alpha_)
-    weight = _ones_if_only_bias(weight, bias)
-    if x.shape[0] == 1 or not use_input_stats:
-        # The same function (and running-statistics update) as F.instance_norm here, computed by F.batch_norm: in
-        # PyTorch 2.13, F.instance_norm's CPU backward returns wrong input gradients for a batch of 1 when the
-        # incoming gradient is channels_last (tests/test_norm_act.py::test_reference_avoids_instance_norm_bug).
-        y = F.batch_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
-    else:
-        y = F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, float(momentum), eps)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            y = y.contiguous(memory_format=torch.channels_last)  # F.instance_norm returns NCHW; keep the layout
-    return spec.fn(y, alpha_)
+
+    def check():
+        return check_norm(_IN, x, weight, bias, running_mean, running_var, use_input_stats, eps, act, alpha)
+
+    def run():
+        spec, alpha_ = check() if checked else activation(_IN, act, alpha)
+        if x.shape[1] == 0 or x.shape[0] == 0:
+            # Nothing to normalize, and no statistics to average into the running ones: they are left as they are,
+            # on every implementation (F.instance_norm writes NaN, the mean of no samples, or fails for float16
+            # buffers).
+            return spec.fn(x.clone(), alpha_)
+        w = _ones_if_only_bias(weight, bias)
+        if x.shape[0] == 1 or not use_input_stats:
+            # The same function (and running-statistics update) as F.instance_norm here, computed by F.batch_norm: in
+            # PyTorch 2.13, F.instance_norm's CPU backward returns wrong input gradients for a batch of 1 when the
+            # incoming gradient is channels_last (tests/test_norm_act.py::test_reference_avoids_instance_norm_bug).
+            y = F.batch_norm(x, running_mean, running_var, w, bias, use_input_stats, float(momentum), eps)
+        else:
+            y = F.instance_norm(x, running_mean, running_var, w, bias, use_input_stats, float(momentum), eps)
+            if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                y = y.contiguous(memory_format=torch.channels_last)  # F.instance_norm returns NCHW; keep the layout
+        return spec.fn(y, alpha_)
+
+    return run() if checked else checked_on_failure(run, check)
 
 
 # --- public ops -------------------------------------------------------------------------------------------------
