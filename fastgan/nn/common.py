@@ -17,6 +17,7 @@ from ..ops.conv_act import autocast_operands, check_conv, cpu_route, output_size
 
 __all__ = ["activation_of", "conv_reference", "conv_runs_ref", "copy_state", "fused_extra_repr"]
 
+
 def activation_of(module: nn.Module | None) -> tuple[str, float | None]:
     """``(act, alpha)`` of ``fastgan.ops.ACTIVATIONS`` computing the same function as a torch.nn activation module.
 
