@@ -207,14 +207,15 @@ def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool
         return torch.ops.aten.convolution_backward(dy, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
                                                    [False, True, False])[1]
     n, c = dy.shape[:2]
-    columns = _one_channel_columns(x, weight.shape[2:], stride, padding)
+    columns = _one_channel_columns(x, weight.shape[2:], stride, padding)  # again: kept, they cost 4x x's memory
     return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
 
 
 def _one_channel_route(x, weight, stride) -> bool:
-    """Whether a col2im route runs (for a CPU tensor): one channel on the weight's second axis (a convolution's input,
-    a transposed convolution's output), float32 or float64 (half types would round every tap's product before col2im
-    adds them), and at most 4 kernel taps per output value (the columns are that many times the output's size)."""
+    """Whether a one-channel route (col2im, or the columns' product) runs for a CPU tensor: one channel on the
+    weight's second axis (a convolution's input, a transposed convolution's output), float32 or float64 (half types
+    would round every tap's product before the taps are added), and at most 4 kernel taps per output value (the
+    columns are that many times the output's size)."""
     kh, kw = weight.shape[2:]
     return (weight.shape[1] == 1 and x.dtype in (torch.float32, torch.float64)
             and kh * kw <= 4 * stride[0] * stride[1])
