@@ -18,9 +18,17 @@ inline unsigned elementwise_blocks(int64_t numel) {
 // One thread per item (norm_act's merges and running statistics): ceil(n / kThreads) blocks.
 inline unsigned thread_per_item_blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// norm_act: the chunks of kNormActChunk values a statistic group is reduced in (one block each).
-inline int64_t norm_act_chunks(int64_t group_size) {
-    return group_size > 0 ? (group_size + kNormActChunk - 1) / kNormActChunk : 1;
+// norm_act: the chunks a statistic group is reduced in, of kNormActChunk values (one block each), or with
+// norm_act_rows of kNormActRowChunk values (one block per chunk and tile of kNormActTile channels).
+inline int64_t norm_act_chunks(const NormActParams& p) {
+    const int64_t chunk = norm_act_rows(p) ? kNormActRowChunk : kNormActChunk;
+    return p.group_size > 0 ? (p.group_size + chunk - 1) / chunk : 1;
+}
+
+// The blocks of the partial reductions (stats_partial_kernel, grad_partial_kernel).
+inline unsigned norm_act_partial_blocks(const NormActParams& p) {
+    const int64_t units = norm_act_rows(p) ? (p.groups / p.C) * ((p.C + kNormActTile - 1) / kNormActTile) : p.groups;
+    return static_cast<unsigned>(units * norm_act_chunks(p));
 }
 
 // gan_loss: up to 64K elements one block of kMaxThreads is fastest (one launch); larger PatchGAN maps spread over up

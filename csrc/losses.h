@@ -95,7 +95,7 @@ constexpr int kGanLossMaxBlocks = 256;
 
 // gan_loss_backward: da = go * grad_a, db = go * grad_b, in the logits' dtype.
 struct GanLossBackwardParams {
-    const void* go;        // 0-dim, math type
+    const void* go;        // 0-dim, the logits' dtype
     const void* grad_a;    // math type
     const void* grad_b;    // nullptr when there is no second term
     void* da;

@@ -967,10 +967,10 @@ void forward_nvrtc(const char* op, const Prepared& r, DType dtype, void* mean, v
     const int64_t numel = p.N * p.C * p.L;
     std::vector<NvrtcLaunch> plan;
     if (p.use_input_stats && p.groups > 0) {
-        const int64_t chunks = norm_act_chunks(p.group_size);
+        const int64_t chunks = norm_act_chunks(p);
         if (p.group_size > 0) {
             plan.push_back({"norm_act", kernel_name("stats_partial_kernel", {T}),
-                            static_cast<unsigned>(p.groups * chunks), kThreads,
+                            norm_act_partial_blocks(p), kThreads,
                             {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks)}});
         } else {
             partials.zero_();
@@ -997,10 +997,10 @@ void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz
     const int64_t numel = p.N * p.C * p.L;
     std::vector<NvrtcLaunch> plan;
     if (p.groups > 0) {
-        const int64_t chunks = norm_act_chunks(p.group_size);
+        const int64_t chunks = norm_act_chunks(p);
         if (p.group_size > 0) {
             plan.push_back({"norm_act", kernel_name("grad_partial_kernel", {T}),
-                            static_cast<unsigned>(p.groups * chunks), kThreads,
+                            norm_act_partial_blocks(p), kThreads,
                             {kernel_arg(p), kernel_arg(partials.data_ptr()), kernel_arg(chunks)}});
         } else {
             partials.zero_();
@@ -1031,7 +1031,7 @@ void backward_nvrtc(const char* op, const Prepared& r, DType dtype, void* sum_dz
 Triple run_forward_cuda(const char* op, const Prepared& r, const UpdateStatsParams& running = UpdateStatsParams{}) {
     at::Tensor partials;
     if (r.p.use_input_stats) {
-        partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 3}, r.x.options().dtype(r.math));
+        partials = at::empty({r.p.groups * norm_act_chunks(r.p) * 3}, r.x.options().dtype(r.math));
     }
     const DType dtype = kernel_dtype(r.x.scalar_type());
     if (use_nvrtc()) {
@@ -1079,7 +1079,7 @@ Triple conditional_forward_cuda(const at::Tensor& x, const at::Tensor& scale, co
 Triple run_backward_cuda(const char* op, const Prepared& r) {
     at::Tensor sum_dz = at::empty({r.p.groups}, r.x.options().dtype(r.math));
     at::Tensor sum_dz_xhat = at::empty({r.p.groups}, r.x.options().dtype(r.math));
-    at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p.group_size) * 2}, r.x.options().dtype(r.math));
+    at::Tensor partials = at::empty({r.p.groups * norm_act_chunks(r.p) * 2}, r.x.options().dtype(r.math));
     const DType dtype = kernel_dtype(r.x.scalar_type());
     if (use_nvrtc()) {
         backward_nvrtc(op, r, dtype, sum_dz.data_ptr(), sum_dz_xhat.data_ptr(), partials);

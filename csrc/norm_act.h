@@ -22,6 +22,12 @@ namespace fastgan {
 // whose partial results are merged in a fixed order, so the reductions are deterministic.
 constexpr int64_t kNormActChunk = 4096;
 
+// channels_last (norm_act_rows): a CUDA block reduces kNormActTile adjacent channels (one per lane of a warp) over a
+// chunk of kNormActRowChunk values of each (rows (n, l) of the [N, L, C] memory), so a warp reads a row's channels
+// side by side instead of one channel's values C apart.
+constexpr int kNormActTile = 32;
+constexpr int64_t kNormActRowChunk = 512;
+
 struct NormActParams {
     const void* x;        // input [N, C, L] in the strides below
     const void* dy;       // incoming gradient, laid out as x (backward)
@@ -66,6 +72,10 @@ FASTGAN_HD int64_t element_group(const NormActParams& p, int64_t i) {
 FASTGAN_HD int64_t group_base(const NormActParams& p, int64_t g) {
     return (p.instance ? (g / p.C) * p.sN : 0) + (g % p.C) * p.sC;
 }
+
+// The reductions walk rows of channels: channel stride 1 with more than one channel (with one, or with L == 1 in
+// NCHW, either walk reads memory in order; the rows walk is right for any strides).
+FASTGAN_HD bool norm_act_rows(const NormActParams& p) { return p.sC == 1 && p.C > 1; }
 
 FASTGAN_HD int64_t walker_offset(const NormActParams& p, int64_t base, const RadixWalker& at) {
     return base + at.d1 * p.sN + at.d0 * p.sL;

@@ -16,9 +16,9 @@ int forward(NormActParams p, void* mean, void* var, void* partials, const Update
     using M = typename MathType<T>::type;
     const int64_t numel = p.N * p.C * p.L;
     if (p.use_input_stats && p.groups > 0) {
-        const int64_t chunks = norm_act_chunks(p.group_size);
+        const int64_t chunks = norm_act_chunks(p);
         if (p.group_size > 0) {
-            stats_partial_kernel<T><<<static_cast<unsigned>(p.groups * chunks), kThreads, 0, stream>>>(
+            stats_partial_kernel<T><<<norm_act_partial_blocks(p), kThreads, 0, stream>>>(
                 p, static_cast<M*>(partials), chunks);
         } else {
             cudaMemsetAsync(partials, 0, sizeof(M) * 3 * p.groups * chunks, stream);
@@ -39,9 +39,9 @@ int backward(NormActParams p, void* sum_dz, void* sum_dz_xhat, void* partials, c
     using M = typename MathType<T>::type;
     const int64_t numel = p.N * p.C * p.L;
     if (p.groups > 0) {
-        const int64_t chunks = norm_act_chunks(p.group_size);
+        const int64_t chunks = norm_act_chunks(p);
         if (p.group_size > 0) {
-            grad_partial_kernel<T><<<static_cast<unsigned>(p.groups * chunks), kThreads, 0, stream>>>(
+            grad_partial_kernel<T><<<norm_act_partial_blocks(p), kThreads, 0, stream>>>(
                 p, static_cast<M*>(partials), chunks);
         } else {
             cudaMemsetAsync(partials, 0, sizeof(M) * 2 * p.groups * chunks, stream);

@@ -34,35 +34,97 @@ __device__ void block_sum2(M& a, M& b) {
     }
 }
 
-// One block per (group, chunk): shifted sums of the chunk's values -> (count, mean, m2) partial.
+// The warps of a channels_last reduction block, each over the block's kNormActTile channels (a lane each).
+constexpr int kRowWarps = kThreads / kNormActTile;
+
+// Sums of (a, b) over the warps of each lane (a channel of a RowTile), in warp order; the result is valid in warp 0.
+template <typename M>
+__device__ void tile_sum2(M& a, M& b) {
+    __shared__ M shared[2][kRowWarps][kNormActTile];
+    const int lane = threadIdx.x % kNormActTile, warp = threadIdx.x / kNormActTile;
+    shared[0][warp][lane] = a;
+    shared[1][warp][lane] = b;
+    __syncthreads();
+    if (warp == 0) {
+        for (int w = 1; w < kRowWarps; ++w) {
+            a += shared[0][w][lane];
+            b += shared[1][w][lane];
+        }
+    }
+}
+
+// A thread's share of a channels_last partial reduction (norm_act_rows; blocks: launch.h::norm_act_partial_blocks):
+// the block takes tile t of kNormActTile channels (of sample t / tiles with instance statistics) and chunk k, lane l
+// of every warp the tile's channel l, and warp w the values j0 + w, j0 + w + kRowWarps, ... (below j1) of its group.
+struct RowTile {
+    int64_t g, k, j0, j1;
+    bool valid;  // a channel < C: a lane past the last channel only joins the block's sums
+
+    __device__ RowTile(const NormActParams& p, int64_t chunks) {
+        const int64_t tiles = (p.C + kNormActTile - 1) / kNormActTile, t = blockIdx.x / chunks;
+        const int64_t c = (t % tiles) * kNormActTile + threadIdx.x % kNormActTile;
+        k = blockIdx.x % chunks;
+        valid = c < p.C;
+        g = (t / tiles) * p.C + c;
+        j0 = k * kNormActRowChunk;
+        j1 = j0 + kNormActRowChunk < p.group_size ? j0 + kNormActRowChunk : p.group_size;
+    }
+
+    __device__ int64_t first() const { return j0 + threadIdx.x / kNormActTile; }
+};
+
+// One thread's sums over values first, first + step, ... (below end) of group g: of d = x - shift and d^2.
+template <typename T>
+__device__ void add_shifted_sums(const NormActParams& p, int64_t g, int64_t first, int64_t end, int64_t step,
+                                 typename MathType<T>::type shift, typename MathType<T>::type& s1,
+                                 typename MathType<T>::type& s2) {
+    using M = typename MathType<T>::type;
+    if (first >= end) return;
+    const T* x = static_cast<const T*>(p.x);
+    const int64_t base = group_base(p, g);
+    RadixWalker at(first, step, p.L, p.N);  // (l, n) of value j: no division per value
+    for (int64_t j = first; j < end; j += step, at.advance()) {
+        const M d = load(x, walker_offset(p, base, at)) - shift;
+        s1 += d;
+        s2 += d * d;
+    }
+}
+
+// (count, mean, m2) of a chunk of a group, from its shifted sums.
+template <typename M>
+__device__ void write_moments(M* out, int64_t count, M shift, M s1, M s2) {
+    const M n = static_cast<M>(count);
+    M mean, m2;
+    shifted_moments<M>(n, shift, s1, s2, mean, m2);
+    out[0] = n;
+    out[1] = mean;
+    out[2] = m2;
+}
+
+// One block per (group, chunk), or per (tile, chunk) with norm_act_rows: shifted sums of the chunk's values ->
+// (count, mean, m2) partial.
 template <typename T>
 __global__ void stats_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
     using M = typename MathType<T>::type;
     const T* x = static_cast<const T*>(p.x);
+    M s1 = 0, s2 = 0;
+    if (norm_act_rows(p)) {
+        const RowTile t(p, chunks);
+        const M shift = t.valid ? shift_of(load(x, group_base(p, t.g))) : M(0);
+        if (t.valid) add_shifted_sums<T>(p, t.g, t.first(), t.j1, kRowWarps, shift, s1, s2);
+        tile_sum2(s1, s2);
+        if (threadIdx.x < kNormActTile && t.valid) {
+            write_moments<M>(partials + (t.g * chunks + t.k) * 3, t.j1 - t.j0, shift, s1, s2);
+        }
+        return;
+    }
     const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
     const int64_t j0 = k * kNormActChunk;
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const int64_t base = group_base(p, g);
-    const M shift = shift_of(load(x, base));
-    M s1 = 0, s2 = 0;
-    if (j0 + threadIdx.x < j1) {
-        RadixWalker at(j0 + threadIdx.x, kThreads, p.L, p.N);  // (l, n) of value j: no division per value
-        for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads, at.advance()) {
-            const M d = load(x, walker_offset(p, base, at)) - shift;
-            s1 += d;
-            s2 += d * d;
-        }
-    }
+    const M shift = shift_of(load(x, group_base(p, g)));
+    add_shifted_sums<T>(p, g, j0 + threadIdx.x, j1, kThreads, shift, s1, s2);
     block_sum2(s1, s2);
-    if (threadIdx.x == 0) {
-        const M n = static_cast<M>(j1 - j0);
-        M mean, m2;
-        shifted_moments<M>(n, shift, s1, s2, mean, m2);
-        M* out = partials + (g * chunks + k) * 3;
-        out[0] = n;
-        out[1] = mean;
-        out[2] = m2;
-    }
+    if (threadIdx.x == 0) write_moments<M>(partials + (g * chunks + k) * 3, j1 - j0, shift, s1, s2);
 }
 
 // Channel c's running statistics from its statistics just merged, the buffers' dtype chosen at run time (they need
@@ -120,31 +182,48 @@ __global__ void apply_kernel(NormActParams p, int64_t numel, int64_t* advance) {
     }
 }
 
-// One block per (group, chunk): partial sums of dz and dz * xhat.
+// One thread's sums over values first, first + step, ... (below end) of group g: of dz and dz * xhat.
+template <typename T>
+__device__ void add_grad_sums(const NormActParams& p, int64_t g, int64_t first, int64_t end, int64_t step,
+                              typename MathType<T>::type& s_dz, typename MathType<T>::type& s_dzx) {
+    using M = typename MathType<T>::type;
+    if (first >= end) return;
+    const T* x = static_cast<const T*>(p.x);
+    const T* dy = static_cast<const T*>(p.dy);
+    const int64_t a = p.per_sample ? g : g % p.C;  // per_sample: groups are (sample, channel) pairs, as w and b
+    const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
+    const M wc = p.w ? static_cast<const M*>(p.w)[a] : M(1), bc = p.b ? static_cast<const M*>(p.b)[a] : M(0);
+    const M alpha = static_cast<M>(p.alpha);
+    const int64_t base = group_base(p, g);
+    RadixWalker at(first, step, p.L, p.N);  // (l, n) of value j: no division per value
+    for (int64_t j = first; j < end; j += step, at.advance()) {
+        const int64_t i = walker_offset(p, base, at);
+        const M xhat = (load(x, i) - mean) * invstd;
+        const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
+        s_dz += dz;
+        s_dzx += dz * xhat;
+    }
+}
+
+// One block per (group, chunk), or per (tile, chunk) with norm_act_rows: partial sums of dz and dz * xhat.
 template <typename T>
 __global__ void grad_partial_kernel(NormActParams p, typename MathType<T>::type* partials, int64_t chunks) {
     using M = typename MathType<T>::type;
-    const T* x = static_cast<const T*>(p.x);
-    const T* dy = static_cast<const T*>(p.dy);
+    M s_dz = 0, s_dzx = 0;
+    if (norm_act_rows(p)) {
+        const RowTile t(p, chunks);
+        if (t.valid) add_grad_sums<T>(p, t.g, t.first(), t.j1, kRowWarps, s_dz, s_dzx);
+        tile_sum2(s_dz, s_dzx);
+        if (threadIdx.x < kNormActTile && t.valid) {
+            partials[(t.g * chunks + t.k) * 2] = s_dz;
+            partials[(t.g * chunks + t.k) * 2 + 1] = s_dzx;
+        }
+        return;
+    }
     const int64_t g = blockIdx.x / chunks, k = blockIdx.x % chunks;
-    const int64_t c = p.per_sample ? g : g % p.C;  // per_sample: groups are (sample, channel) pairs, as w and b
     const int64_t j0 = k * kNormActChunk;
     const int64_t j1 = j0 + kNormActChunk < p.group_size ? j0 + kNormActChunk : p.group_size;
-    const M mean = static_cast<const M*>(p.mean)[g], invstd = inv_std<M>(static_cast<const M*>(p.var)[g], M(p.eps));
-    const M wc = p.w ? static_cast<const M*>(p.w)[c] : M(1), bc = p.b ? static_cast<const M*>(p.b)[c] : M(0);
-    const M alpha = static_cast<M>(p.alpha);
-    M s_dz = 0, s_dzx = 0;
-    if (j0 + threadIdx.x < j1) {
-        const int64_t base = group_base(p, g);
-        RadixWalker at(j0 + threadIdx.x, kThreads, p.L, p.N);  // (l, n) of value j: no division per value
-        for (int64_t j = j0 + threadIdx.x; j < j1; j += kThreads, at.advance()) {
-            const int64_t i = walker_offset(p, base, at);
-            const M xhat = (load(x, i) - mean) * invstd;
-            const M dz = act_backward<M>(p.act, xhat * wc + bc, load(dy, i), alpha);
-            s_dz += dz;
-            s_dzx += dz * xhat;
-        }
-    }
+    add_grad_sums<T>(p, g, j0 + threadIdx.x, j1, kThreads, s_dz, s_dzx);
     block_sum2(s_dz, s_dzx);
     if (threadIdx.x == 0) {
         partials[(g * chunks + k) * 2] = s_dz;

@@ -327,6 +327,10 @@ def test_cuda_kernels_hand_nvrtc_plans_of_listed_kernels(recorded_plans):
         ("fastgan::apply_kernel<float>", _blocks(y.numel()), [8, 8]),  # no step counter
     ]
     assert struct.unpack("P", plan[1][4][5][:8]) == (0,) and struct.unpack("P", plan[2][4][2]) == (0,)
+    # channels_last: the reductions' blocks are (tile of 32 channels, chunk of 512 values): 1 tile x 20 chunks.
+    _cuda_kernel(ops.norm_act.default, y.contiguous(memory_format=torch.channels_last), None, None, None, None, True,
+                 False, 1e-5, 1, 0.2)
+    assert [(s[1], s[2]) for s in recorded_plans.pop()][0] == ("fastgan::stats_partial_kernel<float>", 20)
     # The training op: the same three launches; the merge also updates the buffers (UpdateStatsParams, running_mean
     # first), the apply kernel counts the step.
     running_mean, running_var, steps = torch.zeros(3), torch.ones(3), torch.tensor(5)

@@ -1,0 +1,76 @@
+// fastgan's nvcc launchers (csrc/*_cuda.cu, compiled apart with their launches rewritten for cuda_emu.h by
+// tests/test_cuda_emulated.py) behind a C interface for ctypes: the parameters packed as the ops' C++ glue packs
+// them (csrc/*.cpp) and the scratch buffers it allocates.
+#include <vector>
+
+#include "bias_act_cuda.h"
+#include "launch.h"
+#include "losses_cuda.h"
+#include "norm_act_cuda.h"
+
+namespace {
+
+size_t math_size(int dtype) { return static_cast<fastgan::DType>(dtype) == fastgan::DType::Float64 ? 8 : 4; }
+
+}  // namespace
+
+extern "C" {
+
+// out = forward (kind 0), backward (1) or second-derivative term (2) of bias_act; b broadcast as (i / stride) % size.
+int emu_bias_act(int dtype, int kind, const void* x, const void* b, const void* dy, const void* g, void* out,
+                 int64_t numel, int64_t bias_size, int64_t bias_stride, int act, double alpha, double gain,
+                 double clamp) {
+    const fastgan::BiasActParams p{x, b, dy, g, out, numel, bias_size, bias_stride, act, alpha, gain, clamp};
+    return fastgan::bias_act_cuda_launch(p, static_cast<fastgan::DType>(dtype), kind, nullptr);
+}
+
+// backward false: out = act(norm(x)), mean and var ([groups], math type) written with use_input_stats, else read.
+// backward true: out = dx, and the [groups] sums of dz and dz * xhat; mean and var are the forward's.
+// shape: N, C, L, sN, sC, sL.
+int emu_norm_act(int dtype, bool backward, const void* x, const void* dy, void* out, const void* w, const void* b,
+                 void* mean, void* var, void* sum_dz, void* sum_dz_xhat, const int64_t* shape, bool instance,
+                 bool per_sample, bool use_input_stats, double eps, int act, double alpha) {
+    const fastgan::NormActParams p{.x = x, .dy = dy, .out = out, .w = w, .b = b, .mean = mean, .var = var,
+                                   .N = shape[0], .C = shape[1], .L = shape[2],
+                                   .sN = shape[3], .sC = shape[4], .sL = shape[5],
+                                   .groups = instance ? shape[0] * shape[1] : shape[1],
+                                   .group_size = instance ? shape[2] : shape[0] * shape[2],
+                                   .instance = instance, .per_sample = per_sample, .use_input_stats = use_input_stats,
+                                   .eps = eps, .act = act, .alpha = alpha};
+    const auto type = static_cast<fastgan::DType>(dtype);
+    std::vector<char> partials(p.groups * fastgan::norm_act_chunks(p) * 3 * math_size(dtype) + 1);
+    return backward ? fastgan::norm_act_cuda_backward(p, type, sum_dz, sum_dz_xhat, partials.data(), nullptr)
+                    : fastgan::norm_act_cuda_forward(p, type, mean, var, partials.data(), fastgan::UpdateStatsParams{},
+                                                     nullptr);
+}
+
+// gan_loss: the loss (0-dim, the logits' dtype) and the gradients (math type); b nullptr for one term. partials:
+// kGanLossMaxBlocks math-type values, as the glue allocates for large logits.
+int emu_gan_loss(int dtype, const void* a, const void* b, void* loss, void* grad_a, void* grad_b, void* partials,
+                 int64_t numel_a, int64_t numel_b, int term_a, int term_b) {
+    const fastgan::GanLossParams p{a, b, loss, grad_a, grad_b, partials, numel_a, numel_b, term_a, term_b};
+    return fastgan::gan_loss_cuda_launch(p, static_cast<fastgan::DType>(dtype), nullptr);
+}
+
+int emu_gan_loss_backward(int dtype, const void* go, const void* grad_a, const void* grad_b, void* da, void* db,
+                          int64_t numel_a, int64_t numel_b) {
+    const fastgan::GanLossBackwardParams p{go, grad_a, grad_b, da, db, numel_a, numel_b};
+    return fastgan::gan_loss_backward_cuda_launch(p, static_cast<fastgan::DType>(dtype), nullptr);
+}
+
+int emu_interpolate(int dtype, const void* real, const void* fake, const void* eps, void* out, int64_t batch,
+                    int64_t per_sample) {
+    const fastgan::InterpolateParams p{real, fake, eps, out, batch, per_sample};
+    return fastgan::interpolate_cuda_launch(p, static_cast<fastgan::DType>(dtype), nullptr);
+}
+
+// The penalty (backward false: out is the 0-dim penalty, norms written) or its gradient (true: out is dg).
+int emu_penalty(int dtype, bool backward, const void* g, const void* go, void* norms, void* out, int64_t batch,
+                int64_t per_sample, double weight, double center, double scale) {
+    const fastgan::PenaltyParams p{g, go, norms, out, batch, per_sample, weight, center, scale};
+    const auto type = static_cast<fastgan::DType>(dtype);
+    return backward ? fastgan::penalty_backward_cuda_launch(p, type, nullptr)
+                    : fastgan::penalty_cuda_launch(p, type, nullptr);
+}
+
+}  // extern "C"

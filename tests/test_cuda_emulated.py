@@ -1,0 +1,360 @@
+"""fastgan's CUDA kernels and nvcc launchers run on the CPU, under an emulation of CUDA's thread model
+(tests/cuda_emu/cuda_emu.h: a thread per CUDA thread, barriers for __syncthreads and warp shuffles), against the
+float64 reference. Most sessions have no GPU, and compiling (tests/test_build.py, test_nvrtc.py) proves
+nothing about what a kernel computes: here the launch geometry, the per-(group, chunk) and channels_last tile
+reductions, their edge blocks (a last tile of fewer channels, a last chunk of fewer values) and the elementwise
+kernels run as written, for every element type. The GPU suite runs the same kernels on a GPU when one is lent."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgan.ops import ACTIVATIONS, batch_norm_act_ref, bias_act_ref, instance_norm_act_ref
+from fastgan.ops.gan_loss import TERMS
+from fastgan.ops.norm_act import conditional_batch_norm_act_ref
+from fastgan.ops.penalty import grad_norm_penalty_ref, interpolate_ref
+
+from .conftest import tolerance
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = Path(__file__).resolve().parent / "cuda_emu"
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}  # csrc/common.h::DType
+
+# kernel<args><<<grid, block, shared, stream>>>(arguments);  ->  ::emu::launch([&] { kernel<args>(arguments); }, ...)
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
+
+
+def emulated_launchers(cu: Path) -> str:
+    """The source of an nvcc launcher file with its kernel launches rewritten as emulated ones."""
+    source = cu.read_text()
+    rewritten, count = _LAUNCH.subn(lambda m: f"::emu::launch([&] {{ {m[1]}({m[3]}); }}, {m[2]});", source)
+    assert count == source.count("<<<"), f"{cu.name}: {source.count('<<<') - count} launches not rewritten"
+    return rewritten
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """tests/cuda_emu/driver.cpp and the emulated launchers, compiled into one library (a translation unit each:
+    the launchers' internal names repeat)."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("needs g++ to compile the CUDA sources for the emulation")
+    build = tmp_path_factory.mktemp("cuda_emu")
+    sources = [EMU / "driver.cpp"]
+    for module in ("bias_act", "losses", "norm_act"):
+        sources.append(build / f"{module}_cuda.cpp")
+        sources[-1].write_text(emulated_launchers(ROOT / "csrc" / f"{module}_cuda.cu"))
+    library = build / "emulated.so"
+    done = subprocess.run([compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-D__CUDACC__", f"-I{EMU}",
+                           f"-I{ROOT / 'csrc'}", *map(str, sources), "-o", str(library)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lib = ctypes.CDLL(str(library))
+    lib.emu_norm_act.argtypes = ([ctypes.c_int, ctypes.c_bool] + [ctypes.c_void_p] * 10 + [ctypes.c_bool] * 3
+                                 + [ctypes.c_double, ctypes.c_int, ctypes.c_double])
+    lib.emu_bias_act.argtypes = ([ctypes.c_int] * 2 + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+                                 + [ctypes.c_double] * 3)
+    lib.emu_gan_loss.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
+    lib.emu_gan_loss_backward.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2
+    lib.emu_interpolate.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+    lib.emu_penalty.argtypes = ([ctypes.c_int, ctypes.c_bool] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+                                + [ctypes.c_double] * 3)
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+def _shape(x: torch.Tensor):
+    """(N, C, L, sN, sC, sL) of a dense 4-D tensor, as csrc/norm_act.cpp's prepare_forward packs them."""
+    n, c, h, w = x.shape
+    channels_last = x.stride(1) == 1 and c > 1
+    return (ctypes.c_int64 * 6)(n, c, h * w, c * h * w, 1 if channels_last else h * w, c if channels_last else 1)
+
+
+# kind -> activation; "eval" normalizes with given running statistics (no reduction), "conditional" takes a scale
+# and shift per (sample, channel) and reduces its backward per (sample, channel).
+KINDS = {"batch": "lrelu", "eval": "relu", "instance": "tanh", "conditional": "silu"}
+SHAPES = [
+    (3, 37, 5, 7),  # channels_last: two tiles, the second of 5 channels; one chunk of 105 values
+    (2, 3, 50, 50),  # several chunks a group: NCHW 2 (of 4096 values; batch), channels_last 10 or 5 (of 512)
+    (4, 1, 3, 3),  # one channel: both layouts are planes
+    (2, 40, 1, 1),  # one value a plane: NCHW's channel stride is 1 too, so it takes the rows walk
+]
+
+
+def _reference(kind, x, w, b, running, act):
+    alpha = ACTIVATIONS[act].default_alpha
+    if kind == "conditional":
+        return conditional_batch_norm_act_ref(x, w, b, None, None, True, act=act, alpha=alpha)
+    if kind == "instance":
+        return instance_norm_act_ref(x, w, b, act=act, alpha=alpha)
+    mean, var = running if kind == "eval" else (None, None)
+    return batch_norm_act_ref(x, w, b, mean, var, kind != "eval", act=act, alpha=alpha)
+
+
+def _per_entry(kind, values: torch.Tensor) -> torch.Tensor:
+    """values [N, C, H, W] summed as the weight (or bias) gradient sums them: per (sample, channel) with a scale and
+    shift per sample, else per channel."""
+    return values.sum((2, 3)) if kind == "conditional" else values.sum((0, 2, 3))
+
+
+def _parameter_gradients(kind, sum_dz, sum_dz_xhat, n, c):
+    """The weight and bias gradients from the backward's per-group sums, as csrc/norm_act.cpp's finish_backward."""
+    if kind == "conditional":
+        return sum_dz_xhat.view(n, c), sum_dz.view(n, c)
+    if kind == "instance":
+        return sum_dz_xhat.view(n, c).sum(0), sum_dz.view(n, c).sum(0)
+    return sum_dz_xhat, sum_dz
+
+
+# The longest chain of float additions in the kernels' sums at these sizes: norm_act's 64 values a thread (a
+# channels_last chunk of 512 over 8 warps) then the 8 warps' totals, its chunks merged in double (the losses' shares
+# and trees are shorter). The sum's error bound is CHAIN * eps * sum(|terms|).
+CHAIN = 72
+
+
+def _assert_close(ours, truth, torch_out, dtype, what, sum_bound: torch.Tensor | float = 0.0):
+    """Within PyTorch's own error at dtype (conftest.tolerance) plus the error bound of the kernels' float sums that
+    ours depends on: CHAIN * eps * sum_bound, sum_bound bounding sum(|terms|) (|dz| <= 1.1 |dy| for these
+    activations). In float64 the truth is PyTorch's own result, so its error counts as none."""
+    truth, torch_out = truth.detach(), torch_out.detach()
+    assert ours.shape == truth.shape and ours.dtype == dtype, f"{what}: {ours.shape} {ours.dtype}"
+    assert torch.isfinite(ours).all() == torch.isfinite(truth).all(), f"{what}: non-finite values differ"
+    err = (ours.double() - truth).abs().max().item() if truth.numel() else 0.0
+    sums = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps * 1.1 * CHAIN
+    tol = tolerance(truth, torch_out, dtype) + sums * float(torch.as_tensor(sum_bound).max())
+    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
+
+
+# The several-chunk shape in float32 only (the reductions are the same code for every type); no instance norm of
+# one-value planes (instance_norm_act refuses them with batch statistics).
+NORM_CASES = [(kind, shape, dtype) for kind in KINDS for shape in SHAPES for dtype in DTYPES
+              if (dtype == torch.float32 or shape != SHAPES[1]) and not (kind == "instance" and shape[2:] == (1, 1))]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kind,shape,dtype", NORM_CASES, ids=str)
+def test_norm_act_kernels_match_float64(emulated, kind, shape, dtype, layout):
+    act = KINDS[kind]
+    alpha = ACTIVATIONS[act].default_alpha or 0.0
+    n, c = shape[:2]
+    gen = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x64 = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+    dy64 = torch.randn(shape, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+    affine = (n, c) if kind == "conditional" else (c,)
+    w64 = torch.rand(affine, generator=gen, dtype=torch.float64) + 0.5
+    b64 = torch.randn(affine, generator=gen, dtype=torch.float64)
+    running64 = (torch.randn(c, generator=gen, dtype=torch.float64),
+                 torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+
+    math = torch.float64 if dtype == torch.float64 else torch.float32
+    x, dy = x64.to(dtype), dy64.to(dtype)
+    w, b = w64.to(math), b64.to(math)
+    instance, per_sample, training = kind == "instance", kind == "conditional", kind != "eval"
+    groups = n * c if instance else c
+    mean, var = (torch.empty(groups, dtype=math), torch.empty(groups, dtype=math)) if training else (
+        running64[0].to(math), running64[1].to(math))
+
+    y = torch.empty_like(x)
+    rc = emulated.emu_norm_act(DTYPES[dtype], False, _ptr(x), None, _ptr(y), _ptr(w), _ptr(b), _ptr(mean), _ptr(var),
+                               None, None, _shape(x), instance, per_sample, training, 1e-5, ACTIVATIONS[act].index,
+                               alpha)
+    assert rc == 0
+
+    # The truth from the inputs as rounded to dtype; PyTorch's own error from the reference run in dtype (float32
+    # for the reduced types, whose CPU batch norm needs parameters of the input's type).
+    leaves64 = [t.double().clone().requires_grad_() for t in (x, w, b)]
+    leaves = [t.to(math).detach().requires_grad_() for t in leaves64]
+    running = tuple(r.to(math).double() for r in running64)
+    truth = _reference(kind, *leaves64, running, act)
+    theirs = _reference(kind, *leaves, tuple(r.to(math) for r in running), act)
+    # Bounds of the statistics' sums (shifted by the group's first value) as they reach y: through the mean and
+    # through invstd.
+    per_group = (n, c, 1, 1) if instance else (1, c, 1, 1)
+    group_dims = (2, 3) if instance else (0, 2, 3)
+    w_abs = w.double().abs().view(n, c, 1, 1) if per_sample else w.double().abs().view(1, c, 1, 1)
+    invstd = (var.double()[:groups] + 1e-5).rsqrt().view(per_group)
+    xhat = (x.double() - mean.double()[:groups].view(per_group)) * invstd
+    first = x.double()[:, :, :1, :1] if instance else x.double()[:1, :, :1, :1]
+    spread = (x.double() - first).abs()
+    y_bound = w_abs * invstd * (spread.mean(group_dims, keepdim=True) +
+                                xhat.abs() * invstd * spread.square().mean(group_dims, keepdim=True))
+    _assert_close(y, truth, theirs.to(dtype), dtype, f"{kind} forward", y_bound if training else 0.0)
+    if training:
+        stats = x.double().transpose(0, 1).reshape(c, -1) if not instance else x.double().reshape(n * c, -1)
+        torch.testing.assert_close(mean.double(), stats.mean(1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(var.double(), stats.var(1, unbiased=False), rtol=1e-4, atol=1e-5)
+
+    # Backward, from the forward's statistics (per_sample: repeated per sample, as prepare_conditional_backward).
+    saved_mean, saved_var = (mean.repeat(n), var.repeat(n)) if per_sample else (mean, var)
+    bw_groups = n * c if instance or per_sample else c
+    dx = torch.empty_like(x)
+    sum_dz, sum_dz_xhat = torch.empty(bw_groups, dtype=math), torch.empty(bw_groups, dtype=math)
+    rc = emulated.emu_norm_act(DTYPES[dtype], True, _ptr(x), _ptr(dy), _ptr(dx), _ptr(w), _ptr(b), _ptr(saved_mean),
+                               _ptr(saved_var), _ptr(sum_dz), _ptr(sum_dz_xhat), _shape(x), instance or per_sample,
+                               per_sample, training, 1e-5, ACTIVATIONS[act].index, alpha)
+    assert rc == 0
+    true_grads = torch.autograd.grad(truth, leaves64, dy.double())
+    their_grads = torch.autograd.grad(theirs, leaves, dy.to(math))
+    # Bounds of the sums' terms: dz and dz * xhat per group, and dx's means of them (times w * invstd).
+    abs_dy, abs_dy_xhat = dy.double().abs(), (dy.double() * xhat).abs()
+    dx_bound = w_abs * invstd * (abs_dy.mean(group_dims, keepdim=True) + xhat.abs() *
+                                 abs_dy_xhat.mean(group_dims, keepdim=True))
+    _assert_close(dx, true_grads[0], their_grads[0].to(dtype), dtype, f"{kind} dx", dx_bound if training else 0.0)
+    for name, ours, true, their, terms in zip(("weight", "bias"),
+                                              _parameter_gradients(kind, sum_dz, sum_dz_xhat, n, c),
+                                              true_grads[1:], their_grads[1:], (abs_dy_xhat, abs_dy)):
+        _assert_close(ours, true, their.to(math), math, f"{kind} {name} gradient", _per_entry(kind, terms))
+
+
+def _assert_matches(ours, truth, torch_out, dtype, what):
+    """Finite where the truth is, the same non-finite values elsewhere (NaN and inf propagate as in PyTorch), and
+    within PyTorch's own error at dtype on the rest."""
+    truth_finite = truth.isfinite()
+    assert torch.equal(ours.isfinite(), truth_finite), f"{what}: finite at other places than the truth"
+    special = ~truth_finite
+    assert torch.equal(ours.double()[special].isnan(), truth[special].isnan()), f"{what}: NaN differs"
+    torch.testing.assert_close(ours.double()[special & ~truth.isnan()], truth[special & ~truth.isnan()], msg=what)
+    finite = truth_finite & torch_out.double().isfinite()
+    _assert_close(ours[finite], truth[finite], torch_out[finite], dtype, what)
+
+
+@pytest.mark.parametrize("params", [(None, None), (2**0.5, 1.5)], ids=["plain", "gain-clamp"])
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_bias_act_kernel_matches_float64(emulated, act, layout, dtype, params):
+    gain, clamp = params
+    alpha = ACTIVATIONS[act].default_alpha
+    gen = torch.Generator().manual_seed(1)
+    shape = (5, 70) if layout == "rows" else (3, 37, 5, 7)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x64 = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).contiguous(memory_format=fmt)
+    special = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
+    x64[(0,) * (x64.dim() - 1)][:5] = torch.tensor(special, dtype=torch.float64)
+    dy64, g64 = (torch.randn(shape, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+                 for _ in range(2))
+    b64 = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    x, dy, g, b = (t.to(dtype) for t in (x64, dy64, g64, b64))
+    # bias index (i / stride) % size over memory offsets i: the channel's stride in memory
+    stride = x.stride(1)
+
+    def emulated_kind(kind):
+        out = torch.empty_like(x)
+        rc = emulated.emu_bias_act(DTYPES[dtype], kind, _ptr(x), _ptr(b), _ptr(dy), _ptr(g), _ptr(out), x.numel(),
+                                   shape[1], stride, ACTIVATIONS[act].index, alpha or 0.0,
+                                   1.0 if gain is None else gain, -1.0 if clamp is None else clamp)
+        assert rc == 0
+        return out
+
+    def reference(run_dtype):
+        xr, br = x.to(run_dtype).clone().requires_grad_(), b.to(run_dtype)
+        y = bias_act_ref(xr, br, 1, act, alpha, gain, clamp)
+        (dx,) = torch.autograd.grad(y, xr, dy.to(run_dtype), create_graph=ACTIVATIONS[act].has_grad2)
+        d2x = (torch.autograd.grad(dx, xr, g.to(run_dtype))[0] if ACTIVATIONS[act].has_grad2
+               else torch.zeros_like(dx))
+        return [t.detach() for t in (y, dx, d2x)]
+
+    truths = reference(torch.float64)
+    theirs = reference(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+    for kind, name in enumerate(("forward", "backward", "second derivative")):
+        ours = emulated_kind(kind)
+        assert ours.stride() == x.stride()
+        _assert_matches(ours, truths[kind], theirs[kind].to(dtype), dtype, f"{act} {name}")
+
+
+D_TERMS = [("softplus_neg", "softplus"), ("hinge_real", "hinge_fake"), ("negate", "identity"),
+           ("square_one", "square")]
+
+
+# (terms, (numel_a, numel_b)): one block of 1024 threads up to 64K logits, else blocks of 256 and a finalizing block
+# (in float32 only: the reduction is the same code for every type).
+LOSS_CASES = ([((t, None), (37, 0), dtype) for t in TERMS for dtype in DTYPES]
+              + [(terms, (37, 29), dtype) for terms in D_TERMS for dtype in DTYPES]
+              + [(terms, (70001, 5003), torch.float32) for terms in D_TERMS]
+              + [(("softplus_neg", None), (70001, 0), torch.float32)])
+
+
+@pytest.mark.parametrize("terms,numel,dtype", LOSS_CASES, ids=str)
+def test_gan_loss_kernels_match_float64(emulated, terms, numel, dtype):
+    """The loss of one or two terms, the saved gradients, and the backward's scaling of them."""
+    gen = torch.Generator().manual_seed(2)
+    logits64 = [torch.randn(n, generator=gen, dtype=torch.float64) * 3 for n in numel if n]
+    logits64[0][:4] = torch.tensor([0.0, 1.0, -1.0, 30.0], dtype=torch.float64)  # kinks and softplus's threshold
+    logits = [z.to(dtype) for z in logits64]
+    math = torch.float64 if dtype == torch.float64 else torch.float32
+    two = len(logits) == 2
+    loss, grads = torch.empty((), dtype=dtype), [torch.empty(z.shape, dtype=math) for z in logits]
+    partials = torch.empty(256, dtype=math)  # csrc/losses.h::kGanLossMaxBlocks
+    rc = emulated.emu_gan_loss(DTYPES[dtype], _ptr(logits[0]), _ptr(logits[1] if two else None), _ptr(loss),
+                               _ptr(grads[0]), _ptr(grads[1] if two else None), _ptr(partials), numel[0], numel[1],
+                               TERMS[terms[0]].index, TERMS[terms[1]].index if two else 0)
+    assert rc == 0
+
+    def reference(run_dtype):
+        zs = [z.to(run_dtype).clone().requires_grad_() for z in logits]
+        value = sum(TERMS[t].fn(z).mean() for t, z in zip(terms, zs))
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, zs)]
+
+    (truth, true_grads), (theirs, their_grads) = reference(torch.float64), reference(math)
+    abs_sum = sum(TERMS[t].fn(z.double()).abs().mean() for t, z in zip(terms, logits))
+    _assert_close(loss, truth, theirs.to(dtype), dtype, "loss", abs_sum)
+    for ours, true, their in zip(grads, true_grads, their_grads):
+        _assert_close(ours, true, their, math, "saved gradient")
+
+    go = torch.tensor(-0.75, dtype=dtype)
+    da, db = torch.empty_like(logits[0]), torch.empty_like(logits[1]) if two else None
+    rc = emulated.emu_gan_loss_backward(DTYPES[dtype], _ptr(go), _ptr(grads[0]), _ptr(grads[1] if two else None),
+                                        _ptr(da), _ptr(db), numel[0], numel[1])
+    assert rc == 0
+    for ours, true, their in zip((da, db), true_grads, their_grads):
+        _assert_close(ours, true * -0.75, (their * -0.75).to(dtype), dtype, "logits gradient")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("weight,center,scale", [(10.0, 1.0, 1.0), (5.0, 0.0, 0.5)], ids=["wgan-gp", "r1-scaled"])
+def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
+    """WGAN-GP's interpolation, the norm penalty (one block per sample, then one block for the mean) and its
+    gradient, a sample of zeros among them (norm 0: no division by it)."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (5, 3, 11, 13)
+    real64, fake64, grad64 = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    grad64[2] = 0
+    eps = torch.rand(shape[0], generator=gen, dtype=torch.float64)
+    math = torch.float64 if dtype == torch.float64 else torch.float32
+    real, fake, grad, eps_m = real64.to(dtype), fake64.to(dtype), grad64.to(dtype), eps.to(math)
+    batch, per_sample = shape[0], real[0].numel()
+
+    out = torch.empty_like(real)
+    assert emulated.emu_interpolate(DTYPES[dtype], _ptr(real), _ptr(fake), _ptr(eps_m), _ptr(out), batch,
+                                    per_sample) == 0
+    truth = interpolate_ref(real.double(), fake.double(), eps_m.double())
+    _assert_close(out, truth, interpolate_ref(real.to(math), fake.to(math), eps_m).to(dtype), dtype, "interpolate")
+
+    penalty, norms = torch.empty((), dtype=dtype), torch.empty(batch, dtype=math)
+    assert emulated.emu_penalty(DTYPES[dtype], False, _ptr(grad), None, _ptr(norms), _ptr(penalty), batch,
+                                per_sample, weight, center, scale) == 0
+    g64, g_low = (grad.to(t).clone().requires_grad_() for t in (torch.float64, math))
+    truth, theirs = (grad_norm_penalty_ref(g, weight, center, scale) for g in (g64, g_low))
+    true_norms = grad.double().reshape(batch, -1).norm(dim=1)
+    _assert_close(norms, true_norms, grad.to(math).reshape(batch, -1).norm(dim=1), math, "norms",
+                  grad.double().reshape(batch, -1).square().sum(1))
+    _assert_close(penalty, truth, theirs.to(dtype), dtype, "penalty", weight * (scale * true_norms + center).square())
+
+    go = torch.tensor(0.5, dtype=dtype)
+    dg = torch.empty_like(grad)
+    assert emulated.emu_penalty(DTYPES[dtype], True, _ptr(grad), _ptr(go), _ptr(norms), _ptr(dg), batch, per_sample,
+                                weight, center, scale) == 0
+    (true_dg,) = torch.autograd.grad(truth, g64, go.double())
+    (their_dg,) = torch.autograd.grad(theirs, g_low, go.to(math))
+    _assert_close(dg, true_dg, their_dg.to(dtype), dtype, "penalty gradient")
