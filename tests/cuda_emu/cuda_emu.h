@@ -11,6 +11,8 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -73,6 +75,14 @@ void launch(const F& kernel, dim3 grid, dim3 block, size_t shared_bytes = 0, voi
         });
     }
     for (auto& thread : pool) thread.join();
+}
+
+// kernel called with its arguments' bytes, each as the kernel takes it (an NVRTC launch plan's arguments).
+template <typename... A>
+void call(void (*kernel)(A...), void* const* args) {
+    [&]<size_t... I>(std::index_sequence<I...>) {
+        kernel(*static_cast<std::remove_cvref_t<A>*>(args[I])...);
+    }(std::index_sequence_for<A...>{});
 }
 
 }  // namespace emu

@@ -12,6 +12,18 @@ namespace {
 
 size_t math_size(int dtype) { return static_cast<fastgan::DType>(dtype) == fastgan::DType::Float64 ? 8 : 4; }
 
+// As prepare_update packs them: buffers of `buffers` dtype (element stride `stride`), [batch * C] statistics of
+// groups of `count` values; momentum < 0 is None (the cumulative average, counted by steps).
+fastgan::UpdateStatsParams update_params(int buffers, void* running_mean, void* running_var, int64_t stride,
+                                         int64_t* steps, const void* mean, const void* var, int64_t C, int64_t batch,
+                                         int64_t count, double momentum) {
+    return {.running_mean = running_mean, .running_var = running_var, .stride_mean = stride, .stride_var = stride,
+            .mean = mean, .var = var, .C = C, .batch = batch,
+            .ratio = static_cast<double>(count) / static_cast<double>(count - 1),
+            .momentum = momentum < 0 ? 0.0 : momentum, .steps = steps, .cumulative = momentum < 0,
+            .buffers = static_cast<fastgan::DType>(buffers)};
+}
+
 }  // namespace
 
 extern "C" {
@@ -42,6 +54,30 @@ int emu_norm_act(int dtype, bool backward, const void* x, const void* dy, void* 
     return backward ? fastgan::norm_act_cuda_backward(p, type, sum_dz, sum_dz_xhat, partials.data(), nullptr)
                     : fastgan::norm_act_cuda_forward(p, type, mean, var, partials.data(), fastgan::UpdateStatsParams{},
                                                      nullptr);
+}
+
+// norm_act_update_stats: the running statistics from given ones (stats_double: float64 statistics, else float32).
+int emu_update_stats(int buffers, bool stats_double, void* running_mean, void* running_var, int64_t stride,
+                     int64_t* steps, const void* mean, const void* var, int64_t C, int64_t batch, int64_t count,
+                     double momentum) {
+    const fastgan::UpdateStatsParams u =
+        update_params(buffers, running_mean, running_var, stride, steps, mean, var, C, batch, count, momentum);
+    return fastgan::norm_act_cuda_update_stats(u, static_cast<fastgan::DType>(buffers), stats_double, nullptr);
+}
+
+// norm_act_train: batch norm's training forward of contiguous [N, C, L] x (y, mean, var as emu_norm_act's), its
+// merge kernel updating the running statistics from mean and var.
+int emu_norm_act_train(int dtype, const void* x, void* y, void* mean, void* var, int64_t N, int64_t C, int64_t L,
+                       int act, double alpha, int buffers, void* running_mean, void* running_var, int64_t stride,
+                       int64_t* steps, double momentum) {
+    const fastgan::NormActParams p{.x = x, .out = y, .N = N, .C = C, .L = L, .sN = C * L, .sC = L, .sL = 1,
+                                   .groups = C, .group_size = N * L, .use_input_stats = true, .eps = 1e-5,
+                                   .act = act, .alpha = alpha};
+    const fastgan::UpdateStatsParams u =
+        update_params(buffers, running_mean, running_var, stride, steps, mean, var, C, 1, N * L, momentum);
+    std::vector<char> partials(p.groups * fastgan::norm_act_chunks(p) * 3 * math_size(dtype));
+    return fastgan::norm_act_cuda_forward(p, static_cast<fastgan::DType>(dtype), mean, var, partials.data(), u,
+                                          nullptr);
 }
 
 // gan_loss: the loss (0-dim, the logits' dtype) and the gradients (math type); b nullptr for one term. partials:
