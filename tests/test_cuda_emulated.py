@@ -387,6 +387,31 @@ def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
     _assert_close(dg, true_dg, their_dg.to(dtype), dtype, "penalty gradient")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kind", ["batch", "instance"])
+def test_norm_act_kernels_propagate_nan_and_inf_as_torch(emulated, kind, layout):
+    """A channel holding an inf, one holding a NaN, one of a huge constant (3e38, which the shifted sums keep
+    finite): the statistics and outputs PyTorch's batch norm gives, the other channels untouched."""
+    gen = torch.Generator().manual_seed(7)
+    n, c, h, w = 3, 37, 5, 7
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(n, c, h, w, generator=gen)
+    x[1, 3, 2, 2], x[0, 4, 1, 3], x[:, 5] = float("inf"), float("nan"), 3e38
+    x = x.contiguous(memory_format=fmt)
+    instance = kind == "instance"
+    groups = n * c if instance else c
+    y, mean, var = torch.empty_like(x), torch.empty(groups), torch.empty(groups)
+    assert emulated.emu_norm_act(DTYPES[torch.float32], False, _ptr(x), None, _ptr(y), None, None, _ptr(mean),
+                                 _ptr(var), None, None, _shape(x), instance, False, True, 1e-5,
+                                 ACTIVATIONS["linear"].index, 0.0) == 0
+    truth = _reference(kind, x.double(), None, None, None, "linear")
+    theirs = _reference(kind, x, None, None, None, "linear")
+    _assert_matches(y, truth, theirs, torch.float32, f"{kind} y")
+    values = x.double().transpose(0, 1).reshape(c, -1) if not instance else x.double().reshape(n * c, -1)
+    for ours, true in ((mean, values.mean(1)), (var, values.var(1, unbiased=False))):
+        assert torch.equal(ours.isnan(), true.isnan()) and torch.equal(ours.isinf(), true.isinf())
+
+
 def _strided_buffers(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[2, C] running mean and var as every other element of a buffer (their element stride is 2)."""
     out = torch.zeros(2, 2 * values.shape[1], dtype=dtype)[:, ::2]
