@@ -91,6 +91,28 @@ def emulated(tmp_path_factory):
     return lib
 
 
+@pytest.fixture
+def empty():
+    """torch.empty with guard bands: each tensor lies in a larger buffer whose other elements hold a sentinel,
+    checked after the test, so a kernel (or a launch geometry) writing out of bounds fails it. empty(like) takes
+    like's shape, dtype and strides; empty(shape, dtype) is contiguous."""
+    made = []
+
+    def make(like, dtype=None):
+        shape = tuple(like.shape) if isinstance(like, torch.Tensor) else tuple(like)
+        dtype = like.dtype if dtype is None else dtype
+        strides = like.stride() if isinstance(like, torch.Tensor) else torch.empty(shape, device="meta").stride()
+        numel = max(1, torch.Size(shape).numel())
+        buffer = torch.full((numel + 2 * 64,), -7.25, dtype=dtype)
+        made.append((buffer, numel))
+        return buffer.as_strided(shape, strides, 64)
+
+    yield make
+    for buffer, numel in made:
+        guards = torch.cat([buffer[:64], buffer[64 + numel:]])
+        assert (guards == -7.25).all(), "a kernel wrote outside its output"
+
+
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
@@ -175,7 +197,7 @@ NORM_CASES = [(kind, shape, dtype) for kind in KINDS for shape in SHAPES for dty
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("kind,shape,dtype", NORM_CASES, ids=str)
-def test_norm_act_kernels_match_float64(emulated, kind, shape, dtype, layout):
+def test_norm_act_kernels_match_float64(emulated, empty, kind, shape, dtype, layout):
     act = KINDS[kind]
     alpha = ACTIVATIONS[act].default_alpha or 0.0
     n, c = shape[:2]
@@ -194,10 +216,10 @@ def test_norm_act_kernels_match_float64(emulated, kind, shape, dtype, layout):
     w, b = w64.to(math), b64.to(math)
     instance, per_sample, training = kind == "instance", kind == "conditional", kind != "eval"
     groups = n * c if instance else c
-    mean, var = (torch.empty(groups, dtype=math), torch.empty(groups, dtype=math)) if training else (
+    mean, var = (empty((groups,), math), empty((groups,), math)) if training else (
         running64[0].to(math), running64[1].to(math))
 
-    y = torch.empty_like(x)
+    y = empty(x)
     rc = emulated.emu_norm_act(DTYPES[dtype], False, _ptr(x), None, _ptr(y), _ptr(w), _ptr(b), _ptr(mean), _ptr(var),
                                None, None, _shape(x), instance, per_sample, training, 1e-5, ACTIVATIONS[act].index,
                                alpha)
@@ -225,8 +247,8 @@ def test_norm_act_kernels_match_float64(emulated, kind, shape, dtype, layout):
     # Backward, from the forward's statistics (per_sample: repeated per sample, as prepare_conditional_backward).
     saved_mean, saved_var = (mean.repeat(n), var.repeat(n)) if per_sample else (mean, var)
     bw_groups = n * c if instance or per_sample else c
-    dx = torch.empty_like(x)
-    sum_dz, sum_dz_xhat = torch.empty(bw_groups, dtype=math), torch.empty(bw_groups, dtype=math)
+    dx = empty(x)
+    sum_dz, sum_dz_xhat = empty((bw_groups,), math), empty((bw_groups,), math)
     rc = emulated.emu_norm_act(DTYPES[dtype], True, _ptr(x), _ptr(dy), _ptr(dx), _ptr(w), _ptr(b), _ptr(saved_mean),
                                _ptr(saved_var), _ptr(sum_dz), _ptr(sum_dz_xhat), _shape(x), instance or per_sample,
                                per_sample, training, 1e-5, ACTIVATIONS[act].index, alpha)
@@ -260,7 +282,7 @@ def _assert_matches(ours, truth, torch_out, dtype, what):
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows"])
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-def test_bias_act_kernel_matches_float64(emulated, act, layout, dtype, params):
+def test_bias_act_kernel_matches_float64(emulated, empty, act, layout, dtype, params):
     gain, clamp = params
     alpha = ACTIVATIONS[act].default_alpha
     gen = torch.Generator().manual_seed(1)
@@ -277,7 +299,7 @@ def test_bias_act_kernel_matches_float64(emulated, act, layout, dtype, params):
     stride = x.stride(1)
 
     def emulated_kind(kind):
-        out = torch.empty_like(x)
+        out = empty(x)
         rc = emulated.emu_bias_act(DTYPES[dtype], kind, _ptr(x), _ptr(b), _ptr(dy), _ptr(g), _ptr(out), x.numel(),
                                    shape[1], stride, ACTIVATIONS[act].index, alpha or 0.0,
                                    1.0 if gain is None else gain, -1.0 if clamp is None else clamp)
@@ -313,7 +335,7 @@ LOSS_CASES = ([((t, None), (37, 0), dtype) for t in TERMS for dtype in DTYPES]
 
 
 @pytest.mark.parametrize("terms,numel,dtype", LOSS_CASES, ids=str)
-def test_gan_loss_kernels_match_float64(emulated, terms, numel, dtype):
+def test_gan_loss_kernels_match_float64(emulated, empty, terms, numel, dtype):
     """The loss of one or two terms, the saved gradients, and the backward's scaling of them."""
     gen = torch.Generator().manual_seed(2)
     logits64 = [torch.randn(n, generator=gen, dtype=torch.float64) * 3 for n in numel if n]
@@ -321,8 +343,8 @@ def test_gan_loss_kernels_match_float64(emulated, terms, numel, dtype):
     logits = [z.to(dtype) for z in logits64]
     math = torch.float64 if dtype == torch.float64 else torch.float32
     two = len(logits) == 2
-    loss, grads = torch.empty((), dtype=dtype), [torch.empty(z.shape, dtype=math) for z in logits]
-    partials = torch.empty(256, dtype=math)  # csrc/losses.h::kGanLossMaxBlocks
+    loss, grads = empty((), dtype), [empty(z.shape, math) for z in logits]
+    partials = empty((256,), math)  # csrc/losses.h::kGanLossMaxBlocks
     rc = emulated.emu_gan_loss(DTYPES[dtype], _ptr(logits[0]), _ptr(logits[1] if two else None), _ptr(loss),
                                _ptr(grads[0]), _ptr(grads[1] if two else None), _ptr(partials), numel[0], numel[1],
                                TERMS[terms[0]].index, TERMS[terms[1]].index if two else 0)
@@ -340,7 +362,7 @@ def test_gan_loss_kernels_match_float64(emulated, terms, numel, dtype):
         _assert_close(ours, true, their, math, "saved gradient")
 
     go = torch.tensor(-0.75, dtype=dtype)
-    da, db = torch.empty_like(logits[0]), torch.empty_like(logits[1]) if two else None
+    da, db = empty(logits[0]), empty(logits[1]) if two else None
     rc = emulated.emu_gan_loss_backward(DTYPES[dtype], _ptr(go), _ptr(grads[0]), _ptr(grads[1] if two else None),
                                         _ptr(da), _ptr(db), numel[0], numel[1])
     assert rc == 0
@@ -350,7 +372,7 @@ def test_gan_loss_kernels_match_float64(emulated, terms, numel, dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("weight,center,scale", [(10.0, 1.0, 1.0), (5.0, 0.0, 0.5)], ids=["wgan-gp", "r1-scaled"])
-def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
+def test_penalty_kernels_match_float64(emulated, empty, weight, center, scale, dtype):
     """WGAN-GP's interpolation, the norm penalty (one block per sample, then one block for the mean) and its
     gradient, a sample of zeros among them (norm 0: no division by it)."""
     gen = torch.Generator().manual_seed(3)
@@ -362,13 +384,13 @@ def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
     real, fake, grad, eps_m = real64.to(dtype), fake64.to(dtype), grad64.to(dtype), eps.to(math)
     batch, per_sample = shape[0], real[0].numel()
 
-    out = torch.empty_like(real)
+    out = empty(real)
     assert emulated.emu_interpolate(DTYPES[dtype], _ptr(real), _ptr(fake), _ptr(eps_m), _ptr(out), batch,
                                     per_sample) == 0
     truth = interpolate_ref(real.double(), fake.double(), eps_m.double())
     _assert_close(out, truth, interpolate_ref(real.to(math), fake.to(math), eps_m).to(dtype), dtype, "interpolate")
 
-    penalty, norms = torch.empty((), dtype=dtype), torch.empty(batch, dtype=math)
+    penalty, norms = empty((), dtype), empty((batch,), math)
     assert emulated.emu_penalty(DTYPES[dtype], False, _ptr(grad), None, _ptr(norms), _ptr(penalty), batch,
                                 per_sample, weight, center, scale) == 0
     g64, g_low = (grad.to(t).clone().requires_grad_() for t in (torch.float64, math))
@@ -379,7 +401,7 @@ def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
     _assert_close(penalty, truth, theirs.to(dtype), dtype, "penalty", weight * (scale * true_norms + center).square())
 
     go = torch.tensor(0.5, dtype=dtype)
-    dg = torch.empty_like(grad)
+    dg = empty(grad)
     assert emulated.emu_penalty(DTYPES[dtype], True, _ptr(grad), _ptr(go), _ptr(norms), _ptr(dg), batch, per_sample,
                                 weight, center, scale) == 0
     (true_dg,) = torch.autograd.grad(truth, g64, go.double())
@@ -389,7 +411,7 @@ def test_penalty_kernels_match_float64(emulated, weight, center, scale, dtype):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("kind", ["batch", "instance"])
-def test_norm_act_kernels_propagate_nan_and_inf_as_torch(emulated, kind, layout):
+def test_norm_act_kernels_propagate_nan_and_inf_as_torch(emulated, empty, kind, layout):
     """A channel holding an inf, one holding a NaN, one of a huge constant (3e38, which the shifted sums keep
     finite): the statistics and outputs PyTorch's batch norm gives, the other channels untouched."""
     gen = torch.Generator().manual_seed(7)
@@ -400,7 +422,7 @@ def test_norm_act_kernels_propagate_nan_and_inf_as_torch(emulated, kind, layout)
     x = x.contiguous(memory_format=fmt)
     instance = kind == "instance"
     groups = n * c if instance else c
-    y, mean, var = torch.empty_like(x), torch.empty(groups), torch.empty(groups)
+    y, mean, var = empty(x), empty((groups,), torch.float32), empty((groups,), torch.float32)
     assert emulated.emu_norm_act(DTYPES[torch.float32], False, _ptr(x), None, _ptr(y), None, None, _ptr(mean),
                                  _ptr(var), None, None, _shape(x), instance, False, True, 1e-5,
                                  ACTIVATIONS["linear"].index, 0.0) == 0
@@ -445,7 +467,7 @@ def test_update_stats_kernel_matches_cpu_kernel(emulated, buffers, stats, batch,
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 @pytest.mark.parametrize("dtype,buffers", [(torch.float32, torch.float32), (torch.float16, torch.float32),
                                            (torch.bfloat16, torch.bfloat16), (torch.float64, torch.float64)], ids=str)
-def test_training_forward_updates_running_stats(emulated, dtype, buffers, momentum):
+def test_training_forward_updates_running_stats(emulated, empty, dtype, buffers, momentum):
     """Batch norm's training forward updates the buffers in its merge kernel (the buffers' dtype a run-time value:
     float32 buffers under autocast) and counts the step in its apply kernel: as norm_act_update_stats would from the
     statistics it returns, bit for bit, y as the reference."""
@@ -455,7 +477,7 @@ def test_training_forward_updates_running_stats(emulated, dtype, buffers, moment
     n, c, h, w = 3, 37, 5, 7
     x = (torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 2 + 1).to(dtype)
     math = torch.float64 if dtype == torch.float64 else torch.float32
-    y, mean, var = torch.empty_like(x), torch.empty(c, dtype=math), torch.empty(c, dtype=math)
+    y, mean, var = empty(x), empty((c,), math), empty((c,), math)
     start = torch.randn(2, c, generator=gen, dtype=torch.float64)
     running, steps = _strided_buffers(start, buffers), torch.tensor(7)
     assert emulated.emu_norm_act_train(DTYPES[dtype], _ptr(x), _ptr(y), _ptr(mean), _ptr(var), n, c, h * w,

@@ -12,6 +12,23 @@ namespace {
 
 size_t math_size(int dtype) { return static_cast<fastgan::DType>(dtype) == fastgan::DType::Float64 ? 8 : 4; }
 
+// The scratch buffer of norm_act's partial results (as the glue sizes it), with a guard band after it: launch()
+// returns -2 when a kernel wrote into the band.
+struct Partials {
+    static constexpr size_t kGuard = 256;
+    std::vector<unsigned char> bytes;
+
+    Partials(const fastgan::NormActParams& p, int dtype)
+        : bytes(p.groups * fastgan::norm_act_chunks(p) * 3 * math_size(dtype) + kGuard, 0x5a) {}
+    void* data() { return bytes.data(); }
+    int checked(int error) const {
+        for (size_t i = bytes.size() - kGuard; i < bytes.size(); ++i) {
+            if (bytes[i] != 0x5a) return -2;
+        }
+        return error;
+    }
+};
+
 // As prepare_update packs them: buffers of `buffers` dtype (element stride `stride`), [batch * C] statistics of
 // groups of `count` values; momentum < 0 is None (the cumulative average, counted by steps).
 fastgan::UpdateStatsParams update_params(int buffers, void* running_mean, void* running_var, int64_t stride,
@@ -50,10 +67,11 @@ int emu_norm_act(int dtype, bool backward, const void* x, const void* dy, void* 
                                    .instance = instance, .per_sample = per_sample, .use_input_stats = use_input_stats,
                                    .eps = eps, .act = act, .alpha = alpha};
     const auto type = static_cast<fastgan::DType>(dtype);
-    std::vector<char> partials(p.groups * fastgan::norm_act_chunks(p) * 3 * math_size(dtype) + 1);
-    return backward ? fastgan::norm_act_cuda_backward(p, type, sum_dz, sum_dz_xhat, partials.data(), nullptr)
-                    : fastgan::norm_act_cuda_forward(p, type, mean, var, partials.data(), fastgan::UpdateStatsParams{},
-                                                     nullptr);
+    Partials partials(p, dtype);
+    return partials.checked(
+        backward ? fastgan::norm_act_cuda_backward(p, type, sum_dz, sum_dz_xhat, partials.data(), nullptr)
+                 : fastgan::norm_act_cuda_forward(p, type, mean, var, partials.data(), fastgan::UpdateStatsParams{},
+                                                  nullptr));
 }
 
 // norm_act_update_stats: the running statistics from given ones (stats_double: float64 statistics, else float32).
@@ -75,9 +93,9 @@ int emu_norm_act_train(int dtype, const void* x, void* y, void* mean, void* var,
                                    .act = act, .alpha = alpha};
     const fastgan::UpdateStatsParams u =
         update_params(buffers, running_mean, running_var, stride, steps, mean, var, C, 1, N * L, momentum);
-    std::vector<char> partials(p.groups * fastgan::norm_act_chunks(p) * 3 * math_size(dtype));
-    return fastgan::norm_act_cuda_forward(p, static_cast<fastgan::DType>(dtype), mean, var, partials.data(), u,
-                                          nullptr);
+    Partials partials(p, dtype);
+    return partials.checked(
+        fastgan::norm_act_cuda_forward(p, static_cast<fastgan::DType>(dtype), mean, var, partials.data(), u, nullptr));
 }
 
 // gan_loss: the loss (0-dim, the logits' dtype) and the gradients (math type); b nullptr for one term. partials:
