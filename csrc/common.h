@@ -152,9 +152,13 @@ FASTGAN_HD double math_log1p(double x) { return log1p(x); }
 template <typename T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
 
-// Element i of p in its math type.
+// Element i of p in its math type. FASTGAN_TRACE_LOAD: the CPU emulation's count of the memory each warp's loads
+// touch (tests/cuda_emu); nothing in a real build.
 template <typename T>
 __device__ __forceinline__ typename MathType<T>::type load(const T* p, int64_t i) {
+#ifdef FASTGAN_TRACE_LOAD
+    FASTGAN_TRACE_LOAD(p + i, sizeof(T));
+#endif
     return cast_to<typename MathType<T>::type>(p[i]);
 }
 #endif

@@ -47,6 +47,7 @@ def kernel_table(module: str) -> str:
     """A C function launching any kernel of fastgan._nvrtc.KERNELS[module] by its name expression, with an NVRTC
     plan's grid, block and argument bytes: emu_launch_<module>(name, grid, block, args) -> 0, or -1 if unknown."""
     branches = "".join(f'    if (std::strcmp(kernel, "{name}") == 0) {{\n'
+                       f'        ::emu::kernel_name = "{name}";\n'
                        f"        ::emu::launch([&] {{ ::emu::call(&{name}, args); }}, grid, block);\n"
                        f"        return 0;\n    }}\n" for name in _nvrtc.KERNELS[module])
     return (f'#include <cstring>\n#include "cuda_runtime.h"\n#include "{module}_kernels.cuh"\n\n'
@@ -520,7 +521,7 @@ def plans_emulated(emulated):
         _nvrtc.install(module)
 
 
-def _op_cases(dtype):
+def _op_cases(dtype, shape=(3, 37, 5, 7)):
     """(name, op, arguments) of every CUDA op: CPU tensors of dtype, both layouts where the kernels differ."""
     ops = torch.ops.fastgan
     gen = torch.Generator().manual_seed(6)
@@ -530,7 +531,7 @@ def _op_cases(dtype):
         t = torch.randn(shape, generator=gen, dtype=torch.float64).to(like)
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
-    n, c, h, w = 3, 37, 5, 7
+    n, c, h, w = shape
     cases = []
     for cl in (False, True):
         x, dy, g, b = rand(n, c, h, w, cl=cl), rand(n, c, h, w, cl=cl), rand(n, c, h, w, cl=cl), rand(c)
@@ -587,3 +588,33 @@ def test_every_cuda_op_through_nvrtc_plans_matches_cpu(plans_emulated, dtype):
             if isinstance(e, torch.Tensor):
                 assert o.stride() == e.stride() or e.numel() <= 1, f"{name}: output {i} strides"
                 torch.testing.assert_close(o, e, rtol=tol, atol=tol, msg=lambda m, i=i, name=name: f"{name}, {i}: {m}")
+
+
+def _traffic(lib) -> dict[str, tuple[int, int, int]]:
+    """kernel -> (warp-wide load requests, 32-byte sectors they touched, bytes they asked for), as counted."""
+    out, name, counts = {}, ctypes.create_string_buffer(256), (ctypes.c_int64 * 3)()
+    while lib.emu_traffic(len(out), name, 256, counts) == 0:
+        out[name.value.decode()] = tuple(counts)
+    return out
+
+
+def test_cuda_kernels_read_memory_in_whole_sectors(emulated, plans_emulated):
+    """Every CUDA kernel's warps read adjacent elements: over every op in both layouts (float32, 64 channels), the
+    32-byte sectors a kernel's warp-wide loads touch hold at least 90% bytes it asked for (32 lanes reading 32 adjacent
+    floats: 4 sectors, 100%; one channel's values C apart in channels_last, as norm_act's reductions read them
+    before their row tiles: 32 sectors, 12.5%)."""
+    emulated.emu_trace.argtypes = [ctypes.c_bool]
+    emulated.emu_traffic.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+    emulated.emu_trace(True)
+    try:
+        for _, op, args in _op_cases(torch.float32, shape=(4, 64, 8, 8)):
+            plans_emulated(op, *args)
+    finally:
+        emulated.emu_trace(False)
+    traffic = _traffic(emulated)
+    assert {"fastgan::stats_partial_kernel<float>", "fastgan::grad_partial_kernel<float>"} <= traffic.keys()
+    for kernel, (requests, sectors, asked) in traffic.items():
+        if not requests:  # a kernel that reads no tensor element through load() (the merges: a value per group)
+            continue
+        print(f"{kernel}: {requests} requests, {sectors / requests:.2f} sectors each, {asked / (32 * sectors):.0%}")
+        assert asked >= 0.9 * 32 * sectors, f"{kernel}: {sectors / requests:.1f} sectors per warp-wide load"

@@ -7,6 +7,10 @@
 #pragma once
 
 #include <barrier>
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <string>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -14,6 +18,9 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// csrc/common.h's load() reports every element a kernel reads (trace_load below).
+#define FASTGAN_TRACE_LOAD(address, bytes) ::emu::trace_load(address, bytes)
 
 #define __global__
 #define __device__
@@ -33,12 +40,46 @@ namespace emu {
 
 constexpr int kWarp = 32;
 
+// Memory traffic, per kernel (named by the NVRTC plans' kernel tables; "" from nvcc's launchers): the warp-wide loads
+// (the k-th element load of each of a warp's threads is one request), the 32-byte sectors they touch (a GPU's unit
+// of memory access) and the bytes they ask for. A warp reading 32 adjacent floats touches 4 sectors; 32 floats a
+// row apart, 32.
+struct Traffic {
+    int64_t requests = 0, sectors = 0, bytes = 0;
+};
+inline bool tracing = false;
+inline std::map<std::string, Traffic> traffic;
+inline std::string kernel_name;
+
 struct Block {
     std::barrier<> all;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<uint64_t> slots;  // one per thread: the values a shuffle exchanges
+    std::vector<std::vector<std::pair<uintptr_t, size_t>>> loads;  // per thread, with tracing: address, bytes
 
-    explicit Block(int threads) : all(threads), slots(threads) {
+    // Adds this block's warp-wide loads to traffic[kernel_name].
+    void count_traffic() const {
+        Traffic& t = traffic[kernel_name];
+        for (size_t w = 0; w * kWarp < loads.size(); ++w) {
+            const size_t first = w * kWarp, last = std::min(loads.size(), first + kWarp);
+            size_t requests = 0;
+            for (size_t l = first; l < last; ++l) requests = std::max(requests, loads[l].size());
+            for (size_t k = 0; k < requests; ++k) {
+                std::vector<uintptr_t> sectors;
+                for (size_t l = first; l < last; ++l) {
+                    if (k >= loads[l].size()) continue;
+                    const auto [address, bytes] = loads[l][k];
+                    for (uintptr_t s = address / 32; s <= (address + bytes - 1) / 32; ++s) sectors.push_back(s);
+                    t.bytes += static_cast<int64_t>(bytes);
+                }
+                std::sort(sectors.begin(), sectors.end());
+                t.sectors += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
+                t.requests += 1;
+            }
+        }
+    }
+
+    explicit Block(int threads) : all(threads), slots(threads), loads(tracing ? threads : 0) {
         for (int w = 0; w * kWarp < threads; ++w) {
             const int n = threads - w * kWarp < kWarp ? threads - w * kWarp : kWarp;
             warps.push_back(std::make_unique<std::barrier<>>(n));
@@ -57,7 +98,10 @@ void launch(const F& kernel, dim3 grid, dim3 block, size_t shared_bytes = 0, voi
     blockDim = block;
     const int threads = static_cast<int>(block.x);
     auto state = std::make_unique<Block>(threads);
-    auto next_block = [&]() noexcept { state = std::make_unique<Block>(threads); };
+    auto next_block = [&]() noexcept {
+        if (tracing) state->count_traffic();
+        state = std::make_unique<Block>(threads);
+    };
     std::barrier<decltype(next_block)> done(threads, next_block);
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
@@ -83,6 +127,14 @@ void call(void (*kernel)(A...), void* const* args) {
     [&]<size_t... I>(std::index_sequence<I...>) {
         kernel(*static_cast<std::remove_cvref_t<A>*>(args[I])...);
     }(std::index_sequence_for<A...>{});
+}
+
+}  // namespace emu
+
+namespace emu {
+
+inline void trace_load(const void* address, size_t bytes) {
+    if (tracing) current->loads[threadIdx.x].emplace_back(reinterpret_cast<uintptr_t>(address), bytes);
 }
 
 }  // namespace emu

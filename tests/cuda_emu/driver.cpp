@@ -1,6 +1,7 @@
 // fastgan's nvcc launchers (csrc/*_cuda.cu, compiled apart with their launches rewritten for cuda_emu.h by
 // tests/test_cuda_emulated.py) behind a C interface for ctypes: the parameters packed as the ops' C++ glue packs
 // them (csrc/*.cpp) and the scratch buffers it allocates.
+#include <cstdio>
 #include <vector>
 
 #include "bias_act_cuda.h"
@@ -125,6 +126,25 @@ int emu_penalty(int dtype, bool backward, const void* g, const void* go, void* n
     const auto type = static_cast<fastgan::DType>(dtype);
     return backward ? fastgan::penalty_backward_cuda_launch(p, type, nullptr)
                     : fastgan::penalty_cuda_launch(p, type, nullptr);
+}
+
+// Memory-traffic counting (cuda_emu.h): emu_trace(true) clears the counts and starts, emu_trace(false) stops.
+void emu_trace(bool on) {
+    if (on) emu::traffic.clear();
+    emu::tracing = on;
+}
+
+// The index-th kernel's counts: its name into name (size bytes), requests, sectors and bytes into counts; -1 past
+// the last.
+int emu_traffic(int index, char* name, int size, int64_t* counts) {
+    auto it = emu::traffic.begin();
+    for (int i = 0; i < index && it != emu::traffic.end(); ++i) ++it;
+    if (it == emu::traffic.end()) return -1;
+    std::snprintf(name, size, "%s", it->first.c_str());
+    counts[0] = it->second.requests;
+    counts[1] = it->second.sectors;
+    counts[2] = it->second.bytes;
+    return 0;
 }
 
 }  // extern "C"
