@@ -1,7 +1,7 @@
 """Triton kernels for ``fastgan.ops.batch_norm_act`` / ``instance_norm_act`` and the ``fastgan::norm_act*_triton``
 custom ops that launch them.
 
-The structure mirrors csrc/norm_act.cu: x is seen as [N, C, L] with strides (sN, sC, sL) (contiguous or
+The structure mirrors csrc/norm_act_kernels.cuh: x is seen as [N, C, L] with strides (sN, sC, sL) (contiguous or
 channels_last); a statistic group is a channel (batch norm) or a (sample, channel) pair (instance norm). Reductions
 run one program per (group, chunk of CHUNK values) with float64 sums of shifted values (a [rows, channels] tile for
 channels_last, so loads stay coalesced), then one merge per group over its chunks in a fixed order (Chan's formula),
@@ -23,7 +23,7 @@ from .bias_act import _act, _act_backward, _round_to_bf16
 from .launch import launch
 from .scalars import f64_from_halves, f64_halves
 
-CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act_cuda.h::kNormActChunk)
+CHUNK = 4096  # values of one group reduced by one program (csrc/norm_act.h::kNormActChunk)
 
 
 @triton.jit
