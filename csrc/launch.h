@@ -19,9 +19,9 @@ inline unsigned elementwise_blocks(int64_t numel) {
 inline unsigned thread_per_item_blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // norm_act: the chunks a statistic group is reduced in, of kNormActChunk values (one block each), or with
-// norm_act_rows of kNormActRowChunk values (one block per chunk and tile of kNormActTile channels).
+// norm_act_rows of norm_act_row_chunk values (one block per chunk and tile of kNormActTile channels).
 inline int64_t norm_act_chunks(const NormActParams& p) {
-    const int64_t chunk = norm_act_rows(p) ? kNormActRowChunk : kNormActChunk;
+    const int64_t chunk = norm_act_rows(p) ? norm_act_row_chunk(p) : kNormActChunk;
     return p.group_size > 0 ? (p.group_size + chunk - 1) / chunk : 1;
 }
 

@@ -23,10 +23,9 @@ namespace fastgan {
 constexpr int64_t kNormActChunk = 4096;
 
 // channels_last (norm_act_rows): a CUDA block reduces kNormActTile adjacent channels (one per lane of a warp) over a
-// chunk of kNormActRowChunk values of each (rows (n, l) of the [N, L, C] memory), so a warp reads a row's channels
-// side by side instead of one channel's values C apart.
+// chunk of norm_act_row_chunk() values of each (rows (n, l) of the [N, L, C] memory), so a warp reads a row's
+// channels side by side instead of one channel's values C apart.
 constexpr int kNormActTile = 32;
-constexpr int64_t kNormActRowChunk = 512;
 
 struct NormActParams {
     const void* x;        // input [N, C, L] in the strides below
@@ -76,6 +75,13 @@ FASTGAN_HD int64_t group_base(const NormActParams& p, int64_t g) {
 // The reductions walk rows of channels: channel stride 1 with more than one channel (with one, or with L == 1 in
 // NCHW, either walk reads memory in order; the rows walk is right for any strides).
 FASTGAN_HD bool norm_act_rows(const NormActParams& p) { return p.sC == 1 && p.C > 1; }
+
+// The chunk of a channels_last reduction block: 512 values (64 a thread: enough blocks for a GPU at DCGAN sizes), or
+// more in multiples of 512 so that a group has at most 256 chunks, which one thread merges in turn.
+FASTGAN_HD int64_t norm_act_row_chunk(const NormActParams& p) {
+    const int64_t per_chunk = (p.group_size + 255) / 256;
+    return per_chunk <= 512 ? 512 : (per_chunk + 511) / 512 * 512;
+}
 
 FASTGAN_HD int64_t walker_offset(const NormActParams& p, int64_t base, const RadixWalker& at) {
     return base + at.d1 * p.sN + at.d0 * p.sL;

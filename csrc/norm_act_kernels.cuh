@@ -66,8 +66,9 @@ struct RowTile {
         k = blockIdx.x % chunks;
         valid = c < p.C;
         g = (t / tiles) * p.C + c;
-        j0 = k * kNormActRowChunk;
-        j1 = j0 + kNormActRowChunk < p.group_size ? j0 + kNormActRowChunk : p.group_size;
+        const int64_t chunk = norm_act_row_chunk(p);
+        j0 = k * chunk;
+        j1 = j0 + chunk < p.group_size ? j0 + chunk : p.group_size;
     }
 
     __device__ int64_t first() const { return j0 + threadIdx.x / kNormActTile; }

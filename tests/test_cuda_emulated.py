@@ -49,6 +49,7 @@ def kernel_table(module: str) -> str:
     branches = "".join(f'    if (std::strcmp(kernel, "{name}") == 0) {{\n'
                        f'        ::emu::kernel_name = "{name}";\n'
                        f"        ::emu::launch([&] {{ ::emu::call(&{name}, args); }}, grid, block);\n"
+                       f'        ::emu::kernel_name = "";\n'
                        f"        return 0;\n    }}\n" for name in _nvrtc.KERNELS[module])
     return (f'#include <cstring>\n#include "cuda_runtime.h"\n#include "{module}_kernels.cuh"\n\n'
             f'extern "C" int emu_launch_{module}(const char* kernel, unsigned grid, unsigned block, '
@@ -130,10 +131,15 @@ def _shape(x: torch.Tensor):
 KINDS = {"batch": "lrelu", "eval": "relu", "instance": "tanh", "conditional": "silu"}
 SHAPES = [
     (3, 37, 5, 7),  # channels_last: two tiles, the second of 5 channels; one chunk of 105 values
-    (2, 3, 50, 50),  # several chunks a group: NCHW 2 (of 4096 values; batch), channels_last 10 or 5 (of 512)
     (4, 1, 3, 3),  # one channel: both layouts are planes
     (2, 40, 1, 1),  # one value a plane: NCHW's channel stride is 1 too, so it takes the rows walk
 ]
+LARGE_SHAPES = [  # float32 only: the reductions are the same code for every type
+    (2, 3, 50, 50),  # several chunks a group: NCHW 2 (of 4096 values; batch), channels_last 10 or 5 (of 512)
+    (2, 40, 30, 40),  # channels_last: two tiles of several chunks each
+]
+# channels_last: 131769 values a group, in 129 chunks of 1024 (at most 256 chunks a group); batch and instance only.
+LONG_GROUPS = (1, 2, 363, 363)
 
 
 def _reference(kind, x, w, b, running, act):
@@ -161,10 +167,10 @@ def _parameter_gradients(kind, sum_dz, sum_dz_xhat, n, c):
     return sum_dz_xhat, sum_dz
 
 
-# The longest chain of float additions in the kernels' sums at these sizes: norm_act's 64 values a thread (a
-# channels_last chunk of 512 over 8 warps) then the 8 warps' totals, its chunks merged in double (the losses' shares
-# and trees are shorter). The sum's error bound is CHAIN * eps * sum(|terms|).
-CHAIN = 72
+# The longest chain of float additions in the kernels' sums at these sizes: norm_act's 128 values a thread (a
+# channels_last chunk of 1024 over 8 warps: LONG_GROUPS) then the 8 warps' totals, its chunks merged in double (the
+# losses' shares and trees are shorter). The sum's error bound is CHAIN * eps * sum(|terms|).
+CHAIN = 136
 
 
 def _statistics_bound(x, xhat, invstd, instance):
@@ -190,14 +196,15 @@ def _assert_close(ours, truth, torch_out, dtype, what, sum_bound: torch.Tensor |
     assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
 
 
-# The several-chunk shape in float32 only (the reductions are the same code for every type); no instance norm of
-# one-value planes (instance_norm_act refuses them with batch statistics).
-NORM_CASES = [(kind, shape, dtype) for kind in KINDS for shape in SHAPES for dtype in DTYPES
-              if (dtype == torch.float32 or shape != SHAPES[1]) and not (kind == "instance" and shape[2:] == (1, 1))]
+# No instance norm of one-value planes (instance_norm_act refuses them with batch statistics).
+NORM_CASES = [(kind, shape, dtype, layout) for kind in KINDS
+              for shape, dtypes in [*((s, DTYPES) for s in SHAPES), *((s, [torch.float32]) for s in LARGE_SHAPES)]
+              for dtype in dtypes for layout in ("contiguous", "channels_last")
+              if not (kind == "instance" and shape[2:] == (1, 1))]
+NORM_CASES += [(kind, LONG_GROUPS, torch.float32, "channels_last") for kind in ("batch", "instance")]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("kind,shape,dtype", NORM_CASES, ids=str)
+@pytest.mark.parametrize("kind,shape,dtype,layout", NORM_CASES, ids=str)
 def test_norm_act_kernels_match_float64(emulated, empty, kind, shape, dtype, layout):
     act = KINDS[kind]
     alpha = ACTIVATIONS[act].default_alpha or 0.0
