@@ -18,8 +18,8 @@
 
 namespace fastgan {
 
-// Values of one group reduced by one CUDA block; a group of group_size values has norm_act_chunks() (launch.h) chunks
-// whose partial results are merged in a fixed order, so the reductions are deterministic.
+// Values of one group reduced by one CUDA block (NCHW; channels_last: norm_act_row_chunk below); a group has
+// norm_act_chunks() (launch.h) chunks whose partial results are merged in a fixed order: deterministic reductions.
 constexpr int64_t kNormActChunk = 4096;
 
 // channels_last (norm_act_rows): a CUDA block reduces kNormActTile adjacent channels (one per lane of a warp) over a
