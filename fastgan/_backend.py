@@ -58,6 +58,11 @@ CPU_REF_OPS = frozenset({("g_loss", None), ("d_loss", "wasserstein")})
 CPU_REF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 # Per layer kind: where the fused layer measured faster than its reference (README's CPU section).
 CPU_REF_MAX_NUMEL = {"batch_norm": 1 << 18, "instance_norm": 1 << 17, "act": 1 << 18}
+# The native CPU path's own convolutions from and to one channel (fastgan/ops/conv_act.py::_one_channel_route) run
+# when the side with many channels has at least this many values; below it oneDNN's: within the DCGAN-28 training
+# step (interleaved, 2 threads) the routes took 1.04-1.06x oneDNN's step time at batch 4 and 1.02-1.03x at 16, the
+# same at 32 (401,408 values) and 0.96-0.97x at 64 (802,816; README's CPU section).
+CPU_ONE_CHANNEL_MIN_NUMEL = 1 << 18
 
 _default_impl: str | None = None
 _warned: set[tuple[str, str]] = set()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastgan._backend
 from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv2d_batch_norm_act, conv_transpose2d_act, conv_transpose2d_batch_norm_act
@@ -254,8 +255,15 @@ def test_triton_custom_ops_pass_opcheck():
     opcheck(conv_t, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0), test_utils=checks)
 
 
+@pytest.fixture
+def one_channel_routes(monkeypatch):
+    """The native CPU path's convolutions from and to one channel at every size (by default only from
+    ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on: ``test_one_channel_routes_run_from_their_size``)."""
+    monkeypatch.setattr(fastgan._backend, "CPU_ONE_CHANNEL_MIN_NUMEL", 0)
+
+
 @pytest.mark.parametrize("impl", ["ref", "native"])
-def test_torch_compile_captures_the_ops(impl):
+def test_torch_compile_captures_the_ops(impl, one_channel_routes):
     """torch.compile (aot_eager: graph capture and AOT autograd, no code generation) gives eager's results (the CPU's
     matrix-product and col2im routes in eager, PyTorch's convolutions in the graph)."""
     require(impl, "cpu")
@@ -678,14 +686,39 @@ def test_matrix_product_convolution_gradgradcheck():
         assert torch.autograd.gradgradcheck(fn, args)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
+def test_one_channel_routes_run_from_their_size(transposed):
+    """The one-channel routes run where the side with many channels has at least CPU_ONE_CHANNEL_MIN_NUMEL values
+    (2^18: 64 channels of 64x64), oneDNN's convolution below it, where it made the DCGAN-28 step faster (README)."""
+    require("native", "cpu")
+    import torch.nn.functional as F
+
+    assert fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL == 64 * 64 * 64
+    w = _rand(64, 1, 4, 4, seed=1).float()
+    for side, routed in ((64, True), (63, False)):  # the many-channel side: 64 x side x side values
+        if transposed:
+            x = _rand(1, 64, side, side).float()
+            run = lambda x=x: conv_transpose2d_act(x, w, None, 2, 1, 0, "lrelu", 0.2, impl="auto")  # noqa: E731
+        else:
+            x = _rand(1, 1, 2 * side, 2 * side).float()
+            run = lambda x=x: conv2d_act(x, w, None, 2, 1, "lrelu", 0.2, impl="auto")  # noqa: E731
+        with _OpRecorder() as rec:
+            y = run()
+        assert ("bmm" in rec.ops) == routed and ("convolution" in rec.ops) != routed, (side, sorted(rec.ops))
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        truth, torch_out = (F.leaky_relu(conv(a, b, None, 2, 1), 0.2) for a, b in ((x.double(), w.double()), (x, w)))
+        assert_close_to_truth(y.detach(), truth.detach(), torch_out.detach(), torch.float32, f"side {side}")
+
+
 @pytest.mark.parametrize("op", ["conv_transpose2d_act", "conv2d_act"])
-def test_one_channel_side_skips_onednns_slow_kernel(op):
+def test_one_channel_side_skips_onednns_slow_kernel(op, one_channel_routes):
     """Issue 17: oneDNN's transposed convolution to one channel (MNIST's generator output, and the input gradient of
     the discriminator's first layer) took 4-5x longer than a per-sample matrix product and col2im, and its NCHW
     convolution from one channel (the discriminator's first layer, the generator output's input gradient) and that
     convolution's weight gradient 1.1-5x longer than a matrix product with the input's columns, so the native CPU
-    path (which "auto" runs on the CPU) runs those instead: no oneDNN convolution at any order for contiguous
-    tensors, and the results to second order within the parity tolerance of the float64 reference. (Sigmoid, not
+    path (which "auto" runs on the CPU) runs those instead at large sizes (here at every size): no oneDNN
+    convolution at any order for contiguous tensors, and the results to second order within the parity tolerance
+    of the float64 reference. (Sigmoid, not
     tanh: at tanh's second order here PyTorch's own convolution with oneDNN off is 7x further from float64 than with
     it on, the tolerance's basis, and so is this route.)"""
     require("native", "cpu")
@@ -709,7 +742,7 @@ def test_one_channel_side_skips_onednns_slow_kernel(op):
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
-def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed):
+def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed, one_channel_routes):
     """The col2im routes are autograd.Functions: per-sample gradients (vmap of grad) and forward-mode AD (jvp) give
     PyTorch's convolution's results, and the output and input gradient suggest PyTorch's memory format (a
     one-channel tensor is contiguous both ways, so the strides themselves are compared through

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import _backend
 from .._autotune import autotuned
 from .._backend import (
     available_impls,
@@ -211,22 +212,28 @@ def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool
     return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
 
 
-def _one_channel_route(x, weight, stride) -> bool:
+def _one_channel_route(x, weight, stride, padding, transposed: bool) -> bool:
     """Whether a one-channel route (col2im, or the columns' product) runs for a CPU tensor: one channel on the
     weight's second axis (a convolution's input, a transposed convolution's output), float32 or float64 (half types
-    would round every tap's product before the taps are added), and at most 4 kernel taps per output value (the
-    columns are that many times the output's size)."""
+    would round every tap's product before the taps are added), at most 4 kernel taps per output value (the
+    columns are that many times the output's size), and at least ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side
+    with many channels (below it oneDNN's kernels made a training step faster)."""
     kh, kw = weight.shape[2:]
-    return (weight.shape[1] == 1 and x.dtype in (torch.float32, torch.float64)
-            and kh * kw <= 4 * stride[0] * stride[1])
+    if weight.shape[1] != 1 or x.dtype not in (torch.float32, torch.float64) or kh * kw > 4 * stride[0] * stride[1]:
+        return False
+    if transposed:  # x is the side with many channels
+        return x.numel() >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
+    h, w = output_size(x, weight, stride, padding, None)
+    return x.shape[0] * weight.shape[0] * h * w >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
 
 
 def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     """Whether the native path on the CPU runs a convolution of its own for these arguments (``output_padding`` None:
     a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or a
     convolution from one channel (the columns' product when contiguous, col2im for its input gradient when ``x``
-    requires one; channels_last with neither it is oneDNN's all through). They beat oneDNN at every size measured,
-    so a fused layer too small to gain from its epilogue keeps them (``fastgan.nn``). None run with oneDNN turned off
+    requires one; channels_last with neither it is oneDNN's all through). The matrix products beat oneDNN at every
+    size measured and the one-channel routes above their size (``_one_channel_route``), so a fused layer too small to
+    gain from its epilogue keeps them (``fastgan.nn``). None run with oneDNN turned off
     (``torch.backends.mkldnn.flags(enabled=False)``), as in ``_native``."""
     if not torch.backends.mkldnn.enabled:
         return False
@@ -235,7 +242,7 @@ def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     else:
         matrix = tuple(padding) == (0, 0) and tuple(output_padding) == (0, 0) and x.shape[2:] == (1, 1)
     own = output_padding is not None or x.requires_grad or not conv_channels_last(x, weight)
-    return matrix or (own and _one_channel_route(x, weight, stride))
+    return matrix or (own and _one_channel_route(x, weight, stride, padding, output_padding is not None))
 
 
 def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
@@ -360,12 +367,12 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
     y = None
     if cpu and transposed:
         y = _matrix_conv_transpose2d(x, weight, conv_bias, padding, output_padding)
-        if y is None and _one_channel_route(x, weight, stride):
+        if y is None and _one_channel_route(x, weight, stride, padding, True):
             y = _OneChannelConvTranspose.apply(x, weight, stride, padding, output_padding)
             y = y if conv_bias is None else y + conv_bias.view(1, 1, 1, 1)
     elif cpu:
         y = _matrix_conv2d(x, weight, conv_bias, padding)
-        if y is None and _one_channel_route(x, weight, stride):
+        if y is None and _one_channel_route(x, weight, stride, padding, False):
             y = _FromOneChannelConv.apply(x, weight, stride, padding)
             y = y if conv_bias is None else y + conv_bias.view(1, -1, 1, 1)
     if y is None:
