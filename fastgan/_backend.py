@@ -59,9 +59,10 @@ CPU_REF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 # Per layer kind: where the fused layer measured faster than its reference (README's CPU section).
 CPU_REF_MAX_NUMEL = {"batch_norm": 1 << 18, "instance_norm": 1 << 17, "act": 1 << 18}
 # The native CPU path's own convolutions from and to one channel (fastgan/ops/conv_act.py::_one_channel_route) run
-# when the side with many channels has at least this many values; below it oneDNN's: within the DCGAN-28 training
-# step (interleaved, 2 threads) the routes took 1.04-1.06x oneDNN's step time at batch 4 and 1.02-1.03x at 16, the
-# same at 32 (401,408 values) and 0.96-0.97x at 64 (802,816; README's CPU section).
+# when the side with many channels has at least this many values; below it oneDNN's. A DCGAN-28 training step
+# (fastgan train, interleaved, 2 threads) with the routes took 1.085x the time without them at batch 4 (the first
+# layer's output: 50,176 values), 1.028x at 16, 1.006x at 32 (401,408) and 0.963x at 64 (802,816; README's CPU
+# section).
 CPU_ONE_CHANNEL_MIN_NUMEL = 1 << 18
 
 _default_impl: str | None = None

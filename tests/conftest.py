@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import fastgan
+import fastgan._backend
 
 DEVICES = ["cpu", "cuda"]
+
+
+@contextlib.contextmanager
+def one_channel_routes_at_every_size():
+    """The native CPU path's convolutions from and to one channel at every size, inside the block (by default they
+    run from ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on: tests/test_conv_act.py). The route is chosen in the forward, so
+    gradients taken after the block follow it."""
+    saved = fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL
+    fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL = 0
+    try:
+        yield
+    finally:
+        fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL = saved
 
 
 def require(impl: str, device: str) -> None:

@@ -11,7 +11,7 @@ from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv2d_batch_norm_act, conv_transpose2d_act, conv_transpose2d_batch_norm_act
 
-from .conftest import assert_close_to_truth, opcheck, require
+from .conftest import assert_close_to_truth, one_channel_routes_at_every_size, opcheck, require
 
 
 def _rand(*shape, seed=0, grad=True):
@@ -256,10 +256,11 @@ def test_triton_custom_ops_pass_opcheck():
 
 
 @pytest.fixture
-def one_channel_routes(monkeypatch):
+def one_channel_routes():
     """The native CPU path's convolutions from and to one channel at every size (by default only from
     ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on: ``test_one_channel_routes_run_from_their_size``)."""
-    monkeypatch.setattr(fastgan._backend, "CPU_ONE_CHANNEL_MIN_NUMEL", 0)
+    with one_channel_routes_at_every_size():
+        yield
 
 
 @pytest.mark.parametrize("impl", ["ref", "native"])
@@ -689,18 +690,19 @@ def test_matrix_product_convolution_gradgradcheck():
 @pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
 def test_one_channel_routes_run_from_their_size(transposed):
     """The one-channel routes run where the side with many channels has at least CPU_ONE_CHANNEL_MIN_NUMEL values
-    (2^18: 64 channels of 64x64), oneDNN's convolution below it, where it made the DCGAN-28 step faster (README)."""
+    (2^18: 4 samples of 64 channels of 32x32), oneDNN's convolution below it, where it made the DCGAN-28 step faster
+    (README)."""
     require("native", "cpu")
     import torch.nn.functional as F
 
-    assert fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL == 64 * 64 * 64
+    assert fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL == 4 * 64 * 32 * 32
     w = _rand(64, 1, 4, 4, seed=1).float()
-    for side, routed in ((64, True), (63, False)):  # the many-channel side: 64 x side x side values
+    for side, routed in ((32, True), (31, False)):  # the many-channel side: 4 x 64 x side x side values
         if transposed:
-            x = _rand(1, 64, side, side).float()
+            x = _rand(4, 64, side, side).float()
             run = lambda x=x: conv_transpose2d_act(x, w, None, 2, 1, 0, "lrelu", 0.2, impl="auto")  # noqa: E731
         else:
-            x = _rand(1, 1, 2 * side, 2 * side).float()
+            x = _rand(4, 1, 2 * side, 2 * side).float()
             run = lambda x=x: conv2d_act(x, w, None, 2, 1, "lrelu", 0.2, impl="auto")  # noqa: E731
         with _OpRecorder() as rec:
             y = run()
@@ -708,6 +710,20 @@ def test_one_channel_routes_run_from_their_size(transposed):
         conv = F.conv_transpose2d if transposed else F.conv2d
         truth, torch_out = (F.leaky_relu(conv(a, b, None, 2, 1), 0.2) for a, b in ((x.double(), w.double()), (x, w)))
         assert_close_to_truth(y.detach(), truth.detach(), torch_out.detach(), torch.float32, f"side {side}")
+
+
+def test_one_channel_routes_gradgradcheck(one_channel_routes):
+    """Both one-channel routes to second order in float64 (gradcheck, gradgradcheck), with a bias."""
+    require("native", "cpu")
+    x, w, b = _rand(2, 1, 7, 6), _rand(3, 1, 4, 4, seed=1), _rand(3, seed=2)
+    z, wt, bt = _rand(2, 3, 3, 4, seed=3), _rand(3, 1, 4, 4, seed=4), _rand(1, seed=5)
+    for fn, args in ((lambda x, w, b: conv2d_act(x, w, b, 2, 1, "lrelu", 0.2, impl="native"), (x, w, b)),
+                     (lambda z, w, b: conv_transpose2d_act(z, w, b, 2, 1, 1, "sigmoid", impl="native"), (z, wt, bt))):
+        with _OpRecorder() as rec:
+            fn(*args)
+        assert "bmm" in rec.ops and "convolution" not in rec.ops, sorted(rec.ops)
+        assert torch.autograd.gradcheck(fn, args)
+        assert torch.autograd.gradgradcheck(fn, args)
 
 
 @pytest.mark.parametrize("op", ["conv_transpose2d_act", "conv2d_act"])

@@ -10,7 +10,8 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   activations), so gradient penalties work through it. On the CPU the shapes that oneDNN handles badly run as
   matrix products instead (``_native``): a convolution that is one; a transposed convolution to one channel and the
   input gradient of a convolution from one channel (col2im); a convolution from one channel and its weight gradient
-  (a product with the input's columns, for contiguous tensors).
+  (a product with the input's columns, for contiguous tensors); the one-channel ones from
+  ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side with many channels.
 - ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
   written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
   phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
@@ -231,8 +232,8 @@ def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     """Whether the native path on the CPU runs a convolution of its own for these arguments (``output_padding`` None:
     a convolution): a matrix product (``_matrix_conv2d``, ``_matrix_conv_transpose2d``), col2im to one channel, or a
     convolution from one channel (the columns' product when contiguous, col2im for its input gradient when ``x``
-    requires one; channels_last with neither it is oneDNN's all through). The matrix products beat oneDNN at every
-    size measured and the one-channel routes above their size (``_one_channel_route``), so a fused layer too small to
+    requires one; channels_last with neither it is oneDNN's all through), the one-channel ones from their size on
+    (``_one_channel_route``). The matrix products beat oneDNN at every size measured, so a fused layer too small to
     gain from its epilogue keeps them (``fastgan.nn``). None run with oneDNN turned off
     (``torch.backends.mkldnn.flags(enabled=False)``), as in ``_native``."""
     if not torch.backends.mkldnn.enabled:
@@ -356,8 +357,9 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
     """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
     with the bias, or followed by ``bias_act(impl=epilogue)`` (on CUDA with the bias, where cuDNN would add it in a
     kernel of its own; on the CPU oneDNN adds it). On the CPU the shapes oneDNN handles badly run
-    otherwise: a convolution that is a matrix product, as one; a transposed convolution to one channel and a
-    convolution from one channel (``_OneChannelConvTranspose``, ``_FromOneChannelConv``)."""
+    otherwise: a convolution that is a matrix product, as one; a large transposed convolution to one channel and a
+    large convolution from one channel (``_one_channel_route``: ``_OneChannelConvTranspose``,
+    ``_FromOneChannelConv``)."""
     transposed, linear, b = output_padding is not None, act == "linear", _cast(bias, x)
     conv_bias = b if linear else None  # without an activation PyTorch's convolution adds the bias itself
     # The CPU routes stand in for oneDNN's convolution; torch.backends.mkldnn.flags(enabled=False) turns them off.

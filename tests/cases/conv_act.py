@@ -7,16 +7,20 @@ whose derivative needs the pre-activation (the Triton path then runs conv + bias
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from fastgan.ops import conv2d_act, conv2d_act_ref, conv_transpose2d_act, conv_transpose2d_act_ref
 
+from ..conftest import one_channel_routes_at_every_size
 from ..registry import OpCase
 
 
 def _case(transposed: bool, out_channels: int, k: int | tuple[int, int], stride: int, padding: int, act: str, shapes,
           output_padding: int = 0, alpha: float | None = None, bias: bool = True, full_triton: bool = False,
-          **kw) -> list[OpCase]:
+          routes: bool = False, **kw) -> list[OpCase]:
+    """``routes``: the native CPU path's one-channel convolutions run at these (small) sizes."""
     def make_inputs(shape, gen):
         c = shape[1]
         x = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -27,17 +31,21 @@ def _case(transposed: bool, out_channels: int, k: int | tuple[int, int], stride:
         return (x, w, b) if bias else (x, w)
 
     if transposed:
-        def fn(x, w, b=None, impl="auto"):
+        def conv(x, w, b=None, impl="auto"):
             return conv_transpose2d_act(x, w, b, stride, padding, output_padding, act, alpha, impl=impl)
 
         def ref(x, w, b=None):
             return conv_transpose2d_act_ref(x, w, b, stride, padding, output_padding, act, alpha)
     else:
-        def fn(x, w, b=None, impl="auto"):
+        def conv(x, w, b=None, impl="auto"):
             return conv2d_act(x, w, b, stride, padding, act, alpha, impl=impl)
 
         def ref(x, w, b=None):
             return conv2d_act_ref(x, w, b, stride, padding, act, alpha)
+
+    def fn(*inputs, impl="auto"):
+        with one_channel_routes_at_every_size() if routes else contextlib.nullcontext():
+            return conv(*inputs, impl=impl)
 
     op = "conv_transpose2d_act" if transposed else "conv2d_act"
     extra = f",op={output_padding}" if transposed else ""
@@ -66,10 +74,11 @@ CASES = [case for cases in [
     _case(True, 3, 4, 2, 1, "relu", [(1, 4, 4, 4), (0, 4, 3, 3)], output_padding=1, full_triton=True),
     _case(True, 3, 4, 2, 1, "tanh", [(2, 4, 3, 5)], bias=False),  # DCGAN G output layer
     # MNIST's: one output channel (native on the CPU: a matrix product and col2im), and the discriminator's first
-    # layer from one channel (float32 native on the CPU: oneDNN's fused convolution, its input gradient by col2im;
-    # a one-channel input is contiguous and channels_last at once, and PyTorch's convolution keeps neither for it)
-    _case(True, 1, 4, 2, 1, "tanh", [(2, 4, 3, 5), (0, 4, 3, 3)], bias=False),
-    _case(False, 3, 4, 2, 1, "lrelu", [(2, 1, 7, 6)], alpha=0.2, layouts=("contiguous", "noncontiguous")),
+    # layer from one channel (native on the CPU: the columns' product, its input gradient by col2im; a one-channel
+    # input is contiguous and channels_last at once, and PyTorch's convolution keeps neither for it). Those routes
+    # run from CPU_ONE_CHANNEL_MIN_NUMEL values on; here at these sizes (routes=True).
+    _case(True, 1, 4, 2, 1, "tanh", [(2, 4, 3, 5), (0, 4, 3, 3)], bias=False, routes=True),
+    _case(False, 3, 4, 2, 1, "lrelu", [(2, 1, 7, 6)], alpha=0.2, layouts=("contiguous", "noncontiguous"), routes=True),
     _case(True, 3, 3, 1, 1, "lrelu", [(1, 4, 5, 4)], alpha=0.2),  # stride 1
     # DCGAN G input: 1x1 -> 4x4 (a 1x1 map is contiguous and channels_last at once: no layout to keep)
     _case(True, 4, 4, 1, 0, "relu", [(2, 5, 1, 1), (0, 5, 1, 1)], layouts=("contiguous", "noncontiguous")),
