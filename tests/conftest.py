@@ -26,6 +26,13 @@ def one_channel_routes_at_every_size():
         fastgan._backend.CPU_ONE_CHANNEL_MIN_NUMEL = saved
 
 
+@pytest.fixture
+def one_channel_routes():
+    """``one_channel_routes_at_every_size`` around a test."""
+    with one_channel_routes_at_every_size():
+        yield
+
+
 def require(impl: str, device: str) -> None:
     """Skip, with the reason fastgan gives, when ``impl`` cannot run on ``device`` here."""
     if device == "cuda" and not torch.cuda.is_available():

@@ -11,7 +11,7 @@ from fastgan._backend import triton_interpreting
 from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
 from fastgan.ops import conv2d_act, conv2d_batch_norm_act, conv_transpose2d_act, conv_transpose2d_batch_norm_act
 
-from .conftest import assert_close_to_truth, one_channel_routes_at_every_size, opcheck, require
+from .conftest import assert_close_to_truth, opcheck, require
 
 
 def _rand(*shape, seed=0, grad=True):
@@ -253,14 +253,6 @@ def test_triton_custom_ops_pass_opcheck():
     checks = basic if triton_interpreting() else (*basic, "test_aot_dispatch_dynamic")
     opcheck(conv, (x, w.requires_grad_(), b.requires_grad_(), [2, 2], [1, 1], 2, 0.2), test_utils=checks)
     opcheck(conv_t, (x, wt.requires_grad_(), b, [2, 2], [1, 1], [1, 0], 3, 0.0), test_utils=checks)
-
-
-@pytest.fixture
-def one_channel_routes():
-    """The native CPU path's convolutions from and to one channel at every size (by default only from
-    ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on: ``test_one_channel_routes_run_from_their_size``)."""
-    with one_channel_routes_at_every_size():
-        yield
 
 
 @pytest.mark.parametrize("impl", ["ref", "native"])
@@ -734,9 +726,8 @@ def test_one_channel_side_skips_onednns_slow_kernel(op, one_channel_routes):
     convolution's weight gradient 1.1-5x longer than a matrix product with the input's columns, so the native CPU
     path (which "auto" runs on the CPU) runs those instead at large sizes (here at every size): no oneDNN
     convolution at any order for contiguous tensors, and the results to second order within the parity tolerance
-    of the float64 reference. (Sigmoid, not
-    tanh: at tanh's second order here PyTorch's own convolution with oneDNN off is 7x further from float64 than with
-    it on, the tolerance's basis, and so is this route.)"""
+    of the float64 reference. (Sigmoid, not tanh: at tanh's second order here PyTorch's own convolution with oneDNN
+    off is 7x further from float64 than with it on, the tolerance's basis, and so is this route.)"""
     require("native", "cpu")
     transposed = op == "conv_transpose2d_act"
     x64 = _rand(2, 3, 5, 4) if transposed else _rand(2, 1, 9, 8)
