@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from torch import nn
@@ -611,16 +613,17 @@ def test_triton_conv_nonfinite_weight_at_the_border():
 
 
 class _OpRecorder:
-    """The aten ops dispatched inside the ``with`` block (by overload packet name)."""
+    """The aten ops dispatched inside the ``with`` block (by overload packet name), and how often each ran."""
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        ops = self.ops = set()
+        calls = self.calls = collections.Counter()
+        self.ops = calls.keys()
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                ops.add(func.overloadpacket.__name__)
+                calls[func.overloadpacket.__name__] += 1
                 return func(*args, **(kwargs or {}))
 
         self.mode = Mode()
@@ -791,3 +794,105 @@ def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed, one_channel_r
             torch.testing.assert_close(a, b)
         for a, b in zip(*(o[:2] for o in outs)):
             assert suggests_channels_last(a) == suggests_channels_last(b), (xl, wl, a.stride(), b.stride())
+
+
+# --- issue 17: under "auto" on the CPU the activation is written over the convolution's own output ------------------
+
+_IN_PLACE = {"relu": "relu_", "lrelu": "leaky_relu_"}  # the activations written over the output: op run for each
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    return t[..., ::2] if layout == "noncontiguous" else t
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act", list(_IN_PLACE))
+@pytest.mark.parametrize("conv", ["conv2d", "conv_transpose2d", "from_one_channel", "to_one_channel"])
+def test_cpu_activation_written_over_the_convolution(conv, act, dtype, layout, one_channel_routes):
+    """Issue 17: under "auto" on the CPU relu and lrelu are written over the convolution's result (oneDNN's, or a
+    one-channel route's), where bias_act's fresh output cost about 4% of a DCGAN-28 step (README): the in-place op
+    runs and bias_act does not, and the output, the gradients and a penalty's second-order gradients are bitwise
+    those of bias_act's (impl="native", in the parity matrix) and, in float32, the float64 reference's within the
+    parity tolerance, for every dtype and layout (the routes run float32 only; half types keep oneDNN). The route to
+    one channel hands a channels_last result out as a view (its permuted strides), which bias_act then activates."""
+    require("native", "cpu")
+    transposed = conv in ("conv_transpose2d", "to_one_channel")
+    channels = (4, 1) if conv == "to_one_channel" else (1, 3) if conv == "from_one_channel" else (3, 4)
+    x_shape = (2, channels[0], 5, 12 if layout == "noncontiguous" else 6)
+    w_shape = (channels[0], channels[1], 4, 4) if transposed else (channels[1], channels[0], 4, 4)
+    x64, w64, b64 = _rand(*x_shape), _rand(*w_shape, seed=1) / 4, _rand(channels[1], seed=2)
+    alpha = 0.2 if act == "lrelu" else None
+
+    def grads(x, w, b, impl):
+        x_ = _layout(x, layout)
+        y = (conv_transpose2d_act(x_, w, b, 2, 1, 1, act, alpha, impl=impl) if transposed
+             else conv2d_act(x_, w, b, 2, 1, act, alpha, impl=impl))
+        gen = torch.Generator().manual_seed(3)
+        go = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
+        first = torch.autograd.grad(y, (x, w, b), go, create_graph=True)
+        penalty = sum((g * torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g.dtype)).sum() for g in first)
+        second = torch.autograd.grad(penalty, (x, w, b), allow_unused=True)  # f'' = 0: none reaches the bias
+        return (y, *first, *(torch.zeros_like(t) if g is None else g for g, t in zip(second, (x, w, b))))
+
+    x, w, b = (t.detach().to(dtype).requires_grad_() for t in (x64, w64, b64))
+    with _OpRecorder() as rec:
+        ours = grads(x, w, b, "auto")
+    routed = "one_channel" in conv and dtype == torch.float32
+    view = routed and conv == "to_one_channel" and layout == "channels_last"
+    assert (_IN_PLACE[act] in rec.ops, "bias_act" in rec.ops) == (not view, view), sorted(rec.ops)
+    assert ("bmm" in rec.ops) == routed, sorted(rec.ops)
+    names = ("y", "dx", "dw", "db", "d2x", "d2w", "d2b")
+    for name, o, n in zip(names, ours, grads(x, w, b, "native")):
+        assert torch.equal(o, n), f"{conv} {act} {name}: not bitwise bias_act's (impl='native')"
+    if dtype == torch.float32:  # half types: a sign flip near zero moves whole rows (the parity matrix's native rows)
+        for name, o, t, r in zip(names, ours, grads(x64, w64, b64, "ref"), grads(x, w, b, "ref")):
+            assert_close_to_truth(o.detach(), t.detach(), r.detach(), dtype, f"{conv} {act} {name}")
+
+
+@pytest.mark.parametrize("act", list(_IN_PLACE))
+def test_cpu_activation_in_place_gradgradcheck_and_forward_ad(act):
+    """The in-place activation's autograd Function to second order in float64, with a bias (gradcheck,
+    gradgradcheck; any order is exact), and its forward-mode derivative (dual tensors, outside functorch) against
+    torch.func.jvp of the reference."""
+    require("native", "cpu")
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = _rand(2, 3, 7, 6), _rand(4, 3, 3, 3, seed=1), _rand(4, seed=2)
+    alpha = 0.2 if act == "lrelu" else None
+
+    def fn(x, w, b, impl="auto"):
+        return conv2d_act(x, w, b, 2, 1, act, alpha, impl=impl)
+
+    with _OpRecorder() as rec:
+        fn(x, w, b)
+    assert _IN_PLACE[act] in rec.ops, sorted(rec.ops)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+    tangents = tuple(torch.randn_like(t) for t in (x, w, b))
+    primals = tuple(t.detach() for t in (x, w, b))
+    with fwAD.dual_level():
+        ours = fwAD.unpack_dual(fn(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))).tangent
+    _, reference = torch.func.jvp(lambda *p: fn(*p, impl="ref"), primals, tangents)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_cpu_activation_in_place_runs_no_convolution_on_zeros():
+    """A penalty's double backward through the in-place relu or lrelu runs as many convolutions as through bias_act
+    (impl="native"), whose custom op exists to send no zero second derivative through the convolution's backward:
+    the in-place Function's backward takes the output detached (PyTorch's formula in it is zero)."""
+    require("native", "cpu")
+    counts = {}
+    for act in ("relu", "lrelu"):
+        for impl in ("auto", "native"):
+            x, w = _rand(2, 3, 8, 8, grad=False).float(), _rand(4, 3, 4, 4, seed=1, grad=False).float()
+            x.requires_grad_(), w.requires_grad_()
+            y = conv2d_act(x, w, None, 2, 1, act, impl=impl)
+            (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)  # dy independent of y
+            with _OpRecorder() as rec:
+                gx.square().sum().backward()
+            counts[act, impl] = sum(n for op, n in rec.calls.items() if "convolution" in op), w.grad
+        assert counts[act, "auto"][0] == counts[act, "native"][0] >= 1, {k: v[0] for k, v in counts.items()}
+        torch.testing.assert_close(counts[act, "auto"][1], counts[act, "native"][1], rtol=0, atol=0)

@@ -27,7 +27,8 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
 ``impl="auto"`` on CUDA measures every implementation on the first call of each shape class and keeps the fastest
 correct one (fastgan/_autotune.py). Its fixed order (with ``FASTGAN_AUTOTUNE=0``, or inside torch.compile before
 anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) over the Triton kernel. On the CPU "auto"
-is ``native`` with the epilogue's implementation left to ``bias_act``'s own CPU rule.
+is ``native`` with relu and lrelu written over the convolution's own output (``_ActInPlace``: no fresh tensor) and
+any other activation left to ``bias_act``'s own CPU rule.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ def _from_one_channel_conv2d(x, weight, stride, padding, channels_last: bool) ->
     n, c = x.shape[0], weight.shape[0]
     w = weight.reshape(c, -1)
     columns = _one_channel_columns(x, weight.shape[2:], stride, padding)
-    return torch.bmm(w.expand(n, *w.shape), columns).view(n, c, *output_size(x, weight, stride, padding, None))
+    # not a view of the product: _native writes the activation over it (_ActInPlace)
+    return torch.ops.aten._unsafe_view(torch.bmm(w.expand(n, *w.shape), columns),
+                                       [n, c, *output_size(x, weight, stride, padding, None)])
 
 
 def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool) -> torch.Tensor:
@@ -353,10 +356,52 @@ def _epilogue(impl: str, x: torch.Tensor) -> str:
     return "auto" if impl == "auto" and x.device.type == "cpu" else "native"
 
 
+class _ActInPlace(torch.autograd.Function):
+    """relu or lrelu (alpha >= 0) of ``z + bias`` written over ``z``: on the CPU the native path's own convolution
+    output, which nothing else holds. A fresh output cost more than the activation: in a DCGAN-28 step the in-place
+    activation of the discriminator's first layer took about 4% off the step's time (README). Their derivative is a
+    function of the output, exactly, so the backward keeps the output alone and runs PyTorch's own backward kernel
+    on it, detached: its derivative there is zero, and PyTorch's formula would materialise those zeros and send them
+    through the convolution's backward in a penalty's double backward (bias_act's reason to be a custom op). The
+    smooth activations stay with bias_act: their derivative from a rounded half-precision output is less exact."""
+
+    @staticmethod
+    def forward(ctx, z, bias, alpha: float | None):
+        if bias is not None:
+            z.add_(bias.view(1, -1, 1, 1))
+        if alpha is None:
+            z.relu_()
+        else:
+            F.leaky_relu_(z, alpha)
+        ctx.mark_dirty(z)
+        ctx.save_for_backward(z)
+        ctx.save_for_forward(z)
+        ctx.alpha, ctx.bias_dtype = alpha, None if bias is None else bias.dtype
+        return z
+
+    @staticmethod
+    def backward(ctx, dy):
+        y = ctx.saved_tensors[0].detach()
+        if ctx.alpha is None:
+            dz = torch.ops.aten.threshold_backward(dy, y, 0)
+        else:
+            dz = torch.ops.aten.leaky_relu_backward(dy, y, ctx.alpha, True)
+        db = _reduce_bias(dz, ctx.bias_dtype) if ctx.needs_input_grad[1] else None
+        return dz, db, None
+
+    @staticmethod
+    def jvp(ctx, z_t, b_t, _):
+        y = ctx.saved_tensors[0]
+        t = z_t if b_t is None else z_t + b_t.view(1, -1, 1, 1)
+        return z_t.copy_(_act_grad_from_output(t, y, ACTIVATIONS["relu" if ctx.alpha is None else "lrelu"].index,
+                                               ctx.alpha or 0.0))
+
+
 def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue) -> torch.Tensor:
     """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
     with the bias, or followed by ``bias_act(impl=epilogue)`` (on CUDA with the bias, where cuDNN would add it in a
-    kernel of its own; on the CPU oneDNN adds it). On the CPU the shapes oneDNN handles badly run
+    kernel of its own; on the CPU oneDNN adds it, and under "auto" relu and lrelu are written over the convolution's
+    result, ``_ActInPlace``). On the CPU the shapes oneDNN handles badly run
     otherwise: a convolution that is a matrix product, as one; a large transposed convolution to one channel and a
     large convolution from one channel (``_one_channel_route``: ``_OneChannelConvTranspose``,
     ``_FromOneChannelConv``)."""
@@ -382,7 +427,13 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
             conv_bias, bias = b, None
         y = (F.conv_transpose2d(x, weight, conv_bias, stride, padding, output_padding) if transposed
              else F.conv2d(x, weight, conv_bias, stride, padding))
-    return y if linear else bias_act(y, bias, 1, act, alpha, impl=epilogue)
+    if linear:
+        return y
+    if cpu and epilogue == "auto" and not y._is_view() and not torch._C._are_functorch_transforms_active():
+        _, alpha_ = activation("conv2d_act", act, alpha)
+        if act == "relu" or (act == "lrelu" and alpha_ >= 0):
+            return _ActInPlace.apply(y, None if bias is None else b, alpha_ if act == "lrelu" else None)
+    return bias_act(y, bias, 1, act, alpha, impl=epilogue)
 
 
 def conv2d_act_ref(
@@ -526,8 +577,9 @@ def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, al
     return dy * (1 - y) * y  # sigmoid
 
 
-def _reduce_bias(dz: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return dz.sum((0, 2, 3), dtype=torch.promote_types(dz.dtype, torch.float32)).to(bias.dtype)
+def _reduce_bias(dz: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bias gradient in ``dtype``: ``dz`` summed over all but the channels, in float32 at least."""
+    return dz.sum((0, 2, 3), dtype=torch.promote_types(dz.dtype, torch.float32)).to(dtype)
 
 
 def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
@@ -551,7 +603,7 @@ def triton_conv_grads(ops, dz, x, w, b, stride, padding, output_padding, needs_i
         weight_grad = ops.conv_transpose2d_weight_grad if transposed else ops.conv2d_weight_grad
         dw = weight_grad(dz.to(w.dtype), x, list(w.shape[2:]), stride, padding)
     if b is not None and needs_input_grad[2]:
-        db = _reduce_bias(dz, b)
+        db = _reduce_bias(dz, b.dtype)
     return dx, dw, db
 
 
