@@ -10,8 +10,16 @@ from torch import nn
 
 import fastgan._backend
 from fastgan._backend import triton_interpreting
-from fastgan.nn import BatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLinear, InstanceNormAct2d
+from fastgan.nn import (
+    BatchNormAct2d,
+    FusedConv2d,
+    FusedConvTranspose2d,
+    FusedLinear,
+    FusedSequential,
+    InstanceNormAct2d,
+)
 from fastgan.ops import conv2d_act, conv2d_batch_norm_act, conv_transpose2d_act, conv_transpose2d_batch_norm_act
+from fastgan.ops.conv_act import output_read_only
 
 from .conftest import assert_close_to_truth, opcheck, require
 
@@ -796,7 +804,7 @@ def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed, one_channel_r
             assert suggests_channels_last(a) == suggests_channels_last(b), (xl, wl, a.stride(), b.stride())
 
 
-# --- issue 17: under "auto" on the CPU the activation is written over the convolution's own output ------------------
+# --- issue 17: on the CPU "auto" writes relu/lrelu over the convolution's own output where the caller only reads it ---
 
 _IN_PLACE = {"relu": "relu_", "lrelu": "leaky_relu_"}  # the activations written over the output: op run for each
 
@@ -812,12 +820,13 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 @pytest.mark.parametrize("act", list(_IN_PLACE))
 @pytest.mark.parametrize("conv", ["conv2d", "conv_transpose2d", "from_one_channel", "to_one_channel"])
 def test_cpu_activation_written_over_the_convolution(conv, act, dtype, layout, one_channel_routes):
-    """Issue 17: under "auto" on the CPU relu and lrelu are written over the convolution's result (oneDNN's, or a
-    one-channel route's), where bias_act's fresh output cost about 4% of a DCGAN-28 step (README): the in-place op
-    runs and bias_act does not, and the output, the gradients and a penalty's second-order gradients are bitwise
-    those of bias_act's (impl="native", in the parity matrix) and, in float32, the float64 reference's within the
-    parity tolerance, for every dtype and layout (the routes run float32 only; half types keep oneDNN). The route to
-    one channel hands a channels_last result out as a view (its permuted strides), which bias_act then activates."""
+    """Issue 17: under "auto" on the CPU, where the caller only reads the output (``output_read_only``), relu and
+    lrelu are written over the convolution's result (oneDNN's, or a one-channel route's), where bias_act's fresh
+    output cost about 4% of a DCGAN-28 step (README): the in-place op runs and bias_act does not, and the output, the
+    gradients and a penalty's second-order gradients are bitwise those of bias_act's (impl="native", in the parity
+    matrix) and, in float32, the float64 reference's within the parity tolerance, for every dtype and layout (the
+    routes run float32 only; half types keep oneDNN). The route to one channel hands a channels_last result out as a
+    view (its permuted strides), which bias_act then activates; without ``output_read_only`` bias_act always does."""
     require("native", "cpu")
     transposed = conv in ("conv_transpose2d", "to_one_channel")
     channels = (4, 1) if conv == "to_one_channel" else (1, 3) if conv == "from_one_channel" else (3, 4)
@@ -838,12 +847,15 @@ def test_cpu_activation_written_over_the_convolution(conv, act, dtype, layout, o
         return (y, *first, *(torch.zeros_like(t) if g is None else g for g, t in zip(second, (x, w, b))))
 
     x, w, b = (t.detach().to(dtype).requires_grad_() for t in (x64, w64, b64))
-    with _OpRecorder() as rec:
+    with _OpRecorder() as rec, output_read_only():
         ours = grads(x, w, b, "auto")
     routed = "one_channel" in conv and dtype == torch.float32
     view = routed and conv == "to_one_channel" and layout == "channels_last"
     assert (_IN_PLACE[act] in rec.ops, "bias_act" in rec.ops) == (not view, view), sorted(rec.ops)
     assert ("bmm" in rec.ops) == routed, sorted(rec.ops)
+    with _OpRecorder() as rec:
+        grads(x, w, b, "auto")
+    assert _IN_PLACE[act] not in rec.ops, sorted(rec.ops)
     names = ("y", "dx", "dw", "db", "d2x", "d2w", "d2b")
     for name, o, n in zip(names, ours, grads(x, w, b, "native")):
         assert torch.equal(o, n), f"{conv} {act} {name}: not bitwise bias_act's (impl='native')"
@@ -853,30 +865,69 @@ def test_cpu_activation_written_over_the_convolution(conv, act, dtype, layout, o
 
 
 @pytest.mark.parametrize("act", list(_IN_PLACE))
-def test_cpu_activation_in_place_gradgradcheck_and_forward_ad(act):
-    """The in-place activation's autograd Function to second order in float64, with a bias (gradcheck,
-    gradgradcheck; any order is exact), and its forward-mode derivative (dual tensors, outside functorch) against
-    torch.func.jvp of the reference."""
+def test_cpu_activation_in_place_gradgradcheck_and_forward_ad(act, one_channel_routes):
+    """The in-place activation's autograd Function to second order in float64 (gradcheck, gradgradcheck; any order
+    is exact) with its bias added in place (the one-channel route's product; oneDNN adds a bias itself), and its
+    forward-mode derivative (dual tensors, outside functorch) against torch.func.jvp of the reference, with tangents
+    for every input and for the bias alone."""
     require("native", "cpu")
     import torch.autograd.forward_ad as fwAD
 
-    x, w, b = _rand(2, 3, 7, 6), _rand(4, 3, 3, 3, seed=1), _rand(4, seed=2)
+    x, w, b = _rand(2, 1, 7, 6), _rand(4, 1, 3, 3, seed=1), _rand(4, seed=2)
     alpha = 0.2 if act == "lrelu" else None
 
     def fn(x, w, b, impl="auto"):
-        return conv2d_act(x, w, b, 2, 1, act, alpha, impl=impl)
+        with output_read_only():
+            return conv2d_act(x, w, b, 2, 1, act, alpha, impl=impl)
 
     with _OpRecorder() as rec:
         fn(x, w, b)
-    assert _IN_PLACE[act] in rec.ops, sorted(rec.ops)
+    assert {_IN_PLACE[act], "bmm", "add_"} <= rec.ops, sorted(rec.ops)
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
-    tangents = tuple(torch.randn_like(t) for t in (x, w, b))
     primals = tuple(t.detach() for t in (x, w, b))
-    with fwAD.dual_level():
-        ours = fwAD.unpack_dual(fn(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))).tangent
-    _, reference = torch.func.jvp(lambda *p: fn(*p, impl="ref"), primals, tangents)
-    torch.testing.assert_close(ours, reference)
+    every = tuple(torch.randn_like(t) for t in primals)
+    for tangents in (every, (torch.zeros_like(x), torch.zeros_like(w), every[2])):
+        with fwAD.dual_level():
+            duals = [p if not t.any() else fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+            ours = fwAD.unpack_dual(fn(*duals)).tangent
+        _, reference = torch.func.jvp(lambda *p: fn(*p, impl="ref"), primals, tangents)
+        torch.testing.assert_close(ours, reference)
+
+
+class _AddOneInPlace(nn.Module):
+    def forward(self, x):
+        return x.add_(1)
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["onednn", "one_channel"])
+def test_fused_sequential_writes_over_only_what_a_fused_layer_reads(routed, one_channel_routes, monkeypatch):
+    """FusedSequential writes a layer's activation over its convolution's output only where the output goes (past
+    Identities) to another fused layer, which only reads it; the Sequential's own output, and one going to a module
+    that may write over its input, are the caller's (F.leaky_relu's semantics: written over, the backward still gives
+    PyTorch's gradients). The same values and gradients as the plain layers either way; torch.jit.trace records the
+    run (the JIT refuses an in-place autograd.Function, so a trace takes bias_act)."""
+    require("native", "cpu")
+    monkeypatch.setitem(fastgan._backend.CPU_REF_MAX_NUMEL, "act", 0)  # no layer small enough to run its reference
+    c = 1 if routed else 3
+    x = _rand(2, c, 8, 8, grad=False).float()
+    first = FusedConv2d(c, 4, 4, 2, 1, bias=True, act="lrelu", alpha=0.2)
+    layers = {"fused": [first, nn.Identity(), FusedConv2d(4, 2, 3, 1, 1)], "last": [first],
+              "in-place": [first, _AddOneInPlace()]}
+    for name, modules in layers.items():
+        fused, plain = FusedSequential(*modules), nn.Sequential(*modules)
+        with _OpRecorder() as rec:
+            y = fused(x.requires_grad_())
+            y += 1
+            grads = torch.autograd.grad(y.square().sum(), (x, first.weight, first.bias))
+        assert ("leaky_relu_" in rec.ops) == (name == "fused") and ("bmm" in rec.ops) == routed, (name, rec.ops)
+        with fastgan.use_impl("ref"):
+            reference = plain(x) + 1
+            expected = torch.autograd.grad(reference.square().sum(), (x, first.weight, first.bias))
+        for o, r in zip((y, *grads), (reference, *expected)):
+            torch.testing.assert_close(o, r)
+    traced = torch.jit.trace(FusedSequential(*layers["fused"]), (x,), check_trace=False)
+    torch.testing.assert_close(traced(x), FusedSequential(*layers["fused"])(x))
 
 
 def test_cpu_activation_in_place_runs_no_convolution_on_zeros():
@@ -889,7 +940,8 @@ def test_cpu_activation_in_place_runs_no_convolution_on_zeros():
         for impl in ("auto", "native"):
             x, w = _rand(2, 3, 8, 8, grad=False).float(), _rand(4, 3, 4, 4, seed=1, grad=False).float()
             x.requires_grad_(), w.requires_grad_()
-            y = conv2d_act(x, w, None, 2, 1, act, impl=impl)
+            with output_read_only():
+                y = conv2d_act(x, w, None, 2, 1, act, impl=impl)
             (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)  # dy independent of y
             with _OpRecorder() as rec:
                 gx.square().sum().backward()

@@ -19,7 +19,7 @@ from torch import nn
 
 from .._layout import suggests_channels_last
 from ..ops.bias_act import activation
-from ..ops.conv_act import conv2d_act, conv_transpose2d_act
+from ..ops.conv_act import conv2d_act, conv_transpose2d_act, output_read_only
 from ..ops.conv_bn_act import conv2d_batch_norm_act, conv_transpose2d_batch_norm_act
 from .common import activation_of, conv_reference, conv_runs_ref, copy_state, fused_extra_repr
 from .norm_act import BatchNormAct2d, InstanceNormAct2d
@@ -221,7 +221,8 @@ class FusedSequential(nn.Sequential):
     of its own, directly followed by a :class:`~fastgan.nn.BatchNormAct2d`, runs with that norm as one fused op
     (batch statistics from the convolution's epilogue on Triton). Each module keeps its index, so the state_dict keys
     are those of the plain Sequential. The pair is called through ``forward_with_norm``: forward hooks on either
-    module are not run.
+    module are not run. A fused convolution whose output goes to another fused layer, which only reads it, may write
+    its activation over its own output (``fastgan.ops.conv_act.output_read_only``; no fresh tensor on the CPU).
 
     After :meth:`run_channels_last` (``fastgan.optimize(..., channels_last=True)`` calls it) its fused convolutions'
     weights are channels_last, so the convolutions, norms and activations inside run on channels_last tensors
@@ -271,6 +272,10 @@ class FusedSequential(nn.Sequential):
             if _feeds_batch_norm(module, nxt):
                 x = module.forward_with_norm(x, nxt)
                 i += 2
+            elif _feeds_fused_layer(module, modules[i + 1:]):
+                with output_read_only():
+                    x = module(x)
+                i += 1
             else:
                 x = module(x)
                 i += 1
@@ -327,6 +332,16 @@ def _in_layout(x, layout: torch.memory_format):
     if x.dim() == 4 and suggests_channels_last(x) != (layout == torch.channels_last):
         return x.clone(memory_format=layout)
     return x
+
+
+def _feeds_fused_layer(module: nn.Module, rest: list[nn.Module]) -> bool:
+    """A fused convolution whose output goes (through Identities: the activations it took in) to a fused layer,
+    which only reads it: the convolution may write its activation over its own output
+    (``fastgan.ops.conv_act.output_read_only``)."""
+    if not isinstance(module, FusedConv2d | FusedConvTranspose2d):
+        return False
+    consumer = next((m for m in rest if not isinstance(m, nn.Identity)), None)
+    return isinstance(consumer, FusedConv2d | FusedConvTranspose2d | BatchNormAct2d | InstanceNormAct2d)
 
 
 def _feeds_batch_norm(module: nn.Module, nxt: nn.Module | None) -> bool:

@@ -27,13 +27,16 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
 ``impl="auto"`` on CUDA measures every implementation on the first call of each shape class and keeps the fastest
 correct one (fastgan/_autotune.py). Its fixed order (with ``FASTGAN_AUTOTUNE=0``, or inside torch.compile before
 anything was measured) picks ``native`` (cuDNN plus the epilogue kernel) over the Triton kernel. On the CPU "auto"
-is ``native`` with relu and lrelu written over the convolution's own output (``_ActInPlace``: no fresh tensor) and
-any other activation left to ``bias_act``'s own CPU rule.
+is ``native`` with the activation left to ``bias_act``'s own CPU rule, or, where the caller only reads the output
+(``output_read_only``: inside ``fastgan.nn.FusedSequential``), relu and lrelu written over the convolution's own
+output (``_ActInPlace``: no fresh tensor).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 from collections.abc import Sequence
 
 import torch
@@ -52,7 +55,7 @@ from .._backend import (
 )
 from .._dtypes import check_dtype
 from .._layout import conv_channels_last
-from .bias_act import ACTIVATIONS, activation, activation_at, bias_act, bias_act_ref
+from .bias_act import ACTIVATIONS, _reduce_to_bias, activation, activation_at, bias_act, bias_act_ref
 
 __all__ = ["conv2d_act", "conv2d_act_ref", "conv_transpose2d_act", "conv_transpose2d_act_ref"]
 
@@ -356,14 +359,32 @@ def _epilogue(impl: str, x: torch.Tensor) -> str:
     return "auto" if impl == "auto" and x.device.type == "cpu" else "native"
 
 
+# Set while the caller of a convolution op only reads its output until the backward (``output_read_only``).
+_READ_ONLY_OUTPUT = contextvars.ContextVar("fastgan_read_only_output", default=False)
+
+
+@contextlib.contextmanager
+def output_read_only():
+    """Inside, the convolution ops' callers promise to only read their outputs until the backward:
+    ``fastgan.nn.FusedSequential`` around a layer whose output goes to one of fastgan's fused layers. On the CPU,
+    "auto" then writes relu and lrelu over the convolution's own output (``_ActInPlace``), whose backward keeps
+    it."""
+    token = _READ_ONLY_OUTPUT.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY_OUTPUT.reset(token)
+
+
 class _ActInPlace(torch.autograd.Function):
     """relu or lrelu (alpha >= 0) of ``z + bias`` written over ``z``: on the CPU the native path's own convolution
     output, which nothing else holds. A fresh output cost more than the activation: in a DCGAN-28 step the in-place
-    activation of the discriminator's first layer took about 4% off the step's time (README). Their derivative is a
-    function of the output, exactly, so the backward keeps the output alone and runs PyTorch's own backward kernel
-    on it, detached: its derivative there is zero, and PyTorch's formula would materialise those zeros and send them
-    through the convolution's backward in a penalty's double backward (bias_act's reason to be a custom op). The
-    smooth activations stay with bias_act: their derivative from a rounded half-precision output is less exact."""
+    activation of the discriminator's first layer took about 4% off the step's time (README). The backward keeps the
+    output (writing a mask of its signs instead cost more than it saved), so it runs only where the caller reads the
+    output alone (``output_read_only``): written over in turn, the output would fail autograd's version check. The
+    backward is PyTorch's own kernel on the output detached: the derivative is zero there, and PyTorch's formula
+    would materialise those zeros and send them through the convolution in a penalty's double backward (bias_act's
+    reason to be a custom op)."""
 
     @staticmethod
     def forward(ctx, z, bias, alpha: float | None):
@@ -374,34 +395,33 @@ class _ActInPlace(torch.autograd.Function):
         else:
             F.leaky_relu_(z, alpha)
         ctx.mark_dirty(z)
-        ctx.save_for_backward(z)
+        ctx.save_for_backward(z, bias)
         ctx.save_for_forward(z)
-        ctx.alpha, ctx.bias_dtype = alpha, None if bias is None else bias.dtype
+        ctx.alpha = alpha
         return z
 
     @staticmethod
     def backward(ctx, dy):
-        y = ctx.saved_tensors[0].detach()
+        y, bias = ctx.saved_tensors
         if ctx.alpha is None:
-            dz = torch.ops.aten.threshold_backward(dy, y, 0)
+            dz = torch.ops.aten.threshold_backward(dy, y.detach(), 0)
         else:
-            dz = torch.ops.aten.leaky_relu_backward(dy, y, ctx.alpha, True)
-        db = _reduce_bias(dz, ctx.bias_dtype) if ctx.needs_input_grad[1] else None
-        return dz, db, None
+            dz = torch.ops.aten.leaky_relu_backward(dy, y.detach(), ctx.alpha, True)
+        return dz, _reduce_to_bias(dz, bias, 1) if ctx.needs_input_grad[1] else None, None
 
     @staticmethod
     def jvp(ctx, z_t, b_t, _):
-        y = ctx.saved_tensors[0]
+        # z's tangent is never None here: autograd hands a dirty input without one in as zeros
         t = z_t if b_t is None else z_t + b_t.view(1, -1, 1, 1)
-        return z_t.copy_(_act_grad_from_output(t, y, ACTIVATIONS["relu" if ctx.alpha is None else "lrelu"].index,
-                                               ctx.alpha or 0.0))
+        act = ACTIVATIONS["relu" if ctx.alpha is None else "lrelu"].index
+        return z_t.copy_(_act_grad_from_output(t, ctx.saved_tensors[0], act, ctx.alpha or 0.0))
 
 
 def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilogue) -> torch.Tensor:
     """The native path of both ops (``output_padding`` None: a convolution): PyTorch's convolution (cuDNN, oneDNN)
     with the bias, or followed by ``bias_act(impl=epilogue)`` (on CUDA with the bias, where cuDNN would add it in a
-    kernel of its own; on the CPU oneDNN adds it, and under "auto" relu and lrelu are written over the convolution's
-    result, ``_ActInPlace``). On the CPU the shapes oneDNN handles badly run
+    kernel of its own; on the CPU oneDNN adds it, and under "auto" with ``output_read_only`` relu and lrelu are
+    written over the convolution's result, ``_ActInPlace``). On the CPU the shapes oneDNN handles badly run
     otherwise: a convolution that is a matrix product, as one; a large transposed convolution to one channel and a
     large convolution from one channel (``_one_channel_route``: ``_OneChannelConvTranspose``,
     ``_FromOneChannelConv``)."""
@@ -429,7 +449,9 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
              else F.conv2d(x, weight, conv_bias, stride, padding))
     if linear:
         return y
-    if cpu and epilogue == "auto" and not y._is_view() and not torch._C._are_functorch_transforms_active():
+    if (cpu and epilogue == "auto" and _READ_ONLY_OUTPUT.get() and not y._is_view()
+            and not torch._C._are_functorch_transforms_active()
+            and not torch.jit.is_tracing()):  # the JIT records no in-place autograd.Function
         _, alpha_ = activation("conv2d_act", act, alpha)
         if act == "relu" or (act == "lrelu" and alpha_ >= 0):
             return _ActInPlace.apply(y, None if bias is None else b, alpha_ if act == "lrelu" else None)
@@ -577,11 +599,6 @@ def _act_grad_from_output(dy: torch.Tensor, y: torch.Tensor | None, act: int, al
     return dy * (1 - y) * y  # sigmoid
 
 
-def _reduce_bias(dz: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The bias gradient in ``dtype``: ``dz`` summed over all but the channels, in float32 at least."""
-    return dz.sum((0, 2, 3), dtype=torch.promote_types(dz.dtype, torch.float32)).to(dtype)
-
-
 def _input_padding(size: int, out: int, k: int, s: int, p: int) -> int:
     """The output_padding that makes the transposed convolution of an ``out``-sized map ``size`` long again."""
     return size - ((out - 1) * s - 2 * p + k)
@@ -603,7 +620,7 @@ def triton_conv_grads(ops, dz, x, w, b, stride, padding, output_padding, needs_i
         weight_grad = ops.conv_transpose2d_weight_grad if transposed else ops.conv2d_weight_grad
         dw = weight_grad(dz.to(w.dtype), x, list(w.shape[2:]), stride, padding)
     if b is not None and needs_input_grad[2]:
-        db = _reduce_bias(dz, b.dtype)
+        db = _reduce_to_bias(dz, b, 1)
     return dx, dw, db
 
 
