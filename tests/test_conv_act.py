@@ -906,7 +906,8 @@ def test_fused_sequential_writes_over_only_what_a_fused_layer_reads(routed, one_
     Identities) to another fused layer, which only reads it; the Sequential's own output, and one going to a module
     that may write over its input, are the caller's (F.leaky_relu's semantics: written over, the backward still gives
     PyTorch's gradients). The same values and gradients as the plain layers either way; torch.jit.trace records the
-    run (the JIT refuses an in-place autograd.Function, so a trace takes bias_act)."""
+    run (the JIT refuses an in-place autograd.Function, so a trace takes bias_act) and torch.compile captures it
+    whole."""
     require("native", "cpu")
     monkeypatch.setitem(fastgan._backend.CPU_REF_MAX_NUMEL, "act", 0)  # no layer small enough to run its reference
     c = 1 if routed else 3
@@ -926,8 +927,11 @@ def test_fused_sequential_writes_over_only_what_a_fused_layer_reads(routed, one_
             expected = torch.autograd.grad(reference.square().sum(), (x, first.weight, first.bias))
         for o, r in zip((y, *grads), (reference, *expected)):
             torch.testing.assert_close(o, r)
-    traced = torch.jit.trace(FusedSequential(*layers["fused"]), (x,), check_trace=False)
-    torch.testing.assert_close(traced(x), FusedSequential(*layers["fused"])(x))
+    model = FusedSequential(*layers["fused"])
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # Dynamo does not set a ContextVar
+    for run in (traced, compiled):
+        torch.testing.assert_close(run(x), model(x))
 
 
 def test_cpu_activation_in_place_runs_no_convolution_on_zeros():

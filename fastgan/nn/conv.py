@@ -272,8 +272,8 @@ class FusedSequential(nn.Sequential):
             if _feeds_batch_norm(module, nxt):
                 x = module.forward_with_norm(x, nxt)
                 i += 2
-            elif _feeds_fused_layer(module, modules[i + 1:]):
-                with output_read_only():
+            elif _feeds_fused_layer(module, modules[i + 1:]) and not torch.compiler.is_compiling():
+                with output_read_only():  # a ContextVar, which Dynamo does not trace; compiled code never writes over
                     x = module(x)
                 i += 1
             else:
