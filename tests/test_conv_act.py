@@ -895,7 +895,7 @@ def test_cpu_activation_in_place_gradgradcheck_and_forward_ad(act, one_channel_r
         torch.testing.assert_close(ours, reference)
 
 
-class _AddOneInPlace(nn.Module):
+class _AddOneInPlace(nn.Identity):
     def forward(self, x):
         return x.add_(1)
 
@@ -903,31 +903,42 @@ class _AddOneInPlace(nn.Module):
 @pytest.mark.parametrize("routed", [False, True], ids=["onednn", "one_channel"])
 def test_fused_sequential_writes_over_only_what_a_fused_layer_reads(routed, one_channel_routes, monkeypatch):
     """FusedSequential writes a layer's activation over its convolution's output only where the output goes (past
-    Identities) to another fused layer, which only reads it; the Sequential's own output, and one going to a module
-    that may write over its input, are the caller's (F.leaky_relu's semantics: written over, the backward still gives
-    PyTorch's gradients). The same values and gradients as the plain layers either way; torch.jit.trace records the
-    run (the JIT refuses an in-place autograd.Function, so a trace takes bias_act) and torch.compile captures it
-    whole."""
+    plain Identities) to another fused layer, which only reads it, with no forward hook on the way and fastgan's
+    default "auto": the Sequential's own output, one going to a module that may write over its input (here an
+    Identity subclass), one a hook sees, and runs under use_impl("native") are the caller's (F.leaky_relu's
+    semantics: written over, the backward still gives PyTorch's gradients), as is a negative slope's. The same values
+    and gradients as the plain layers every time; torch.jit.trace records the run (the JIT refuses an in-place
+    autograd.Function, so a trace takes bias_act) and torch.compile captures it whole."""
     require("native", "cpu")
     monkeypatch.setitem(fastgan._backend.CPU_REF_MAX_NUMEL, "act", 0)  # no layer small enough to run its reference
     c = 1 if routed else 3
     x = _rand(2, c, 8, 8, grad=False).float()
     first = FusedConv2d(c, 4, 4, 2, 1, bias=True, act="lrelu", alpha=0.2)
-    layers = {"fused": [first, nn.Identity(), FusedConv2d(4, 2, 3, 1, 1)], "last": [first],
-              "in-place": [first, _AddOneInPlace()]}
-    for name, modules in layers.items():
+    then = FusedConv2d(4, 2, 3, 1, 1)
+    steep = FusedConv2d(c, 4, 4, 2, 1, bias=True, act="lrelu", alpha=-0.1)
+
+    def halve(module, inputs, output):
+        output.mul_(0.5)
+
+    cases = {"fused": ([first, nn.Identity(), then], True), "last": ([first], False),
+             "written over": ([first, _AddOneInPlace(), then], False), "hooked": ([first, nn.Identity(), then], False),
+             "global native": ([first, nn.Identity(), then], False), "negative slope": ([steep, then], False)}
+    for name, (modules, in_place) in cases.items():
         fused, plain = FusedSequential(*modules), nn.Sequential(*modules)
-        with _OpRecorder() as rec:
+        hook = first.register_forward_hook(halve) if name == "hooked" else None
+        with _OpRecorder() as rec, fastgan.use_impl("native" if name == "global native" else "auto"):
             y = fused(x.requires_grad_())
             y += 1
-            grads = torch.autograd.grad(y.square().sum(), (x, first.weight, first.bias))
-        assert ("leaky_relu_" in rec.ops) == (name == "fused") and ("bmm" in rec.ops) == routed, (name, rec.ops)
+            grads = torch.autograd.grad(y.square().sum(), (x, modules[0].weight, modules[0].bias))
+        assert ("leaky_relu_" in rec.ops) == in_place and ("bmm" in rec.ops) == routed, (name, sorted(rec.ops))
         with fastgan.use_impl("ref"):
             reference = plain(x) + 1
-            expected = torch.autograd.grad(reference.square().sum(), (x, first.weight, first.bias))
+            expected = torch.autograd.grad(reference.square().sum(), (x, modules[0].weight, modules[0].bias))
         for o, r in zip((y, *grads), (reference, *expected)):
             torch.testing.assert_close(o, r)
-    model = FusedSequential(*layers["fused"])
+        if hook is not None:
+            hook.remove()
+    model = FusedSequential(*cases["fused"][0])
     traced = torch.jit.trace(model, (x,), check_trace=False)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # Dynamo does not set a ContextVar
     for run in (traced, compiled):

@@ -222,7 +222,8 @@ class FusedSequential(nn.Sequential):
     (batch statistics from the convolution's epilogue on Triton). Each module keeps its index, so the state_dict keys
     are those of the plain Sequential. The pair is called through ``forward_with_norm``: forward hooks on either
     module are not run. A fused convolution whose output goes to another fused layer, which only reads it, may write
-    its activation over its own output (``fastgan.ops.conv_act.output_read_only``; no fresh tensor on the CPU).
+    its activation over its own output (``fastgan.ops.conv_act.output_read_only``; no fresh tensor on the CPU; not
+    for subclasses, nor with forward hooks on the way).
 
     After :meth:`run_channels_last` (``fastgan.optimize(..., channels_last=True)`` calls it) its fused convolutions'
     weights are channels_last, so the convolutions, norms and activations inside run on channels_last tensors
@@ -337,11 +338,21 @@ def _in_layout(x, layout: torch.memory_format):
 def _feeds_fused_layer(module: nn.Module, rest: list[nn.Module]) -> bool:
     """A fused convolution whose output goes (through Identities: the activations it took in) to a fused layer,
     which only reads it: the convolution may write its activation over its own output
-    (``fastgan.ops.conv_act.output_read_only``)."""
-    if not isinstance(module, FusedConv2d | FusedConvTranspose2d):
+    (``fastgan.ops.conv_act.output_read_only``). The classes themselves, not subclasses, and no forward hooks (on
+    these modules or global), which could write over the output, or call an op that would take the promise as its
+    own."""
+    if type(module) not in (FusedConv2d, FusedConvTranspose2d) or _global_hooks():
         return False
-    consumer = next((m for m in rest if not isinstance(m, nn.Identity)), None)
-    return isinstance(consumer, FusedConv2d | FusedConvTranspose2d | BatchNormAct2d | InstanceNormAct2d)
+    consumer = next((i for i, m in enumerate(rest) if type(m) is not nn.Identity), None)
+    if consumer is None or type(rest[consumer]) not in (FusedConv2d, FusedConvTranspose2d, BatchNormAct2d,
+                                                         InstanceNormAct2d):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in (module, *rest[:consumer + 1]))
+
+
+def _global_hooks() -> bool:
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
 
 
 def _feeds_batch_norm(module: nn.Module, nxt: nn.Module | None) -> bool:

@@ -356,7 +356,7 @@ def _matrix_conv_transpose2d(x, weight, bias, padding, output_padding) -> torch.
 def _epilogue(impl: str, x: torch.Tensor) -> str:
     """The bias_act implementation after a native convolution: under "auto" on the CPU bias_act's own choice (the
     reference for the activations and dtypes its C++ kernel measured slower on), else the native kernel."""
-    return "auto" if impl == "auto" and x.device.type == "cpu" else "native"
+    return "auto" if impl == "auto" and get_impl() == "auto" and x.device.type == "cpu" else "native"
 
 
 # Set while the caller of a convolution op only reads its output until the backward (``output_read_only``).
