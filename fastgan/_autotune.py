@@ -372,7 +372,8 @@ def default_candidates(device: torch.device) -> tuple[str, ...]:
 def measures(impl: str, device: torch.device) -> bool:
     """Whether ``impl`` on ``device`` means "measure": ``"auto"``, no process default, autotuning on, a tuned device.
     Composite ops (the gradient penalties) then pass ``"auto"`` on to the ops they call."""
-    return impl == "auto" and device.type in TUNED_DEVICES and enabled() and _backend.get_impl() == "auto"
+    return (impl == "auto" and device.type in TUNED_DEVICES and enabled() and _backend.get_impl() == "auto"
+            and not _backend.needs_reference())
 
 
 def _first_device(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.device | None:
@@ -413,7 +414,7 @@ def autotuned(
             # Untuned devices first: on the CPU every fused layer's call passes here, and the environment reads cost.
             if device is None or device.type not in (devices() if devices else TUNED_DEVICES):
                 return fn(*args, **kwargs)
-            if not enabled() or _backend.get_impl() != "auto":
+            if not enabled() or _backend.get_impl() != "auto" or _backend.needs_reference():
                 return fn(*args, **kwargs)
             if torch.compiler.is_compiling():
                 index = device.index if device.index is not None else -1

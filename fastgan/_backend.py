@@ -15,6 +15,10 @@ environment variable ``FASTGAN_IMPL``, else ``"auto"``. ``"auto"`` picks the fas
 the tensor's device and warns once, naming the reason, when a faster one is unavailable. Asking for an
 unavailable implementation by name raises ``ImplUnavailableError`` saying how to get it. Nothing here compiles
 or imports Triton at ``import fastgan`` time; availability is probed on first use and cached.
+
+Under forward-mode AD and ``torch.func`` transforms ``"auto"`` runs the reference (``needs_reference``): the custom
+ops' derivatives are reverse-mode autograd formulas, which ``torch.func.grad`` refuses and forward-mode AD passes by
+with no tangent. Asked for by name there, ``"native"`` and ``"triton"`` raise rather than return a wrong tangent.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from types import ModuleType
 from typing import TypeVar
 
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 T = TypeVar("T")
 
@@ -278,6 +285,8 @@ def resolve_impl(
     _check_choice(impl, op)
     if impl == "auto":
         impl = get_impl()
+    if impl == "auto" and needs_reference():
+        return "ref"
     device_type = device.type
     if impl != "auto":
         reason = _why_unavailable(impl, device_type)
@@ -307,6 +316,10 @@ class CustomOp:
     """A custom op (``.op``: its OpOverload or Triton CustomOpDef), called as the op itself, whose autograd formula
     runs in eager mode in a plain ``torch.autograd.Function``.
 
+    Forward-mode AD and ``torch.func.grad``/``jvp`` cannot differentiate the op (``needs_reference``): a call
+    with a tangent, or under those transforms, raises and names the fix (``torch.func.vmap`` alone runs the op
+    sample by sample, correctly).
+
     ``torch.library.register_autograd`` puts a generic Python kernel in front of every call of the op (it fills in
     default arguments and redispatches): on the 2-core CPU about 25 us per call, and as much again in the backward,
     where ``F.leaky_relu`` costs 2 and 20 us together, which is more than the kernels take on DCGAN-sized layers. The
@@ -319,12 +332,42 @@ class CustomOp:
         self.function: type[torch.autograd.Function] | None = None
 
     def __call__(self, *args):
-        if self.function is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if self.function is None or torch.compiler.is_compiling():
+            return self.op(*args)
+        self.refuse_lost_derivatives(args)
+        if torch._C._are_functorch_transforms_active():
             return self.op(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             return self.function.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return self.op(*args)
+
+    def refuse_lost_derivatives(self, args) -> None:
+        """Raise, naming the fix, where this op's derivative would be lost: a forward-mode tangent among ``args``,
+        or a ``torch.func`` transform that differentiates (see the class docstring)."""
+        if not needs_reference():
+            return
+        if fwAD._current_level >= 0 and any(
+                isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None for a in args):
+            what = "forward-mode AD (a dual tensor)"
+        elif {i.key() for i in retrieve_all_functorch_interpreters()} & {TransformType.Grad, TransformType.Jvp}:
+            what = "torch.func.grad, jvp, jacrev, jacfwd or hessian"
+        else:
+            return
+        name = self.op.name() if isinstance(self.op, torch._ops.OpOverload) else self.op._qualname
+        raise RuntimeError(
+            f"{name}: a fastgan kernel (impl='native' or 'triton') cannot be differentiated by {what}: its custom op "
+            "has reverse-mode formulas only; call the fastgan op with impl='auto' (the default, which runs the "
+            "reference there) or impl='ref'")
+
+
+def needs_reference() -> bool:
+    """Forward-mode AD (a dual level entered) or a ``torch.func`` transform is active: only the reference, made of
+    PyTorch's ops, is differentiated right there (``torch.func.vmap`` alone could run the custom ops sample by
+    sample; the reference's batching rules are faster). Not while torch.compile traces, whose graph calls the
+    custom ops through their registered formulas."""
+    return not torch.compiler.is_compiling() and (
+        fwAD._current_level >= 0 or torch._C._are_functorch_transforms_active())
 
 
 def register_fake(op: CustomOp, fake: Callable) -> None:

@@ -290,3 +290,30 @@ def test_sample_class_and_classify_from_the_command_line(acgan_run, tmp_path, ca
     save_images(trainer.sampling_generator()(torch.randn(2, 32), torch.tensor([3, 3])).detach(), folder)
     assert main(["classify", "--checkpoint", run, "--images", str(folder), "--device", "cpu"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_classify_folder_reads_a_batch_at_a_time(acgan_run, tmp_path, monkeypatch):
+    """``fastgan classify --images`` streams: its first answer comes after one batch is read, not the whole folder,
+    and the answers are those of the whole folder classified at once, in the folder's order."""
+    from fastgan.train import classify as classify_module
+
+    trainer, _, _ = acgan_run
+    save_images(trainer.sampling_generator()(torch.randn(5, 32), torch.arange(5)).detach(), tmp_path)
+    D, config, device, _ = classify_module.load_classifier(str(trainer.out), "cpu")
+    read = []
+    make_dataset = classify_module.make_dataset
+
+    def counting(*args, **kwargs):
+        dataset = make_dataset(*args, **kwargs)
+        getitem = type(dataset).__getitem__
+        monkeypatch.setattr(type(dataset), "__getitem__", lambda self, i: read.append(i) or getitem(self, i))
+        return dataset
+
+    monkeypatch.setattr(classify_module, "make_dataset", counting)
+    answers = classify_module.classify_folder(D, config, device, tmp_path, batch_size=2)
+    first = next(answers)
+    assert len(read) == 2, read
+    answers = [first, *answers]
+    dataset = make_dataset("folder", tmp_path, config.image_size, config.channels, cli=True)
+    whole = classify_module.predict(D, torch.stack([dataset[i][0] for i in range(len(dataset))]), device)
+    assert answers == list(zip(dataset.paths, whole.tolist()))

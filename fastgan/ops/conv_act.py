@@ -49,6 +49,7 @@ from .._backend import (
     custom_ops,
     declare_custom_ops,
     get_impl,
+    needs_reference,
     register_autograd,
     register_fake,
     resolve_impl,
@@ -162,7 +163,7 @@ def conv_impl(
 ) -> str:
     """The implementation a convolution op runs (``resolve_impl``, but ``auto`` prefers cuDNN on CUDA, and on the CPU
     the native convolution, whose epilogue then follows bias_act's own CPU rule: see ``_native``)."""
-    if impl == "auto" and get_impl() == "auto":
+    if impl == "auto" and get_impl() == "auto" and not needs_reference():
         # "auto" prefers cuDNN + the epilogue kernel over the untuned Triton kernel (see the module docstring).
         if device.type == "cuda" and available_impls()["native"]["cuda"][0]:
             return "native"

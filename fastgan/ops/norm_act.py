@@ -362,6 +362,8 @@ def batch_norm_act_custom(
     gradients are still those of batch statistics."""
     tracking = _tracking(_BN, training, running_mean, momentum, num_batches_tracked)
     if tracking and batch_stats is None and x.numel():
+        # The Function's forward sees no tangents and torch.func refuses it: the op's own check must run first.
+        custom_ops("norm_act", impl).norm_act_train.refuse_lost_derivatives((x, weight, bias))
         return _TrainingBatchNormAct.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                            None if momentum is None else float(momentum), float(eps), spec.index,
                                            alpha_, impl)

@@ -5,6 +5,7 @@ folder."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,8 +58,11 @@ def evaluation_dataset(config: TrainConfig, data: str | None, data_root: str | N
 
 def classify_folder(
     D: nn.Module, config: TrainConfig, device: torch.device, folder: str | os.PathLike[str], batch_size: int = 256
-) -> list[tuple[Path, int]]:
-    """(path, predicted class) of every image under ``folder``, read as the run's images (size, channels)."""
+) -> Iterator[tuple[Path, int]]:
+    """(path, predicted class) of every image under ``folder``, read as the run's images (size, channels), in
+    order; read and classified ``batch_size`` at a time, so a folder of any size takes bounded memory."""
     dataset = make_dataset("folder", folder, config.image_size, config.channels, cli=True)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    return list(zip(dataset.paths, predict(D, images, device, batch_size).tolist()))
+    paths = iter(dataset.paths)
+    for images, _ in DataLoader(dataset, batch_size=batch_size):
+        for label in predict(D, images, device, batch_size).tolist():
+            yield next(paths), label

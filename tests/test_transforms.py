@@ -1,0 +1,106 @@
+"""Forward-mode AD and ``torch.func`` transforms through every registered op (``tests/registry.py``).
+
+The custom ops' derivatives are reverse-mode autograd formulas: forward-mode AD would pass them by with no tangent
+and ``torch.func.grad`` refuses them. So ``impl="auto"`` runs the reference there and must give the reference's
+derivatives exactly (float64); ``"native"`` and ``"triton"``, asked for by name, give them too or raise, naming the
+fix, never a wrong tangent (under ``torch.func.vmap`` alone they run sample by sample and must not raise).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+import fastgan
+
+from .conftest import DEVICES, require
+from .registry import all_cases
+
+MODES = ("dual", "jvp", "grad", "vmap")
+
+
+def _params():
+    for case in all_cases():
+        shape = next(s for s in case.shapes if all(s))
+        for device in DEVICES:
+            for impl in ("auto", *case.impls) if "ref" in case.impls else case.impls:
+                if impl == "ref":
+                    continue
+                for mode in MODES:
+                    yield pytest.param(case, shape, device, impl, mode, id=f"{case.name}-{impl}-{device}-{mode}")
+
+
+def _derivative(case, shape, device, impl, mode):
+    """What ``mode`` computes through the op on ``impl``: a tangent, a gradient or a batch of outputs."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = [t.to(device) for t in case.make_inputs(shape, gen)]
+    n = case.num_grad_inputs
+    primals, rest = tuple(inputs[:n]), inputs[n:]
+    tangents = tuple(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(device) for p in primals)
+
+    def f(*p):
+        return case.fn(*p, *rest, impl=impl)
+
+    if mode == "dual":
+        with fwAD.dual_level():
+            out = f(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))
+            return fwAD.unpack_dual(out).tangent
+    if mode == "jvp":
+        return torch.func.jvp(f, primals, tangents)[1]
+    if mode == "grad":
+        weight = torch.randn(case.ref(*inputs).shape, generator=gen, dtype=torch.float64).to(device)
+        return torch.func.grad(lambda *p: (f(*p) * weight).sum(), argnums=tuple(range(n)))(*primals)
+    batched = tuple(torch.stack([p, p + t]) for p, t in zip(primals, tangents))  # two samples
+    return torch.func.vmap(f)(*batched)
+
+
+@pytest.mark.parametrize("case,shape,device,impl,mode", list(_params()))
+def test_transform_follows_the_reference_or_refuses(case, shape, device, impl, mode):
+    require("ref" if impl == "auto" else impl, device)
+    try:
+        expected = _derivative(case, shape, device, "ref", mode)
+    except RuntimeError as refused:  # e.g. a batch norm updating its buffers under torch.func, as nn.BatchNorm2d
+        with pytest.raises(RuntimeError):
+            _derivative(case, shape, device, impl, mode)
+        pytest.skip(f"the reference itself refuses {mode}: {str(refused)[:120]}")
+    try:
+        got = _derivative(case, shape, device, impl, mode)
+    except RuntimeError as refused:
+        # A kernel asked for by name may refuse (where it has one: a linear convolution runs PyTorch's alone).
+        assert impl != "auto" and mode != "vmap", f"impl={impl!r} refused {mode}: {refused}"
+        assert "cannot be differentiated by" in str(refused) and "impl='auto'" in str(refused), str(refused)
+        return
+    assert got is not None, f"{mode} through impl={impl!r} lost the tangent"
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_optimized_model_under_torch_func():
+    """Per-sample gradients (vmap of grad over ``functional_call``) and a jvp through an optimized discriminator and
+    generator (no batch norm in training: its buffers refuse torch.func, as in plain PyTorch), against plain."""
+    torch.manual_seed(0)
+    d = nn.Sequential(nn.Conv2d(1, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1),
+                      nn.InstanceNorm2d(16, affine=True), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(16 * 7 * 7, 1))
+    g = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.ConvTranspose2d(8, 1, 4, 2, 1), nn.Tanh()).eval()
+    fast_d, fast_g = fastgan.optimize(d), fastgan.optimize(g)
+    x, z = torch.randn(6, 1, 28, 28), torch.randn(6, 16, 7, 7)
+
+    def per_sample(model):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss(p, xi):
+            return torch.func.functional_call(model, p, (xi[None],)).squeeze()
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+
+    ours, plain = per_sample(fast_d), per_sample(d)
+    assert ours.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(ours[name], plain[name], msg=name)
+    tangent = torch.randn_like(z)
+    torch.testing.assert_close(torch.func.jvp(fast_g, (z,), (tangent,))[1], torch.func.jvp(g, (z,), (tangent,))[1])
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(fast_g(fwAD.make_dual(z, tangent))).tangent
+    torch.testing.assert_close(dual, torch.func.jvp(g, (z,), (tangent,))[1])
