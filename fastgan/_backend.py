@@ -332,10 +332,8 @@ class CustomOp:
         self.function: type[torch.autograd.Function] | None = None
 
     def __call__(self, *args):
-        if self.function is None or torch.compiler.is_compiling():
-            return self.op(*args)
         self.refuse_lost_derivatives(args)
-        if torch._C._are_functorch_transforms_active():
+        if self.function is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return self.op(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             return self.function.apply(*args)
@@ -347,27 +345,28 @@ class CustomOp:
         or a ``torch.func`` transform that differentiates (see the class docstring)."""
         if not needs_reference():
             return
-        if fwAD._current_level >= 0 and any(
+        if torch._C._are_functorch_transforms_active() and {
+                i.key() for i in retrieve_all_functorch_interpreters()} & {TransformType.Grad, TransformType.Jvp}:
+            what = "torch.func.grad, jvp, jacrev, jacfwd or hessian"
+        elif fwAD._current_level >= 0 and any(
                 isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None for a in args):
             what = "forward-mode AD (a dual tensor)"
-        elif {i.key() for i in retrieve_all_functorch_interpreters()} & {TransformType.Grad, TransformType.Jvp}:
-            what = "torch.func.grad, jvp, jacrev, jacfwd or hessian"
         else:
             return
         name = self.op.name() if isinstance(self.op, torch._ops.OpOverload) else self.op._qualname
         raise RuntimeError(
-            f"{name}: a fastgan kernel (impl='native' or 'triton') cannot be differentiated by {what}: its custom op "
-            "has reverse-mode formulas only; call the fastgan op with impl='auto' (the default, which runs the "
-            "reference there) or impl='ref'")
+            f"{name}: {what} cannot differentiate this fastgan kernel (its custom op has reverse-mode formulas "
+            "only). There impl='auto' runs the reference: call the op with impl='auto' (and no process default "
+            "from fastgan.set_impl/use_impl or $FASTGAN_IMPL) or impl='ref', inside the transform (a graph recorded "
+            "outside it keeps the kernels it ran)")
 
 
 def needs_reference() -> bool:
     """Forward-mode AD (a dual level entered) or a ``torch.func`` transform is active: only the reference, made of
     PyTorch's ops, is differentiated right there (``torch.func.vmap`` alone could run the custom ops sample by
-    sample; the reference's batching rules are faster). Not while torch.compile traces, whose graph calls the
-    custom ops through their registered formulas."""
-    return not torch.compiler.is_compiling() and (
-        fwAD._current_level >= 0 or torch._C._are_functorch_transforms_active())
+    sample; the reference's batching rules are faster). Also while torch.compile traces: its graph would call the
+    custom ops, whose tangents AOTAutograd drops too (Dynamo reads both flags without a graph break)."""
+    return fwAD._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 def register_fake(op: CustomOp, fake: Callable) -> None:
