@@ -329,6 +329,7 @@ class CustomOp:
 
     def __init__(self, op) -> None:
         self.op = op
+        self.name = op.name() if isinstance(op, torch._ops.OpOverload) else op._qualname  # fastgan::<op>
         self.function: type[torch.autograd.Function] | None = None
 
     def __call__(self, *args):
@@ -345,7 +346,9 @@ class CustomOp:
         or a ``torch.func`` transform that differentiates (see the class docstring)."""
         if not needs_reference():
             return
-        if torch._C._are_functorch_transforms_active() and {
+        if torch.compiler.is_compiling():  # Dynamo's fake tensors show no tangent; it reads no transform stack
+            what = "forward-mode AD or a torch.func transform (vmap too) inside torch.compile"
+        elif torch._C._are_functorch_transforms_active() and {
                 i.key() for i in retrieve_all_functorch_interpreters()} & {TransformType.Grad, TransformType.Jvp}:
             what = "torch.func.grad, jvp, jacrev, jacfwd or hessian"
         elif fwAD._current_level >= 0 and any(
@@ -353,9 +356,8 @@ class CustomOp:
             what = "forward-mode AD (a dual tensor)"
         else:
             return
-        name = self.op.name() if isinstance(self.op, torch._ops.OpOverload) else self.op._qualname
         raise RuntimeError(
-            f"{name}: {what} cannot differentiate this fastgan kernel (its custom op has reverse-mode formulas "
+            f"{self.name}: {what} cannot differentiate this fastgan kernel (its custom op has reverse-mode formulas "
             "only). There impl='auto' runs the reference: call the op with impl='auto' (and no process default "
             "from fastgan.set_impl/use_impl or $FASTGAN_IMPL) or impl='ref', inside the transform (a graph recorded "
             "outside it keeps the kernels it ran)")

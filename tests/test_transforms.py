@@ -126,23 +126,54 @@ def _dual_tangent(model, z, tangent):
         return fwAD.unpack_dual(model(fwAD.make_dual(z, tangent))).tangent
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compiled_optimized_model_under_forward_ad(fused_at_every_size, backend):
-    """A compiled optimized generator under torch.func.jvp and dual tensors, against the plain one compiled alike:
-    the trace runs the reference too (AOTAutograd would drop the custom ops' tangents as eager mode did). Dual
-    tensors through an AOTAutograd graph may raise (PyTorch's own graph has no jvp); only where plain's raises too."""
+def test_compiled_optimized_model_under_forward_ad(fused_at_every_size):
+    """A compiled optimized generator (Dynamo's eager backend: AOTAutograd graphs are run eagerly by torch.func.jvp
+    from outside, and refuse dual tensors for plain PyTorch too) under torch.func.jvp and dual tensors, after a plain
+    call traced the kernels: Dynamo's guards on the dual level and the transforms make it trace the reference."""
     _, g = _models()
     torch._dynamo.reset()
-    fast_g, plain_g = torch.compile(fastgan.optimize(g), backend=backend), torch.compile(g, backend=backend)
+    fast_g = torch.compile(fastgan.optimize(g), backend="eager")
     z = torch.randn(6, 16, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(fast_g(z), g(z))
     tangent = torch.randn_like(z)
     expected = torch.func.jvp(g, (z,), (tangent,))[1]
     torch.testing.assert_close(torch.func.jvp(fast_g, (z,), (tangent,))[1], expected)
-    try:
-        ours = _dual_tangent(fast_g, z, tangent)
-    except NotImplementedError:
-        with pytest.raises(NotImplementedError):
-            _dual_tangent(plain_g, z, tangent)
+    torch.testing.assert_close(_dual_tangent(fast_g, z, tangent), expected)
+    torch.testing.assert_close(fast_g(z), g(z))
+
+
+@pytest.mark.parametrize("impl", ["auto", "native"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_transforms_inside_a_compiled_function(backend, mode, impl):
+    """Forward-mode AD and torch.func inside a compiled function (fullgraph): ``auto`` traces the reference and gives
+    its derivatives; the C++ kernel named explicitly refuses, since a trace shows neither tangents nor which
+    transform is active (vmap too)."""
+    require(impl if impl != "auto" else "ref", "cpu")
+    gen = torch.Generator().manual_seed(0)
+    x, t = (torch.randn(8, 4, 6, 6, generator=gen, dtype=torch.float64) for _ in range(2))
+    b = torch.randn(4, generator=gen, dtype=torch.float64)
+
+    def run(impl, compiled):
+        def f(x):
+            return fastgan.ops.bias_act(x, b, act="lrelu", alpha=0.2, impl=impl)
+
+        def derivative(x, t):
+            if mode == "dual":
+                with fwAD.dual_level():
+                    return fwAD.unpack_dual(f(fwAD.make_dual(x, t))).tangent
+            if mode == "jvp":
+                return torch.func.jvp(f, (x,), (t,))[1]
+            if mode == "grad":
+                return torch.func.grad(lambda x: (f(x) * t).sum())(x)
+            return torch.func.vmap(f)(x[:, None])[:, 0]
+
+        torch._dynamo.reset()
+        return torch.compile(derivative, backend=backend, fullgraph=True)(x, t) if compiled else derivative(x, t)
+
+    expected = run("ref", compiled=False)
+    if impl == "auto":
+        torch.testing.assert_close(run(impl, compiled=True), expected, rtol=1e-9, atol=1e-12)
     else:
-        torch.testing.assert_close(ours, expected)
-    torch.testing.assert_close(fast_g(z), g(z))  # and without a tangent, the kernels again
+        with pytest.raises(RuntimeError, match="cannot differentiate this fastgan kernel"):
+            run(impl, compiled=True)
