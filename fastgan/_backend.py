@@ -410,16 +410,42 @@ def custom_ops(key: str, impl: str) -> tuple:
 @torch.compiler.assume_constant_result
 def _load_custom_ops(key: str, impl: str) -> bool:
     # Runs eagerly even while torch.compile traces (its result is a constant), so an op's first call may sit
-    # inside a compiled function: importing and registering are not traceable.
+    # inside a compiled function: importing and registering are not traceable. A trace keeps its own copy of
+    # _LOADED from its first read and would miss a unit loaded later in it: a trace loads every unit at once, for
+    # every implementation usable here.
     if (key, impl) not in _LOADED:
-        names, triton_module, register = _DECLARED[key]
-        if impl == "native":
-            native_extension()  # importing fastgan._C defines the fastgan:: operators
-            ops = tuple(getattr(torch.ops.fastgan, name).default for name in names)
-        else:
-            kernels = importlib.import_module(f"fastgan.kernels.triton.{triton_module}")
-            ops = tuple(getattr(kernels, f"{name}_triton") for name in names)
-        ops = tuple(CustomOp(op) for op in ops)
-        register(*ops)
-        _LOADED[(key, impl)] = collections.namedtuple(f"{key}_ops", names)(*ops)
+        wanted = [(key, impl)]
+        if torch.compiler.is_compiling():
+            wanted += [(k, i) for i in ("native", "triton") if i == impl or _usable_somewhere(i) for k in _DECLARED]
+        for key_, impl_ in wanted:
+            if (key_, impl_) not in _LOADED and (key_ == key or _has_unit(key_, impl_)):
+                _LOADED[(key_, impl_)] = _load_unit(key_, impl_)
     return True
+
+
+def _has_unit(key: str, impl: str) -> bool:
+    """Whether ``impl`` defines the unit's ops (some units are Triton's alone, e.g. the implicit-GEMM convolution)."""
+    if impl == "native":
+        native_extension()
+        return all(hasattr(torch.ops.fastgan, name) for name in _DECLARED[key][0])
+    return True
+
+
+def _usable_somewhere(impl: str) -> bool:
+    try:
+        return any(not _why_unavailable(impl, device_type) for device_type in ("cpu", "cuda"))
+    except ValueError:  # a bad $FASTGAN_NATIVE: the ops raise it when called
+        return False
+
+
+def _load_unit(key: str, impl: str) -> tuple:
+    names, triton_module, register = _DECLARED[key]
+    if impl == "native":
+        native_extension()  # importing fastgan._C defines the fastgan:: operators
+        ops = tuple(getattr(torch.ops.fastgan, name).default for name in names)
+    else:
+        kernels = importlib.import_module(f"fastgan.kernels.triton.{triton_module}")
+        ops = tuple(getattr(kernels, f"{name}_triton") for name in names)
+    ops = tuple(CustomOp(op) for op in ops)
+    register(*ops)
+    return collections.namedtuple(f"{key}_ops", names)(*ops)

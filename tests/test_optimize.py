@@ -582,3 +582,34 @@ def test_size_rule_adds_no_guard_when_traced():
     exported = torch.export.export(norm, (torch.randn(2, 4, 8, 8),), dynamic_shapes={"x": {0: batch}})
     x = torch.randn(3, 4, 8, 8)
     torch.testing.assert_close(exported.module()(x), norm(x))
+
+
+def test_fullgraph_compile_of_a_model_whose_ops_load_inside_the_trace():
+    """A fresh interpreter whose eager calls ran the small layers' references (no custom op loaded yet): a fullgraph
+    compile then loads two op units inside one trace (bias_act, then norm_act). Dynamo keeps its own copy of the
+    registry from its first read, so each unit must be there before it (a KeyError in the trace before)."""
+    require("native", "cpu")
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, torch, fastgan\n"
+        "from torch import nn\n"
+        "torch.manual_seed(0)\n"
+        "m = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3, 1, 1), nn.BatchNorm2d(8),\n"
+        "                  nn.ReLU())\n"
+        "fm = fastgan.optimize(m)\n"
+        "x = torch.randn(2, 3, 8, 8)\n"
+        "eager = fm(x)\n"
+        "from fastgan._backend import _LOADED\n"
+        "assert not _LOADED, _LOADED\n"
+        "compiled = torch.compile(fm, backend='aot_eager', fullgraph=True)(x)\n"
+        "compiled.sum().backward()\n"
+        "print(json.dumps([(compiled - m(x)).abs().max().item(), sorted(map(list, _LOADED))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    error, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert error < 1e-5
+    assert ["bias_act", "native"] in loaded and ["norm_act", "native"] in loaded
