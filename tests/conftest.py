@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,6 +33,14 @@ def one_channel_routes():
     """``one_channel_routes_at_every_size`` around a test."""
     with one_channel_routes_at_every_size():
         yield
+
+
+def fresh_python(code: str, timeout: int = 300) -> list[str]:
+    """The stdout lines of ``code`` run in a fresh interpreter (nothing of fastgan loaded or registered yet); a
+    failure shows its stderr."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()
 
 
 def require(impl: str, device: str) -> None:

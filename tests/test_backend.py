@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import warnings
 
@@ -12,6 +11,8 @@ import torch
 import fastgan
 from fastgan import _backend
 from fastgan.ops import bias_act
+
+from .conftest import fresh_python
 
 
 def test_available_impls_table():
@@ -100,9 +101,7 @@ def test_import_never_fails(blocked):
         "print(t[impl]['cpu'])\n"
         "print(fastgan.ops.bias_act(torch.ones(2, 2), act='relu').sum().item())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    first, second = out.stdout.strip().splitlines()[-2:]
+    first, second = fresh_python(code, timeout=120)[-2:]
     assert first.startswith("(False,") and ("pip install" in first)
     assert second == "4.0"
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 
@@ -19,6 +18,8 @@ import pytest
 
 from fastgan import _backend, _nvrtc
 from fastgan.cli import main
+
+from .conftest import fresh_python
 
 
 def _require_nvrtc() -> None:
@@ -39,8 +40,7 @@ def cache(tmp_path, monkeypatch):
 def test_import_fastgan_never_imports_cupy():
     code = ("import sys, fastgan, fastgan.ops, fastgan.nn, fastgan.losses; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupy_backends')], 'cupy imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    fresh_python(code)
 
 
 def test_every_global_kernel_of_the_kernel_headers_is_compiled():
