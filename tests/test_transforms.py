@@ -78,12 +78,10 @@ def test_transform_follows_the_reference_or_refuses(case, shape, device, impl, m
 
 
 @pytest.fixture
-def fused_at_every_size(monkeypatch):
+def fused_at_every_size(monkeypatch, one_channel_routes):
     """Every fused layer on its fused path (small ones would run their reference on the CPU anyway), the convolutions
-    from and to one channel on their own routes."""
-    for kind in fastgan._backend.CPU_REF_MAX_NUMEL:
-        monkeypatch.setitem(fastgan._backend.CPU_REF_MAX_NUMEL, kind, 0)
-    monkeypatch.setattr(fastgan._backend, "CPU_ONE_CHANNEL_MIN_NUMEL", 0)
+    from and to one channel on their own routes (conftest's ``one_channel_routes``)."""
+    monkeypatch.setattr(fastgan._backend, "CPU_REF_MAX_NUMEL", dict.fromkeys(fastgan._backend.CPU_REF_MAX_NUMEL, 0))
 
 
 def _models():
