@@ -7,6 +7,7 @@ import collections
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan._backend
 from fastgan._backend import triton_interpreting
@@ -802,6 +803,40 @@ def test_one_channel_routes_under_vmap_jvp_and_layouts(transposed, one_channel_r
             torch.testing.assert_close(a, b)
         for a, b in zip(*(o[:2] for o in outs)):
             assert suggests_channels_last(a) == suggests_channels_last(b), (xl, wl, a.stride(), b.stride())
+
+
+def test_transposed_one_channel_route_keeps_onednn_on_nhwc(one_channel_routes):
+    """A channels_last transposed convolution to one channel (x channels_last, the weight contiguous) whose output
+    gradient has NCHW strides (that of ``torch.tanh`` of the output, which "auto" leaves to PyTorch): both oneDNN
+    convolutions of its backward (the input gradient, a convolution from one channel, and the weight gradient) are
+    handed NHWC strides, which oneDNN picks its kernel by (given NCHW ones, it ran the NCHW kernel and copied x to
+    it: a grayscale generator's last layer forward+backward took 2x eager's time, README); the results are
+    PyTorch's."""
+    require("native", "cpu")
+    from fastgan._layout import conv_channels_last
+
+    seen = []
+
+    class Convolutions(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            # convolution(input, weight, ...), convolution_backward(grad_output, input, weight, ...)
+            first = {"convolution": 0, "convolution_backward": 1}.get(func.overloadpacket.__name__)
+            if first is not None:
+                seen.append((func.overloadpacket.__name__, conv_channels_last(*args[first:first + 2])))
+            return func(*args, **(kwargs or {}))
+
+    def step(impl):
+        x = _rand(2, 6, 7, 7).float().detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = _rand(6, 1, 4, 4, seed=1).float().detach().requires_grad_()
+        y = torch.tanh(conv_transpose2d_act(x, w, None, 2, 1, 0, impl=impl))
+        return (y, *torch.autograd.grad(y.square().sum(), (x, w)))
+
+    with Convolutions():
+        ours = step("native")
+    assert sorted(name for name, _ in seen) == ["convolution", "convolution_backward"], seen
+    assert all(nhwc for _, nhwc in seen), seen
+    for a, b in zip(ours, step("ref")):
+        torch.testing.assert_close(a, b)
 
 
 # --- issue 17: on the CPU "auto" writes relu/lrelu over the convolution's own output where the caller only reads it ---

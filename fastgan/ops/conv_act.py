@@ -184,6 +184,17 @@ def _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last: bool
     return y.view(n, size[0], size[1], 1).permute(0, 3, 1, 2) if channels_last else y
 
 
+def _nhwc_strides(x, weight) -> torch.Tensor:
+    """The one-channel ``x`` [N, 1, H, W] of a channels_last convolution with NHWC strides (the same memory) unless it
+    or ``weight`` has them, so that oneDNN runs its NHWC kernel: ``torch.tanh`` of a one-channel output, for one,
+    hands back NCHW strides, and oneDNN then ran its NCHW kernel and copied the other tensor to it (a grayscale
+    generator's last layer, forward+backward: 8.0 ms against 4.3, README)."""
+    if conv_channels_last(x, weight):
+        return x
+    n, _, h, w = x.shape
+    return x.reshape(n, h, w, 1).permute(0, 3, 1, 2)
+
+
 def _one_channel_columns(x, kernel, stride, padding) -> torch.Tensor:
     """The columns [N, kH*kW, L] of a one-channel ``x`` [N, 1, H, W] for a convolution with ``kernel`` (kH, kW), L the
     output's pixels: a strided copy of the padded input's windows (F.unfold's im2col took 3x longer)."""
@@ -199,7 +210,8 @@ def _from_one_channel_conv2d(x, weight, stride, padding, channels_last: bool) ->
     discriminator's first layer, the input gradient of a generator's last; README); ``channels_last``: oneDNN's NHWC
     kernel, which the columns did not beat within a training step."""
     if channels_last:  # oneDNN decides by x and weight alone; the caller's layout may come from another tensor
-        return F.conv2d(x, weight, None, stride, padding).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(_nhwc_strides(x, weight), weight, None, stride, padding).contiguous(
+            memory_format=torch.channels_last)
     n, c = x.shape[0], weight.shape[0]
     w = weight.reshape(c, -1)
     columns = _one_channel_columns(x, weight.shape[2:], stride, padding)
@@ -211,10 +223,10 @@ def _from_one_channel_conv2d(x, weight, stride, padding, channels_last: bool) ->
 def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool) -> torch.Tensor:
     """The gradient of ``weight`` [C, 1, kH, kW] in the convolution from the one-channel ``x`` whose output has the
     gradient ``dy``, as ``_from_one_channel_conv2d`` computes that convolution: each sample's ``dy`` times its
-    columns, summed (oneDNN took 1.1-2x longer), or ``channels_last`` oneDNN's."""
+    columns, summed (oneDNN took 1.1-2x longer), or ``channels_last`` oneDNN's (``_nhwc_strides``)."""
     if channels_last:
-        return torch.ops.aten.convolution_backward(dy, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
-                                                   [False, True, False])[1]
+        return torch.ops.aten.convolution_backward(dy, _nhwc_strides(x, weight), weight, None, stride, padding,
+                                                   (1, 1), False, (0, 0), 1, [False, True, False])[1]
     n, c = dy.shape[:2]
     columns = _one_channel_columns(x, weight.shape[2:], stride, padding)  # again: kept, they cost 4x x's memory
     return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
