@@ -13,7 +13,8 @@ against the reference on that very input, times it, and keeps the fastest correc
   timed with CUDA events on a GPU. The reference is a candidate too: where it is fastest, it is chosen.
 - Never inside a ``torch.compile`` trace or a CUDA-graph capture: there the cached choice for the key is used if
   there is one, else the fixed order (``fastgan._backend.resolve_impl``).
-- Where: devices in ``TUNED_DEVICES`` (CUDA). On CPU ``"auto"`` keeps its fixed order (native, then ref).
+- Where: devices in ``TUNED_DEVICES`` (CUDA). On CPU ``"auto"`` keeps its fixed order (native, then ref); the
+  native convolutions measure one thing of their own there (``fastgan.ops.conv_act._forward_route_wins``).
   ``FASTGAN_AUTOTUNE=0`` gives the fixed order everywhere; an explicit ``impl=`` or a process default
   (``set_impl``/``use_impl``/``FASTGAN_IMPL``) is never second-guessed.
 - Cache: in memory and in a JSON file (``$FASTGAN_AUTOTUNE_CACHE``, else ``$XDG_CACHE_HOME/fastgan/autotune.json``,

@@ -716,6 +716,68 @@ def test_one_channel_routes_run_from_their_size(transposed):
         assert_close_to_truth(y.detach(), truth.detach(), torch_out.detach(), torch.float32, f"side {side}")
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
+def test_forward_only_routes_follow_a_measurement(transposed, one_channel_routes, monkeypatch):
+    """Where no gradient will be taken, a one-channel route runs only if its forward measured faster than oneDNN's
+    (on an AMD AVX2 VM it was 1.4-1.9x slower, on an Intel AVX-512 one faster: README), measured once per
+    arguments; with a gradient to take, with deterministic algorithms, FASTGAN_AUTOTUNE=0 or forward-mode AD the
+    route runs unmeasured. Either way the values are PyTorch's convolution's."""
+    require("native", "cpu")
+    import torch.nn.functional as F
+
+    import fastgan.ops.conv_act as conv_act
+
+    verdicts = []
+    monkeypatch.setattr(conv_act, "_FORWARD_ONLY", {})
+    monkeypatch.setattr(conv_act, "_forward_faster", lambda route, onednn: verdicts[-1])
+    w = _rand(4, 1, 4, 4, seed=1).float().detach()
+    x = (_rand(2, 4, 5, 6) if transposed else _rand(2, 1, 9, 8)).float().detach()
+    conv = F.conv_transpose2d if transposed else F.conv2d
+
+    def routed(x=x, w=w) -> bool:
+        with _OpRecorder() as rec:
+            y = (conv_transpose2d_act(x, w, None, 2, 1, 0, impl="native") if transposed
+                 else conv2d_act(x, w, None, 2, 1, impl="native"))
+        torch.testing.assert_close(y.detach(), conv(x.detach(), w.detach(), None, 2, 1))
+        assert ("bmm" in rec.ops) != ("convolution" in rec.ops), sorted(rec.ops)
+        return "bmm" in rec.ops
+
+    for verdict in (False, True):
+        conv_act._FORWARD_ONLY.clear()
+        verdicts.append(verdict)
+        assert routed() == verdict
+        verdicts.append(not verdict)  # measured once: the first verdict holds
+        assert routed() == verdict
+        with torch.no_grad():
+            assert routed(x.requires_grad_(), w) == verdict
+        x.requires_grad_(False)
+    conv_act._FORWARD_ONLY.clear()
+    verdicts.append(False)
+    assert routed(x.requires_grad_(), w) and routed(x.detach(), w.requires_grad_())  # a gradient to take
+    x.requires_grad_(False), w.requires_grad_(False)
+    monkeypatch.setenv("FASTGAN_AUTOTUNE", "0")
+    assert routed()
+    monkeypatch.delenv("FASTGAN_AUTOTUNE")
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert routed()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with torch.autograd.forward_ad.dual_level():  # as under torch.func transforms: nothing measured there
+        assert routed()
+    assert not conv_act._FORWARD_ONLY and not routed() and len(conv_act._FORWARD_ONLY) == 1
+
+
+def test_forward_measurement_keeps_the_faster():
+    """``_forward_faster`` (the one-channel routes' forward-only choice) says which of two callables took less time."""
+    import time
+
+    from fastgan.ops.conv_act import _forward_faster
+
+    assert _forward_faster(lambda: None, lambda: time.sleep(0.005))
+    assert not _forward_faster(lambda: time.sleep(0.005), lambda: None)
+
+
 def test_one_channel_routes_gradgradcheck(one_channel_routes):
     """Both one-channel routes to second order in float64 (gradcheck, gradgradcheck), with a bias."""
     require("native", "cpu")

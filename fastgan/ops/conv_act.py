@@ -11,7 +11,8 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   matrix products instead (``_native``): a convolution that is one; a transposed convolution to one channel and the
   input gradient of a convolution from one channel (col2im); a convolution from one channel and its weight gradient
   (a product with the input's columns, for contiguous tensors); the one-channel ones from
-  ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side with many channels.
+  ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side with many channels, and with no gradient to take only where
+  their forward measured faster than oneDNN's (``_forward_route_wins``).
 - ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
   written once. A stride-``s`` transposed convolution runs as ``s*s`` output phases (sub-pixel decomposition): each
   phase is a dense stride-1 correlation with the kernel taps of that phase, so no multiply is spent on the zeros a
@@ -37,12 +38,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
+from .. import _autotune, _backend
 from .._autotune import autotuned
 from .._backend import (
     available_impls,
@@ -232,19 +235,73 @@ def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool
     return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
 
 
-def _one_channel_route(x, weight, stride, padding, transposed: bool) -> bool:
-    """Whether a one-channel route (col2im, or the columns' product) runs for a CPU tensor: one channel on the
-    weight's second axis (a convolution's input, a transposed convolution's output), float32 or float64 (half types
-    would round every tap's product before the taps are added), at most 4 kernel taps per output value (the
-    columns are that many times the output's size), and at least ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side
-    with many channels (below it oneDNN's kernels made a training step faster)."""
+def _one_channel_route(x, weight, stride, padding, output_padding) -> bool:
+    """Whether a one-channel route (col2im, or the columns' product) runs for a CPU tensor (``output_padding`` None:
+    a convolution): one channel on the weight's second axis (a convolution's input, a transposed convolution's
+    output), float32 or float64 (half types would round every tap's product before the taps are added), at most 4
+    kernel taps per output value (the columns are that many times the output's size), at least
+    ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side with many channels (below it oneDNN's kernels made a training
+    step faster), and where no gradient will be taken, a forward measured faster than oneDNN's
+    (``_forward_route_wins``)."""
     kh, kw = weight.shape[2:]
     if weight.shape[1] != 1 or x.dtype not in (torch.float32, torch.float64) or kh * kw > 4 * stride[0] * stride[1]:
         return False
-    if transposed:  # x is the side with many channels
-        return x.numel() >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
-    h, w = output_size(x, weight, stride, padding, None)
-    return x.shape[0] * weight.shape[0] * h * w >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
+    if output_padding is not None:  # x is the side with many channels
+        large = x.numel() >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
+    else:
+        h, w = output_size(x, weight, stride, padding, None)
+        large = x.shape[0] * weight.shape[0] * h * w >= _backend.CPU_ONE_CHANNEL_MIN_NUMEL
+    if not large:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return True
+    return _forward_route_wins(x, weight, stride, padding, output_padding)
+
+
+# Forward-only calls of the one-channel routes, by their arguments: whether the route measured faster than oneDNN.
+_FORWARD_ONLY: dict[tuple, bool] = {}
+
+
+def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
+    """Whether a one-channel route runs where no gradient will be taken (sampling under ``torch.no_grad()``):
+    measured once per arguments (shapes, strides, dtype) in this process against oneDNN's convolution, the faster
+    kept. Forward+backward the routes won on every machine measured; the forward alone took 0.27x oneDNN's time on
+    an Intel AVX-512 VM and 1.4-1.9x on an AMD AVX2 one (README). Not measured, the route kept, while compiling or
+    under torch.func transforms or forward-mode AD (``needs_reference``), with deterministic algorithms asked for (a
+    timing must not choose the result's bits) or ``FASTGAN_AUTOTUNE=0``."""
+    if (torch.compiler.is_compiling() or _backend.needs_reference() or torch.are_deterministic_algorithms_enabled()
+            or not _autotune.enabled()):
+        return True
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, tuple(stride), tuple(padding),
+           None if output_padding is None else tuple(output_padding))
+    wins = _FORWARD_ONLY.get(key)
+    if wins is None:
+        channels_last = conv_channels_last(x, weight)
+        if output_padding is not None:
+            size = output_size(x, weight, stride, padding, output_padding)
+            wins = _forward_faster(lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
+                                   lambda: F.conv_transpose2d(x, weight, None, stride, padding, output_padding))
+        else:
+            wins = _forward_faster(lambda: _from_one_channel_conv2d(x, weight, stride, padding, channels_last),
+                                   lambda: F.conv2d(x, weight, None, stride, padding))
+        _FORWARD_ONLY[key] = wins
+    return wins
+
+
+def _forward_faster(route, onednn, rounds: int = 9) -> bool:
+    """Whether ``route()`` takes at most ``onednn()``'s time: medians of ``rounds`` calls each, interleaved, after two
+    calls of each (oneDNN makes its kernel at the first; a first call of each alone, timed, chose wrongly here)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.no_grad():
+        for _ in range(2):
+            route()
+            onednn()
+        for _ in range(rounds):
+            for fn, spent in zip((route, onednn), times):
+                start = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - start)
+    return statistics.median(times[0]) <= statistics.median(times[1])
 
 
 def cpu_route(x, weight, stride, padding, output_padding) -> bool:
@@ -262,7 +319,7 @@ def cpu_route(x, weight, stride, padding, output_padding) -> bool:
     else:
         matrix = tuple(padding) == (0, 0) and tuple(output_padding) == (0, 0) and x.shape[2:] == (1, 1)
     own = output_padding is not None or x.requires_grad or not conv_channels_last(x, weight)
-    return matrix or (own and _one_channel_route(x, weight, stride, padding, output_padding is not None))
+    return matrix or (own and _one_channel_route(x, weight, stride, padding, output_padding))
 
 
 def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
@@ -447,12 +504,12 @@ def _native(x, weight, bias, stride, padding, output_padding, act, alpha, epilog
     y = None
     if cpu and transposed:
         y = _matrix_conv_transpose2d(x, weight, conv_bias, padding, output_padding)
-        if y is None and _one_channel_route(x, weight, stride, padding, True):
+        if y is None and _one_channel_route(x, weight, stride, padding, output_padding):
             y = _OneChannelConvTranspose.apply(x, weight, stride, padding, output_padding)
             y = y if conv_bias is None else y + conv_bias.view(1, 1, 1, 1)
     elif cpu:
         y = _matrix_conv2d(x, weight, conv_bias, padding)
-        if y is None and _one_channel_route(x, weight, stride, padding, False):
+        if y is None and _one_channel_route(x, weight, stride, padding, None):
             y = _FromOneChannelConv.apply(x, weight, stride, padding)
             y = y if conv_bias is None else y + conv_bias.view(1, -1, 1, 1)
     if y is None:
