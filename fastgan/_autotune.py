@@ -14,7 +14,7 @@ against the reference on that very input, times it, and keeps the fastest correc
 - Never inside a ``torch.compile`` trace or a CUDA-graph capture: there the cached choice for the key is used if
   there is one, else the fixed order (``fastgan._backend.resolve_impl``).
 - Where: devices in ``TUNED_DEVICES`` (CUDA). On CPU ``"auto"`` keeps its fixed order (native, then ref); the
-  native convolutions measure one thing of their own there (``fastgan.ops.conv_act._forward_route_wins``).
+  native convolutions measure one thing of their own there (``cpu_choice``: ``conv_act._forward_route_wins``).
   ``FASTGAN_AUTOTUNE=0`` gives the fixed order everywhere; an explicit ``impl=`` or a process default
   (``set_impl``/``use_impl``/``FASTGAN_IMPL``) is never second-guessed.
 - Cache: in memory and in a JSON file (``$FASTGAN_AUTOTUNE_CACHE``, else ``$XDG_CACHE_HOME/fastgan/autotune.json``,
@@ -359,6 +359,23 @@ def _measure(op: str, key: str, call: Callable[[str, Sequence[Any], dict[str, An
     if not times:
         return {"impl": "ref", "ms": {}, "rejected": rejected}
     return {"impl": min(times, key=times.__getitem__), "ms": times, "rejected": rejected}
+
+
+def cpu_choice(key: str, measure: Callable[[], dict[str, float]]) -> str:
+    """A choice the CPU code measures itself (not an implementation: ``fastgan.ops.conv_act``'s one-channel routes):
+    the cached one for ``key`` in the CPU's scope, else ``measure()`` (milliseconds per candidate, in order of
+    preference on a tie) is run and the fastest kept, in memory and on disk, so every process on the machine (a
+    resumed run, ``fastgan eval``) makes the same choice."""
+    with _lock:
+        _load()
+        scope_ = scope(torch.device("cpu"))
+        entry = _memory.get(scope_, {}).get(key)
+        if entry is None:
+            ms = measure()
+            entry = {"impl": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()},
+                     "rejected": {}}
+            _store(scope_, key, entry)
+        return entry["impl"]
 
 
 # --- the decorator ----------------------------------------------------------------------------------------------------

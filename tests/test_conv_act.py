@@ -717,65 +717,81 @@ def test_one_channel_routes_run_from_their_size(transposed):
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["from_one_channel", "to_one_channel"])
-def test_forward_only_routes_follow_a_measurement(transposed, one_channel_routes, monkeypatch):
+def test_forward_only_routes_follow_a_measurement(transposed, one_channel_routes, monkeypatch, tmp_path):
     """Where no gradient will be taken, a one-channel route runs only if its forward measured faster than oneDNN's
-    (on an AMD AVX2 VM it was 1.4-1.9x slower, on an Intel AVX-512 one faster: README), measured once per
-    arguments; with a gradient to take, with deterministic algorithms, FASTGAN_AUTOTUNE=0 or forward-mode AD the
-    route runs unmeasured. Either way the values are PyTorch's convolution's."""
+    (on an AMD AVX2 VM it was 1.4-1.9x slower, on an Intel AVX-512 one faster: README), measured once per arguments
+    and kept in the autotune cache on disk, which a new process reads (the same choice, the same bits); with a
+    gradient to take, deterministic algorithms, FASTGAN_AUTOTUNE=0, forward-mode AD or a dispatch mode, the route
+    runs unmeasured. Either way the values are PyTorch's convolution's."""
     require("native", "cpu")
     import torch.nn.functional as F
 
+    import fastgan._autotune as autotune
     import fastgan.ops.conv_act as conv_act
 
-    verdicts = []
-    monkeypatch.setattr(conv_act, "_FORWARD_ONLY", {})
-    monkeypatch.setattr(conv_act, "_forward_faster", lambda route, onednn: verdicts[-1])
+    monkeypatch.setenv("FASTGAN_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
+    monkeypatch.delenv("FASTGAN_AUTOTUNE", raising=False)
+    route_wins, measured, ran = [False], [], []
+    monkeypatch.setattr(conv_act, "_forward_times", lambda route, onednn: measured.append(1) or {
+        "route": 1.0 if route_wins[0] else 2.0, "onednn": 1.5})
+    forward = "_fold_conv_transpose2d" if transposed else "_from_one_channel_conv2d"  # the route's forward
+    real_forward = getattr(conv_act, forward)
+    monkeypatch.setattr(conv_act, forward, lambda *a: ran.append(1) or real_forward(*a))
     w = _rand(4, 1, 4, 4, seed=1).float().detach()
     x = (_rand(2, 4, 5, 6) if transposed else _rand(2, 1, 9, 8)).float().detach()
     conv = F.conv_transpose2d if transposed else F.conv2d
 
     def routed(x=x, w=w) -> bool:
-        with _OpRecorder() as rec:
-            y = (conv_transpose2d_act(x, w, None, 2, 1, 0, impl="native") if transposed
-                 else conv2d_act(x, w, None, 2, 1, impl="native"))
+        ran.clear()
+        y = (conv_transpose2d_act(x, w, None, 2, 1, 0, impl="native") if transposed
+             else conv2d_act(x, w, None, 2, 1, impl="native"))
         torch.testing.assert_close(y.detach(), conv(x.detach(), w.detach(), None, 2, 1))
-        assert ("bmm" in rec.ops) != ("convolution" in rec.ops), sorted(rec.ops)
-        return "bmm" in rec.ops
+        return bool(ran)
 
-    for verdict in (False, True):
-        conv_act._FORWARD_ONLY.clear()
-        verdicts.append(verdict)
-        assert routed() == verdict
-        verdicts.append(not verdict)  # measured once: the first verdict holds
-        assert routed() == verdict
-        with torch.no_grad():
-            assert routed(x.requires_grad_(), w) == verdict
-        x.requires_grad_(False)
-    conv_act._FORWARD_ONLY.clear()
-    verdicts.append(False)
-    assert routed(x.requires_grad_(), w) and routed(x.detach(), w.requires_grad_())  # a gradient to take
-    x.requires_grad_(False), w.requires_grad_(False)
-    monkeypatch.setenv("FASTGAN_AUTOTUNE", "0")
-    assert routed()
-    monkeypatch.delenv("FASTGAN_AUTOTUNE")
-    torch.use_deterministic_algorithms(True)
     try:
+        for verdict in (False, True):
+            autotune.clear(disk=True)
+            measured.clear()
+            route_wins[0] = verdict
+            assert routed() == verdict and len(measured) == 1
+            route_wins[0] = not verdict
+            assert routed() == verdict and len(measured) == 1  # measured once
+            autotune.clear()  # memory only, as in a new process: the disk has the choice
+            assert routed() == verdict and len(measured) == 1
+            with torch.no_grad():
+                assert routed(x.detach().requires_grad_(), w) == verdict
+        autotune.clear(disk=True)
+        measured.clear()
+        route_wins[0] = False
+        assert routed(x.detach().requires_grad_(), w) and routed(x, w.detach().requires_grad_())  # a gradient
+        monkeypatch.setenv("FASTGAN_AUTOTUNE", "0")
         assert routed()
+        monkeypatch.delenv("FASTGAN_AUTOTUNE")
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert routed()
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        with torch.autograd.forward_ad.dual_level():  # as under torch.func transforms
+            assert routed()
+        with _OpRecorder():  # a dispatch mode would see (and a fake-tensor one fake) the measuring calls
+            assert routed()
+        assert not measured and not routed() and len(measured) == 1
     finally:
-        torch.use_deterministic_algorithms(False)
-    with torch.autograd.forward_ad.dual_level():  # as under torch.func transforms: nothing measured there
-        assert routed()
-    assert not conv_act._FORWARD_ONLY and not routed() and len(conv_act._FORWARD_ONLY) == 1
+        autotune.clear()
 
 
-def test_forward_measurement_keeps_the_faster():
-    """``_forward_faster`` (the one-channel routes' forward-only choice) says which of two callables took less time."""
+def test_forward_measurement_times_each_candidate():
+    """``_forward_times`` (the one-channel routes' forward-only choice) times each of two callables."""
     import time
 
-    from fastgan.ops.conv_act import _forward_faster
+    from fastgan.ops.conv_act import _forward_times
 
-    assert _forward_faster(lambda: None, lambda: time.sleep(0.005))
-    assert not _forward_faster(lambda: time.sleep(0.005), lambda: None)
+    for slow in ("route", "onednn"):
+        ms = _forward_times(*(((lambda: time.sleep(0.005)) if name == slow else (lambda: None))
+                              for name in ("route", "onednn")))
+        assert ms[slow] >= 5 and min(ms.values()) < 5, ms
 
 
 def test_one_channel_routes_gradgradcheck(one_channel_routes):

@@ -195,7 +195,7 @@ def _nhwc_strides(x, weight) -> torch.Tensor:
     if conv_channels_last(x, weight):
         return x
     n, _, h, w = x.shape
-    return x.reshape(n, h, w, 1).permute(0, 3, 1, 2)
+    return x.contiguous().view(n, h, w, 1).permute(0, 3, 1, 2)  # a copy only of a gradient expanded from a sum
 
 
 def _one_channel_columns(x, kernel, stride, padding) -> torch.Tensor:
@@ -258,50 +258,52 @@ def _one_channel_route(x, weight, stride, padding, output_padding) -> bool:
     return _forward_route_wins(x, weight, stride, padding, output_padding)
 
 
-# Forward-only calls of the one-channel routes, by their arguments: whether the route measured faster than oneDNN.
-_FORWARD_ONLY: dict[tuple, bool] = {}
-
-
 def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
-    """Whether a one-channel route runs where no gradient will be taken (sampling under ``torch.no_grad()``):
-    measured once per arguments (shapes, strides, dtype) in this process against oneDNN's convolution, the faster
-    kept. Forward+backward the routes won on every machine measured; the forward alone took 0.27x oneDNN's time on
-    an Intel AVX-512 VM and 1.4-1.9x on an AMD AVX2 one (README). Not measured, the route kept, while compiling or
-    under torch.func transforms or forward-mode AD (``needs_reference``), with deterministic algorithms asked for (a
-    timing must not choose the result's bits) or ``FASTGAN_AUTOTUNE=0``."""
-    if (torch.compiler.is_compiling() or _backend.needs_reference() or torch.are_deterministic_algorithms_enabled()
-            or not _autotune.enabled()):
+    """Whether a one-channel route runs where no gradient will be taken (sampling under ``torch.no_grad()``, a
+    critic step's fakes): its forward measured against oneDNN's once per arguments (shapes, strides, dtype, threads)
+    on this machine and kept in the autotune cache (``_autotune.cpu_choice``: every process then makes the same
+    choice, and computes the same bits). Forward+backward the routes won on every machine measured; the forward alone
+    took 0.27x oneDNN's time on an Intel AVX-512 VM and 1.4-1.9x on an AMD AVX2 one (README). Not measured, the route
+    kept: while compiling or tracing, under torch.func transforms or forward-mode AD (``needs_reference``), a
+    dispatch mode or a tensor subclass, with deterministic algorithms asked for, or with ``FASTGAN_AUTOTUNE=0``."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or _backend.needs_reference()
+            or torch.are_deterministic_algorithms_enabled() or not _autotune.enabled()
+            or type(x) is not torch.Tensor or type(weight) is not torch.Tensor
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return True
-    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, tuple(stride), tuple(padding),
-           None if output_padding is None else tuple(output_padding))
-    wins = _FORWARD_ONLY.get(key)
-    if wins is None:
-        channels_last = conv_channels_last(x, weight)
-        if output_padding is not None:
-            size = output_size(x, weight, stride, padding, output_padding)
-            wins = _forward_faster(lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
-                                   lambda: F.conv_transpose2d(x, weight, None, stride, padding, output_padding))
-        else:
-            wins = _forward_faster(lambda: _from_one_channel_conv2d(x, weight, stride, padding, channels_last),
-                                   lambda: F.conv2d(x, weight, None, stride, padding))
-        _FORWARD_ONLY[key] = wins
-    return wins
+    transposed, channels_last = output_padding is not None, conv_channels_last(x, weight)
+    if not transposed and channels_last:  # the route's forward is oneDNN's NHWC convolution itself
+        return True
+    key = (f"conv_act one-channel forward: {'transposed ' if transposed else ''}x {list(x.shape)} "
+           f"{list(x.stride())} weight {list(weight.shape)} {list(weight.stride())} {str(x.dtype)[6:]} stride "
+           f"{list(stride)} padding {list(padding)}{f' output_padding {list(output_padding)}' if transposed else ''}"
+           f" threads {torch.get_num_threads()}")
+    if transposed:
+        size = output_size(x, weight, stride, padding, output_padding)
+        candidates = (lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
+                      lambda: F.conv_transpose2d(x, weight, None, stride, padding, output_padding))
+    else:
+        candidates = (lambda: _from_one_channel_conv2d(x, weight, stride, padding, False),
+                      lambda: F.conv2d(x, weight, None, stride, padding))
+    return _autotune.cpu_choice(key, lambda: _forward_times(*candidates)) == "route"
 
 
-def _forward_faster(route, onednn, rounds: int = 9) -> bool:
-    """Whether ``route()`` takes at most ``onednn()``'s time: medians of ``rounds`` calls each, interleaved, after two
-    calls of each (oneDNN makes its kernel at the first; a first call of each alone, timed, chose wrongly here)."""
-    times: tuple[list[float], list[float]] = ([], [])
-    with torch.no_grad():
-        for _ in range(2):
+def _forward_times(route, onednn, rounds: int = 5) -> dict[str, float]:
+    """Milliseconds per call of ``route()`` and ``onednn()``: medians of ``rounds`` calls each, interleaved, after
+    three of each (oneDNN makes its kernel at the first, and the allocator settles where a fresh output's memory comes
+    from: after one of each, the choice went against the steady state in 3 of 5 processes, README), with autocast
+    off (the arguments are already in the dtype the op computes in)."""
+    times: dict[str, list[float]] = {"route": [], "onednn": []}
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for _ in range(3):
             route()
             onednn()
         for _ in range(rounds):
-            for fn, spent in zip((route, onednn), times):
+            for fn, spent in zip((route, onednn), times.values()):
                 start = time.perf_counter()
                 fn()
-                spent.append(time.perf_counter() - start)
-    return statistics.median(times[0]) <= statistics.median(times[1])
+                spent.append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(spent) for name, spent in times.items()}
 
 
 def cpu_route(x, weight, stride, padding, output_padding) -> bool:
