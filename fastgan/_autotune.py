@@ -167,9 +167,13 @@ def _store(scope_: str, key: str, entry: dict) -> None:
         on_disk.setdefault(scope_, {})[key] = entry
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".autotune-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(on_disk, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(on_disk, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):  # not replaced: the path is a folder, say
+                os.remove(tmp)
     except OSError as error:
         _warn_once(("<cache>", path, ""), f"fastgan autotune: cannot write the cache {path} ({error}); choices are "
                                           "kept in memory only")
@@ -370,11 +374,16 @@ def cpu_choice(key: str, measure: Callable[[], dict[str, float]]) -> str:
         _load()
         scope_ = scope(torch.device("cpu"))
         entry = _memory.get(scope_, {}).get(key)
-        if entry is None:
+        if not (isinstance(entry, dict) and isinstance(entry.get("impl"), str)):  # absent or malformed
             ms = measure()
-            entry = {"impl": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()},
-                     "rejected": {}}
-            _store(scope_, key, entry)
+            # another process may have measured it meanwhile: the first choice on disk stands
+            entry = _read(cache_path()).get(scope_, {}).get(key)
+            if isinstance(entry, dict) and entry.get("impl") in ms:
+                _memory.setdefault(scope_, {})[key] = entry
+            else:
+                entry = {"impl": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()},
+                         "rejected": {}}
+                _store(scope_, key, entry)
         return entry["impl"]
 
 

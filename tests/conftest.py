@@ -15,6 +15,15 @@ import fastgan._backend
 DEVICES = ["cpu", "cuda"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_autotune_cache(tmp_path_factory):
+    """The suite's autotune choices (CUDA's, and the CPU's one-channel convolutions' forward) go to a cache of its own,
+    not the user's (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASTGAN_AUTOTUNE_CACHE", str(tmp_path_factory.mktemp("autotune") / "autotune.json"))
+        yield
+
+
 @contextlib.contextmanager
 def one_channel_routes_at_every_size():
     """The native CPU path's convolutions from and to one channel at every size, inside the block (by default they

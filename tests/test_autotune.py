@@ -282,3 +282,31 @@ def sys_module(name):
     import sys
 
     return sys.modules[name]
+
+
+def test_cpu_choice_is_measured_once_per_machine(fresh_cache):
+    """``cpu_choice`` (the CPU's one-channel convolutions' forward): the fastest candidate, measured once and read
+    back from disk by a new process; a malformed entry is measured again; a choice another process wrote while this
+    one measured stands (the same choice, the same bits, in every process)."""
+    measured = []
+
+    def measure():
+        measured.append(1)
+        return {"route": 2.0, "onednn": 1.0}
+
+    assert _autotune.cpu_choice("k", measure) == "onednn" and _autotune.cpu_choice("k", measure) == "onednn"
+    _autotune.clear()  # memory only: as a new process
+    assert _autotune.cpu_choice("k", measure) == "onednn" and len(measured) == 1
+    scope = _autotune.scope(torch.device("cpu"))
+    data = json.loads(fresh_cache.read_text())
+    data[scope]["k"] = {"ms": {}}
+    fresh_cache.write_text(json.dumps(data))
+    _autotune.clear()
+    assert _autotune.cpu_choice("k", measure) == "onednn" and len(measured) == 2
+
+    def measure_while_another_process_chooses():
+        fresh_cache.write_text(json.dumps({scope: {"k2": {"impl": "route", "ms": {"route": 3.0}, "rejected": {}}}}))
+        return measure()
+
+    assert _autotune.cpu_choice("k2", measure_while_another_process_chooses) == "route"
+    assert _autotune.entries()[scope]["k2"]["impl"] == "route"

@@ -758,8 +758,8 @@ def test_forward_only_routes_follow_a_measurement(transposed, one_channel_routes
             assert routed() == verdict and len(measured) == 1  # measured once
             autotune.clear()  # memory only, as in a new process: the disk has the choice
             assert routed() == verdict and len(measured) == 1
-            with torch.no_grad():
-                assert routed(x.detach().requires_grad_(), w) == verdict
+            with torch.no_grad():  # a layer's weight is a Parameter
+                assert routed(x.detach().requires_grad_(), nn.Parameter(w.clone())) == verdict
         autotune.clear(disk=True)
         measured.clear()
         route_wins[0] = False
@@ -791,7 +791,7 @@ def test_forward_measurement_times_each_candidate():
     for slow in ("route", "onednn"):
         ms = _forward_times(*(((lambda: time.sleep(0.005)) if name == slow else (lambda: None))
                               for name in ("route", "onednn")))
-        assert ms[slow] >= 5 and min(ms.values()) < 5, ms
+        assert ms[slow] >= 4.5 and min(ms.values()) < 4.5, ms
 
 
 def test_one_channel_routes_gradgradcheck(one_channel_routes):

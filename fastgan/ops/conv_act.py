@@ -258,6 +258,9 @@ def _one_channel_route(x, weight, stride, padding, output_padding) -> bool:
     return _forward_route_wins(x, weight, stride, padding, output_padding)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not a subclass such as a fake tensor, which has no time
+
+
 def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
     """Whether a one-channel route runs where no gradient will be taken (sampling under ``torch.no_grad()``, a
     critic step's fakes): its forward measured against oneDNN's once per arguments (shapes, strides, dtype, threads)
@@ -268,7 +271,7 @@ def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
     dispatch mode or a tensor subclass, with deterministic algorithms asked for, or with ``FASTGAN_AUTOTUNE=0``."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or _backend.needs_reference()
             or torch.are_deterministic_algorithms_enabled() or not _autotune.enabled()
-            or type(x) is not torch.Tensor or type(weight) is not torch.Tensor
+            or type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS
             or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return True
     transposed, channels_last = output_padding is not None, conv_channels_last(x, weight)
