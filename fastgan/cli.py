@@ -141,12 +141,13 @@ def _compile_kernels(archs: str) -> int:
 
 
 def _autotune_info() -> None:
-    """The measured choices of impl="auto" (fastgan/_autotune.py), per GPU and versions."""
+    """The measured choices of impl="auto" (fastgan/_autotune.py), per device and versions."""
     from . import _autotune
 
     state = "on" if _autotune.enabled() else "off (FASTGAN_AUTOTUNE=0: fixed order)"
     devices = ", ".join(sorted(_autotune.TUNED_DEVICES))
-    print(f"autotune ({devices}): {state}; cache {_autotune.cache_path()}")
+    print(f"autotune ({devices} ops; on the CPU, the one-channel convolutions' forward): {state}; "
+          f"cache {_autotune.cache_path()}")
     scopes = _autotune.entries()
     if not scopes:
         print("  no measured choices yet")

@@ -287,26 +287,30 @@ def sys_module(name):
 def test_cpu_choice_is_measured_once_per_machine(fresh_cache):
     """``cpu_choice`` (the CPU's one-channel convolutions' forward): the fastest candidate, measured once and read
     back from disk by a new process; a malformed entry is measured again; a choice another process wrote while this
-    one measured stands (the same choice, the same bits, in every process)."""
-    measured = []
+    one measured stands (the same choice, the same bits, in every process); a choice made in the process is found by
+    the call's exact arguments, without building the key."""
+    measured, keys_built = [], []
 
     def measure():
         measured.append(1)
         return {"route": 2.0, "onednn": 1.0}
 
-    assert _autotune.cpu_choice("k", measure) == "onednn" and _autotune.cpu_choice("k", measure) == "onednn"
+    def choose(name, fn=measure):
+        return _autotune.cpu_choice((name,), lambda: keys_built.append(name) or name, fn)
+
+    assert choose("k") == "onednn" and choose("k") == "onednn" and keys_built == ["k"]
     _autotune.clear()  # memory only: as a new process
-    assert _autotune.cpu_choice("k", measure) == "onednn" and len(measured) == 1
+    assert choose("k") == "onednn" and len(measured) == 1 and keys_built == ["k", "k"]
     scope = _autotune.scope(torch.device("cpu"))
     data = json.loads(fresh_cache.read_text())
     data[scope]["k"] = {"ms": {}}
     fresh_cache.write_text(json.dumps(data))
     _autotune.clear()
-    assert _autotune.cpu_choice("k", measure) == "onednn" and len(measured) == 2
+    assert choose("k") == "onednn" and len(measured) == 2
 
     def measure_while_another_process_chooses():
         fresh_cache.write_text(json.dumps({scope: {"k2": {"impl": "route", "ms": {"route": 3.0}, "rejected": {}}}}))
         return measure()
 
-    assert _autotune.cpu_choice("k2", measure_while_another_process_chooses) == "route"
+    assert choose("k2", measure_while_another_process_chooses) == "route"
     assert _autotune.entries()[scope]["k2"]["impl"] == "route"

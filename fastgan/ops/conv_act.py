@@ -277,10 +277,15 @@ def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
     transposed, channels_last = output_padding is not None, conv_channels_last(x, weight)
     if not transposed and channels_last:  # the route's forward is oneDNN's NHWC convolution itself
         return True
-    key = (f"conv_act one-channel forward: {'transposed ' if transposed else ''}x {list(x.shape)} "
-           f"{list(x.stride())} weight {list(weight.shape)} {list(weight.stride())} {str(x.dtype)[6:]} stride "
-           f"{list(stride)} padding {list(padding)}{f' output_padding {list(output_padding)}' if transposed else ''}"
-           f" threads {torch.get_num_threads()}")
+    exact = ("conv_act one-channel forward", x.shape, x.stride(), weight.shape, weight.stride(), x.dtype,
+             tuple(stride), tuple(padding), tuple(output_padding) if transposed else None, torch.get_num_threads())
+
+    def key() -> str:
+        return (f"conv_act one-channel forward: {'transposed ' if transposed else ''}x {list(x.shape)} "
+                f"{list(x.stride())} weight {list(weight.shape)} {list(weight.stride())} {str(x.dtype)[6:]} stride "
+                f"{list(stride)} padding {list(padding)}"
+                f"{f' output_padding {list(output_padding)}' if transposed else ''} threads {torch.get_num_threads()}")
+
     if transposed:
         size = output_size(x, weight, stride, padding, output_padding)
         candidates = (lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
@@ -288,7 +293,7 @@ def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
     else:
         candidates = (lambda: _from_one_channel_conv2d(x, weight, stride, padding, False),
                       lambda: F.conv2d(x, weight, None, stride, padding))
-    return _autotune.cpu_choice(key, lambda: _forward_times(*candidates)) == "route"
+    return _autotune.cpu_choice(exact, key, lambda: _forward_times(*candidates)) == "route"
 
 
 def _forward_times(route, onednn, rounds: int = 5) -> dict[str, float]:
