@@ -370,8 +370,8 @@ def cpu_choice(exact: tuple, key: Callable[[], str], measure: Callable[[], dict[
     the cached one for ``key()`` in the CPU's scope, else ``measure()`` (milliseconds per candidate, in order of
     preference on a tie) is run and the fastest kept, in memory and on disk, so every process on the machine (a
     resumed run, ``fastgan eval``) makes the same choice. ``exact``: the call's arguments as hashable values, looked up
-    first, so a choice made in this process costs no key string, environment read or lock (a 57 us decision for a
-    convolution of about 1 ms)."""
+    first, so a choice made in this process costs no key string, cache path or lock (the decision took 57 us for a
+    convolution of about 1 ms); as in the decorator, a cache path changed mid-process needs ``clear()``."""
     chosen = _fast.get(exact)
     if chosen is not None:
         return chosen

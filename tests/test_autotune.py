@@ -299,8 +299,9 @@ def test_cpu_choice_is_measured_once_per_machine(fresh_cache):
         return _autotune.cpu_choice((name,), lambda: keys_built.append(name) or name, fn)
 
     assert choose("k") == "onednn" and choose("k") == "onednn" and keys_built == ["k"]
+    assert choose("a", lambda: {"route": 1.0, "onednn": 2.0}) == "route" and choose("k") == "onednn"
     _autotune.clear()  # memory only: as a new process
-    assert choose("k") == "onednn" and len(measured) == 1 and keys_built == ["k", "k"]
+    assert choose("k") == "onednn" and len(measured) == 1 and keys_built == ["k", "a", "k"]
     scope = _autotune.scope(torch.device("cpu"))
     data = json.loads(fresh_cache.read_text())
     data[scope]["k"] = {"ms": {}}
