@@ -286,14 +286,15 @@ def _forward_route_wins(x, weight, stride, padding, output_padding) -> bool:
                 f"{list(stride)} padding {list(padding)}"
                 f"{f' output_padding {list(output_padding)}' if transposed else ''} threads {torch.get_num_threads()}")
 
-    if transposed:
-        size = output_size(x, weight, stride, padding, output_padding)
-        candidates = (lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
-                      lambda: F.conv_transpose2d(x, weight, None, stride, padding, output_padding))
-    else:
-        candidates = (lambda: _from_one_channel_conv2d(x, weight, stride, padding, False),
-                      lambda: F.conv2d(x, weight, None, stride, padding))
-    return _autotune.cpu_choice(exact, key, lambda: _forward_times(*candidates)) == "route"
+    def measure() -> dict[str, float]:  # only on a miss: a choice made in the process is found by ``exact``
+        if transposed:
+            size = output_size(x, weight, stride, padding, output_padding)
+            return _forward_times(lambda: _fold_conv_transpose2d(x, weight, stride, padding, size, channels_last),
+                                  lambda: F.conv_transpose2d(x, weight, None, stride, padding, output_padding))
+        return _forward_times(lambda: _from_one_channel_conv2d(x, weight, stride, padding, False),
+                              lambda: F.conv2d(x, weight, None, stride, padding))
+
+    return _autotune.cpu_choice(exact, key, measure) == "route"
 
 
 def _forward_times(route, onednn, rounds: int = 5) -> dict[str, float]:
