@@ -18,24 +18,26 @@ against the reference on that very input, times it, and keeps the fastest correc
   ``FASTGAN_AUTOTUNE=0`` gives the fixed order everywhere; an explicit ``impl=`` or a process default
   (``set_impl``/``use_impl``/``FASTGAN_IMPL``) is never second-guessed.
 - Cache: in memory and in a JSON file (``$FASTGAN_AUTOTUNE_CACHE``, else ``$XDG_CACHE_HOME/fastgan/autotune.json``,
-  else ``~/.cache/fastgan/autotune.json``) whose entries live under a scope naming the GPU and the torch, Triton and
-  fastgan versions, so a new GPU or version measures again. ``fastgan info`` lists it.
+  else ``~/.cache/fastgan/autotune.json``) whose entries live under a scope naming the device (the GPU; the CPU's
+  model and vector ISA) and the torch, Triton and fastgan versions, so a new device or version measures again; each
+  store merges into the file under a lock file (processes measuring at once keep each other's entries). ``fastgan
+  info`` lists it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
-import platform
 import statistics
 import tempfile
 import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -71,7 +73,8 @@ def cache_path() -> str:
 def _device_name(device_type: str, index: int) -> str:
     if device_type == "cuda":
         return torch.cuda.get_device_name(index)
-    return f"{device_type}:{platform.processor() or platform.machine()}"
+    # The model and the vector ISA ATen (and fastgan's kernels) dispatch to: a choice holds for that CPU only.
+    return f"{device_type}:{_backend.cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def scope(device: torch.device) -> str:
@@ -158,25 +161,50 @@ def _read(path: str) -> dict[str, dict[str, dict]]:
         data, dict) else {}
 
 
-def _store(scope_: str, key: str, entry: dict) -> None:
-    """Record a choice in memory and merge it into the disk file (atomic replace; a read-only disk only warns)."""
-    _memory.setdefault(scope_, {})[key] = entry
+@contextlib.contextmanager
+def _cross_process_lock(path: str) -> Iterator[None]:
+    """Holds ``path``.lock exclusively (POSIX advisory lock; where fcntl is missing, nothing is held)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic replace alone (a concurrent store may drop another's entry)
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _store(scope_: str, key: str, entry: dict, stands: Callable[[dict], bool] = lambda found: False) -> dict:
+    """Record a choice in memory and merge it into the disk file (atomic replace; a read-only disk only warns). The
+    read-merge-replace holds a lock file, so processes storing at once (torchrun's ranks) keep each other's entries.
+    An entry another process wrote for ``key`` meanwhile is kept instead where ``stands(it)``; the kept one is
+    returned."""
     path = cache_path()
     try:
-        on_disk = _read(path)
-        on_disk.setdefault(scope_, {})[key] = entry
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".autotune-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(on_disk, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):  # not replaced: the path is a folder, say
-                os.remove(tmp)
+        with _cross_process_lock(path):
+            on_disk = _read(path)
+            found = on_disk.get(scope_, {}).get(key)
+            if isinstance(found, dict) and stands(found):
+                entry = found
+            else:
+                on_disk.setdefault(scope_, {})[key] = entry
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".autotune-")
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(on_disk, f, indent=1, sort_keys=True)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):  # not replaced: the path is a folder, say
+                        os.remove(tmp)
     except OSError as error:
         _warn_once(("<cache>", path, ""), f"fastgan autotune: cannot write the cache {path} ({error}); choices are "
                                           "kept in memory only")
+    _memory.setdefault(scope_, {})[key] = entry
+    return entry
 
 
 def entries() -> dict[str, dict[str, dict]]:
@@ -381,14 +409,9 @@ def cpu_choice(exact: tuple, key: Callable[[], str], measure: Callable[[], dict[
         entry = _memory.get(scope_, {}).get(key_)
         if not (isinstance(entry, dict) and isinstance(entry.get("impl"), str)):  # absent or malformed
             ms = measure()
+            ours = {"impl": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()}, "rejected": {}}
             # another process may have measured it meanwhile: the first choice on disk stands
-            entry = _read(cache_path()).get(scope_, {}).get(key_)
-            if isinstance(entry, dict) and entry.get("impl") in ms:
-                _memory.setdefault(scope_, {})[key_] = entry
-            else:
-                entry = {"impl": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()},
-                         "rejected": {}}
-                _store(scope_, key_, entry)
+            entry = _store(scope_, key_, ours, stands=lambda found: found.get("impl") in ms)
         _fast[exact] = entry["impl"]
         return entry["impl"]
 

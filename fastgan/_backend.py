@@ -28,6 +28,7 @@ import contextlib
 import functools
 import importlib
 import os
+import platform
 import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -184,6 +185,21 @@ def _triton_version() -> tuple[str | None, str]:
     except ImportError as error:
         return None, f"Triton is not installed ({error}); `pip install triton`"
     return triton.__version__, ""
+
+
+@functools.cache
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model ("AMD EPYC 7B13"), as ``cpuinfo`` names it on Linux, else as the platform module does, else
+    the architecture: CPU timings (the autotune cache's scope) hold for one model, not for all of "x86_64"."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("model name", "Model") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def triton_interpreting() -> bool:

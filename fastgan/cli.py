@@ -92,6 +92,7 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 @command("info", "print versions, devices and which implementations are usable here", _info_arguments)
 def info(args: argparse.Namespace) -> int:
     import fastgan
+    from fastgan._backend import cpu_name
 
     if getattr(args, "compile_kernels", None):
         return _compile_kernels(args.compile_kernels)
@@ -99,7 +100,8 @@ def info(args: argparse.Namespace) -> int:
     for name, value in _versions():
         print(f"  {name:<24}{value}")
     print("devices")
-    print(f"  {'cpu':<24}{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"  {'cpu':<24}{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), "
+          f"{torch.get_num_threads()} threads")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

@@ -5,6 +5,8 @@ no measurement inside torch.compile or a CUDA-graph capture."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import platform
 import time
 import warnings
 
@@ -315,3 +317,37 @@ def test_cpu_choice_is_measured_once_per_machine(fresh_cache):
 
     assert choose("k2", measure_while_another_process_chooses) == "route"
     assert _autotune.entries()[scope]["k2"]["impl"] == "route"
+
+
+def test_the_cpu_scope_names_the_cpu_model_and_its_vector_isa(tmp_path):
+    """A choice measured on one CPU model and ISA is not read back on another (a cache shared by a cluster's home
+    directory): the scope names both, not only the architecture."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n")
+    assert _backend.cpu_name(str(cpuinfo)) == "AMD EPYC 7B13 64-Core Processor"
+    unnamed = tmp_path / "unnamed"
+    unnamed.write_text("processor\t: 0\n")  # no model named: the platform module's name
+    assert _backend.cpu_name(str(unnamed)) == (platform.processor() or platform.machine() or "unknown CPU")
+    assert _backend.cpu_name(str(tmp_path / "absent")) == (platform.processor() or platform.machine() or "unknown CPU")
+    scope = _autotune.scope(torch.device("cpu"))
+    assert scope.startswith(f"cpu:{_backend.cpu_name()} ({torch.backends.cpu.get_cpu_capability()}) | torch ")
+
+
+def _store_choices(worker: int, count: int) -> None:
+    for k in range(count):
+        _autotune._store("scope", f"{worker}-{k}", {"impl": "ref", "ms": {"ref": 1.0}, "rejected": {}})
+
+
+def test_processes_storing_at_once_keep_each_others_entries(fresh_cache):
+    """Each store reads the file, merges its entry and replaces the file: without the lock file, a process that read
+    before another's replace wrote the file back without that entry (torchrun's ranks measuring at once)."""
+    workers, count = 4, 25
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_store_choices, args=(w, count)) for w in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0] * workers
+    stored = json.loads(fresh_cache.read_text())["scope"]
+    assert sorted(stored) == sorted(f"{w}-{k}" for w in range(workers) for k in range(count))
