@@ -490,6 +490,16 @@ void forward_cpu_kernel(const NormActParams& p, at::opmath_type<scalar_t>* mean_
 constexpr int64_t kShortPlane = cpu::kCpuBlock;
 constexpr int64_t kMaxTasks = 8;  // pass-1 tasks: each keeps 2 * C * L partial sums
 
+// Adds a[0..n) into double lanes (value k into lane k % kCpuLanes).
+template <typename M>
+inline void add_in_lanes(const M* __restrict a, int64_t n, double* __restrict lanes) {
+    int64_t k = 0;
+    for (; k + cpu::kCpuLanes <= n; k += cpu::kCpuLanes) {
+        for (int64_t j = 0; j < cpu::kCpuLanes; ++j) lanes[j] += static_cast<double>(a[k + j]);
+    }
+    for (int64_t j = 0; k + j < n; ++j) lanes[j] += static_cast<double>(a[k + j]);
+}
+
 bool short_planes(const NormActParams& p, const CpuGeometry& geo) {
     // At most kCpuFold samples per task (kMaxTasks tasks): a position's float sum is as long as the planes path's.
     return !geo.rows && !p.instance && !p.per_sample && p.use_input_stats && p.L < kShortPlane &&
@@ -539,13 +549,17 @@ void backward_short_planes(const NormActParams& p, const GroupParams<at::opmath_
     });
     cpu::parallel_for(0, p.C, 16, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
-            double a = 0.0, b = 0.0;
+            // In double lanes (the plane's value l into lane l % kCpuLanes), task by task, folded in lane order:
+            // independent chains; one chain of tasks * L additions took 12% of the kernel's samples on one thread,
+            // these lanes 4.5% (perf, 64x64x14x14).
+            double lanes_a[cpu::kCpuLanes] = {}, lanes_b[cpu::kCpuLanes] = {};
             for (int64_t t = 0; t < tasks; ++t) {
-                for (int64_t l = c * p.L; l < (c + 1) * p.L; ++l) {
-                    a += part1[t * row + l];
-                    b += part2[t * row + l];
-                }
+                add_in_lanes(part1.data() + t * row + c * p.L, p.L, lanes_a);
+                add_in_lanes(part2.data() + t * row + c * p.L, p.L, lanes_b);
             }
+            double a = 0.0, b = 0.0;
+            cpu::fold_lanes(lanes_a, a);
+            cpu::fold_lanes(lanes_b, b);
             sum_dz_out[c] = static_cast<M>(a);
             sum_dz_xhat_out[c] = static_cast<M>(b);
             std::fill(e + 4 * row + c * p.L, e + 4 * row + (c + 1) * p.L, sum_dz_out[c]);

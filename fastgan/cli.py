@@ -146,7 +146,7 @@ def _autotune_info() -> None:
     """The measured choices of impl="auto" (fastgan/_autotune.py), per device and versions."""
     from . import _autotune
 
-    state = "on" if _autotune.enabled() else "off (FASTGAN_AUTOTUNE=0: fixed order)"
+    state = "on" if _autotune.enabled() else "off (FASTGAN_AUTOTUNE=0: the fixed order; on the CPU, the routes)"
     devices = ", ".join(sorted(_autotune.TUNED_DEVICES))
     print(f"autotune ({devices} ops; on the CPU, the one-channel convolutions' forward): {state}; "
           f"cache {_autotune.cache_path()}")
