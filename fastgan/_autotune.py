@@ -20,8 +20,8 @@ against the reference on that very input, times it, and keeps the fastest correc
 - Cache: in memory and in a JSON file (``$FASTGAN_AUTOTUNE_CACHE``, else ``$XDG_CACHE_HOME/fastgan/autotune.json``,
   else ``~/.cache/fastgan/autotune.json``) whose entries live under a scope naming the device (the GPU; the CPU's
   model and vector ISA) and the torch, Triton and fastgan versions, so a new device or version measures again; each
-  store merges into the file under a lock file (processes measuring at once keep each other's entries). ``fastgan
-  info`` lists it.
+  store merges into the file under a lock file on POSIX (processes measuring at once keep each other's entries).
+  ``fastgan info`` lists it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def cache_path() -> str:
 def _device_name(device_type: str, index: int) -> str:
     if device_type == "cuda":
         return torch.cuda.get_device_name(index)
-    # The model and the vector ISA ATen (and fastgan's kernels) dispatch to: a choice holds for that CPU only.
+    # The model and the vector ISA ATen dispatches to: a choice holds for that CPU only.
     return f"{device_type}:{_backend.cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
@@ -161,20 +161,40 @@ def _read(path: str) -> dict[str, dict[str, dict]]:
         data, dict) else {}
 
 
+LOCK_WAIT_S = 10.0
+
+
 @contextlib.contextmanager
 def _cross_process_lock(path: str) -> Iterator[None]:
-    """Holds ``path``.lock exclusively (POSIX advisory lock; where fcntl is missing, nothing is held)."""
+    """Holds ``path``.lock exclusively where it can (POSIX advisory lock), for at most ``LOCK_WAIT_S`` of waiting;
+    otherwise (no fcntl on Windows, a file system without locks, a lock file this user cannot open, a holder that
+    does not let go) the store goes on unlocked, with the atomic replace alone: a concurrent store may then drop
+    another's entry, never corrupt the file or hang."""
     try:
         import fcntl
-    except ImportError:  # Windows: the atomic replace alone (a concurrent store may drop another's entry)
+    except ImportError:
         yield
         return
-    with open(path + ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            except OSError:  # ENOLCK, EOPNOTSUPP: no locks on this file system
+                break
+        yield  # closing the descriptor releases the lock
+    finally:
+        os.close(fd)
 
 
 def _store(scope_: str, key: str, entry: dict, stands: Callable[[dict], bool] = lambda found: False) -> dict:

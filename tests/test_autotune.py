@@ -338,6 +338,7 @@ def _store_choices(worker: int, count: int) -> None:
         _autotune._store("scope", f"{worker}-{k}", {"impl": "ref", "ms": {"ref": 1.0}, "rejected": {}})
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork and fcntl (POSIX)")
 def test_processes_storing_at_once_keep_each_others_entries(fresh_cache):
     """Each store reads the file, merges its entry and replaces the file: without the lock file, a process that read
     before another's replace wrote the file back without that entry (torchrun's ranks measuring at once)."""
@@ -351,3 +352,30 @@ def test_processes_storing_at_once_keep_each_others_entries(fresh_cache):
     assert [process.exitcode for process in processes] == [0] * workers
     stored = json.loads(fresh_cache.read_text())["scope"]
     assert sorted(stored) == sorted(f"{w}-{k}" for w in range(workers) for k in range(count))
+
+
+def test_a_held_lock_delays_a_store_but_never_hangs_it(fresh_cache, monkeypatch):
+    """A holder that does not let go (a stopped process): the store waits LOCK_WAIT_S, then writes unlocked."""
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setattr(_autotune, "LOCK_WAIT_S", 0.2)
+    fresh_cache.parent.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("fork")
+    locked, release = context.Event(), context.Event()
+
+    def hold():
+        with open(str(fresh_cache) + ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            locked.set()
+            release.wait(30)
+
+    holder = context.Process(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        start = time.monotonic()
+        _store_choices(0, 1)
+        assert 0.2 <= time.monotonic() - start < 10
+        assert list(json.loads(fresh_cache.read_text())["scope"]) == ["0-0"]
+    finally:
+        release.set()
+        holder.join(30)
