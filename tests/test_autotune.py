@@ -354,6 +354,37 @@ def test_processes_storing_at_once_keep_each_others_entries(fresh_cache):
     assert sorted(stored) == sorted(f"{w}-{k}" for w in range(workers) for k in range(count))
 
 
+def _choose_in_time() -> None:
+    import signal
+    signal.alarm(20)  # a lock inherited held would hang here: the alarm ends the child with SIGALRM
+    assert _autotune.cpu_choice(("fork",), lambda: "fork", lambda: {"ref": 1.0}) == "ref"
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)")
+def test_a_child_forked_while_another_thread_holds_the_lock_can_choose(fresh_cache):
+    """A DataLoader worker forked while a thread of the parent was measuring: the child's copy of the lock is new,
+    not the parent's held by a thread the child does not have."""
+    import threading
+    held, release = threading.Event(), threading.Event()
+
+    def measure_slowly():
+        with _autotune._lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=measure_slowly)
+    thread.start()
+    try:
+        assert held.wait(30)
+        child = multiprocessing.get_context("fork").Process(target=_choose_in_time)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        thread.join(30)
+
+
 def test_a_held_lock_delays_a_store_but_never_hangs_it(fresh_cache, monkeypatch):
     """A holder that does not let go (a stopped process): the store waits LOCK_WAIT_S, then writes unlocked."""
     fcntl = pytest.importorskip("fcntl")
