@@ -49,8 +49,17 @@ REPEATS = 5
 _DTYPE_NAMES = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 _lock = threading.RLock()
-if hasattr(os, "register_at_fork"):  # a child forked while another thread measured would inherit the lock held
-    os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.RLock()))
+
+
+def _new_lock_in_child() -> None:
+    """A forked child has only the thread that forked: a lock another thread held (measuring) would never be let go."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
 _memory: dict[str, dict[str, dict]] = {}  # scope -> key -> entry; the disk file's content plus this process' choices
 _fast: dict[tuple, str] = {}  # exact call signature -> chosen impl (skips rebuilding the key on every call)
 _loaded_path: str | None = None

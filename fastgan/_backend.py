@@ -267,7 +267,7 @@ def layer_runs_ref(impl: str, x: torch.Tensor, kind: str, largest: Callable[[], 
     ``"auto"`` on the CPU, in eager mode (compiled code has no per-op Python cost), when its largest tensor
     (``largest()``, else ``x``) has at most ``CPU_REF_MAX_NUMEL[kind]`` values (``"batch_norm"``, ``"instance_norm"``,
     or ``"act"``: no norm). The size is compared last: while tracing, a comparison of sizes would be a guard."""
-    if impl != "auto" or x.device.type != "cpu" or torch.compiler.is_compiling() or get_impl() != "auto":
+    if impl != "auto" or not x.is_cpu or torch.compiler.is_compiling() or get_impl() != "auto":
         return False
     return (x.numel() if largest is None else largest()) <= CPU_REF_MAX_NUMEL[kind]
 

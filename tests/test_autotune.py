@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import platform
+import signal
+import threading
 import time
 import warnings
 
@@ -355,7 +357,6 @@ def test_processes_storing_at_once_keep_each_others_entries(fresh_cache):
 
 
 def _choose_in_time() -> None:
-    import signal
     signal.alarm(20)  # a lock inherited held would hang here: the alarm ends the child with SIGALRM
     assert _autotune.cpu_choice(("fork",), lambda: "fork", lambda: {"ref": 1.0}) == "ref"
 
@@ -364,7 +365,6 @@ def _choose_in_time() -> None:
 def test_a_child_forked_while_another_thread_holds_the_lock_can_choose(fresh_cache):
     """A DataLoader worker forked while a thread of the parent was measuring: the child's copy of the lock is new,
     not the parent's held by a thread the child does not have."""
-    import threading
     held, release = threading.Event(), threading.Event()
 
     def measure_slowly():

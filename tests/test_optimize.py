@@ -553,6 +553,18 @@ def test_small_layers_keep_an_explicit_impl():
     assert "fastgan.norm_act_train" in ops
 
 
+def test_a_small_convolution_leaves_an_explicit_impl_to_its_batch_norm():
+    """In a FusedSequential a small convolution under "auto" runs PyTorch's convolution, and its BatchNormAct2d runs
+    its reference without deciding again, unless the norm was given an implementation of its own, which it keeps."""
+    require("native", "cpu")
+    x = torch.randn(2, 3, 6, 6)
+    for norm_impl, fused in (("auto", False), ("native", True)):
+        model = FusedSequential(FusedConv2d(3, 8, 3, padding=1, bias=False), BatchNormAct2d(8, impl=norm_impl))
+        _, ops = _step_ops(model, x)
+        assert ("fastgan.norm_act_train" in ops) == fused, (norm_impl, ops)
+        assert "aten.convolution" in ops
+
+
 def test_small_layers_check_their_arguments_as_the_fused_ops():
     """The reference path of a small fused layer raises the fused op's errors, naming it, from PyTorch's (it checks
     the arguments only when PyTorch refuses them: ``fastgan._backend.checked_on_failure``)."""

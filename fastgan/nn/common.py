@@ -63,15 +63,15 @@ def conv_runs_ref(impl: str, conv: nn.Conv2d | nn.ConvTranspose2d, x, output_pad
     """``layer_runs_ref`` for a layer of ``kind`` led by ``conv`` (``output_padding``: a transposed convolution's) on
     input ``x``: its largest tensor is the input or the convolution's output; never where the native path has a
     convolution of its own (``cpu_route``)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+    if impl != "auto" or not isinstance(x, torch.Tensor) or x.dim() != 4:
         return False
+    weight, stride, padding = conv.weight, conv.stride, conv.padding
 
     def largest() -> int:
-        h, w = output_size(x, conv.weight, conv.stride, conv.padding, output_padding)
+        h, w = output_size(x, weight, stride, padding, output_padding)
         return max(x.numel(), x.shape[0] * conv.out_channels * h * w)
 
-    return (layer_runs_ref(impl, x, kind, largest)
-            and not cpu_route(x, conv.weight, conv.stride, conv.padding, output_padding))
+    return layer_runs_ref(impl, x, kind, largest) and not cpu_route(x, weight, stride, padding, output_padding)
 
 
 def conv_reference(op: str, conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, output_padding=None) -> torch.Tensor:

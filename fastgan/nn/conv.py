@@ -178,9 +178,8 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
         self, x: torch.Tensor, norm: nn.Module | None, output_size: list[int] | None = None
     ) -> torch.Tensor:
         """The transposed convolution feeding ``norm`` (as :meth:`FusedConv2d.forward_with_norm`)."""
-        output_padding = self._output_padding(
-            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
-        )
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
         if conv_runs_ref(self.impl, self, x, output_padding, _kind(norm)):
             op = "conv_transpose2d_batch_norm_act" if isinstance(norm, BatchNormAct2d) else "conv_transpose2d_act"
             return _reference(self, conv_reference(op, self, x, output_padding), norm)
@@ -202,10 +201,11 @@ def _kind(norm: nn.Module | None) -> str:
 
 
 def _reference(conv: FusedConv2d | FusedConvTranspose2d, z: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
-    """The rest of a fused convolution's reference run, from its output ``z`` (bias added): ``norm`` (which under
-    "auto" runs its own reference, z being this small) or the activation."""
+    """The rest of a fused convolution's reference run, from its output ``z`` (bias added): ``norm`` (a
+    BatchNormAct2d under "auto" runs its reference without deciding again: z is no larger than what the convolution's
+    decision counted) or the activation."""
     if isinstance(norm, BatchNormAct2d):  # the fused path runs it inside the convolution's op: no hooks either
-        return norm.forward(z)
+        return norm.reference(z) if norm.impl == "auto" else norm.forward(z)
     if norm is not None:
         return norm(z)
     spec, alpha = activation(type(conv).__name__, conv.act, conv.alpha)

@@ -82,22 +82,27 @@ class BatchNormAct2d(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        kwargs = self.functional_kwargs()
         if layer_runs_ref(self.impl, x, "batch_norm"):
-            return batch_norm_act_ref(x, self.weight, self.bias, **kwargs, checked=False)
-        return batch_norm_act(x, self.weight, self.bias, **kwargs, impl=self.impl)
+            return self.reference(x)
+        return batch_norm_act(x, self.weight, self.bias, **self.functional_kwargs(), impl=self.impl)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``forward`` runs where the layer is small (``layer_runs_ref``): PyTorch's batch norm and activation,
+        the arguments checked only if PyTorch refuses them."""
+        return batch_norm_act_ref(x, self.weight, self.bias, **self.functional_kwargs(), checked=False)
 
     def functional_kwargs(self) -> dict:
         """The keyword arguments of :func:`fastgan.ops.batch_norm_act` this module passes in its current mode (a fused
         convolution that runs this norm in its own op passes them too)."""
         # Exactly nn.BatchNorm2d's choices: batch statistics in training (or without buffers), buffers updated only
         # when tracked and training; num_batches_tracked counts the steps (momentum=None averages over them).
-        tracking = self.training and self.track_running_stats
-        use_buffers = not self.training or self.track_running_stats
+        training, mean, var = self.training, self.running_mean, self.running_var
+        tracking = training and self.track_running_stats
+        use_buffers = not training or self.track_running_stats
         return {
-            "running_mean": self.running_mean if use_buffers else None,
-            "running_var": self.running_var if use_buffers else None,
-            "training": self.training or (self.running_mean is None and self.running_var is None),
+            "running_mean": mean if use_buffers else None,
+            "running_var": var if use_buffers else None,
+            "training": training or (mean is None and var is None),
             "momentum": self.momentum,
             "eps": self.eps,
             "act": self.act,

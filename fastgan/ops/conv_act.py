@@ -153,12 +153,11 @@ def _cast(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
 
 def output_size(x, weight, stride, padding, output_padding) -> tuple[int, int]:
     """Spatial output size of the convolution (``output_padding=None``) or the transposed convolution."""
-    size = []
-    for d in range(2):
-        n, k, s, p = x.shape[2 + d], weight.shape[2 + d], stride[d], padding[d]
-        transposed = output_padding is not None
-        size.append((n - 1) * s - 2 * p + k + output_padding[d] if transposed else (n + 2 * p - k) // s + 1)
-    return size[0], size[1]
+    (h, w), (kh, kw) = x.shape[2:], weight.shape[2:]
+    if output_padding is None:
+        return (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    return ((h - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0],
+            (w - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1])
 
 
 def conv_impl(
@@ -329,8 +328,10 @@ def cpu_route(x, weight, stride, padding, output_padding) -> bool:
         matrix = tuple(padding) == (0, 0) and x.shape[2:] == weight.shape[2:]
     else:
         matrix = tuple(padding) == (0, 0) and tuple(output_padding) == (0, 0) and x.shape[2:] == (1, 1)
+    if matrix or weight.shape[1] != 1:  # the one-channel routes: one channel on the weight's second axis
+        return matrix
     own = output_padding is not None or x.requires_grad or not conv_channels_last(x, weight)
-    return matrix or (own and _one_channel_route(x, weight, stride, padding, output_padding))
+    return own and _one_channel_route(x, weight, stride, padding, output_padding)
 
 
 def _bilinear_tangent(f, x, weight, x_t, w_t) -> torch.Tensor:
