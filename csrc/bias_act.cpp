@@ -234,11 +234,12 @@ at::Tensor backward2_cuda(const at::Tensor& g, const at::Tensor& dy, const at::T
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
-    m.def("bias_act(Tensor x, Tensor? b, int dim, int act, float alpha, float gain, float? clamp) -> Tensor");
+    m.def("bias_act(Tensor x, Tensor? b, int dim, int act, float alpha, float gain, float? clamp) -> Tensor",
+          {fastgan::any_layout});
     m.def("bias_act_backward(Tensor dy, Tensor x, Tensor? b, int dim, int act, float alpha, float gain, "
-          "float? clamp) -> Tensor");
+          "float? clamp) -> Tensor", {fastgan::any_layout});
     m.def("bias_act_backward2(Tensor g, Tensor dy, Tensor x, Tensor? b, int dim, int act, float alpha, float gain, "
-          "float? clamp) -> Tensor");
+          "float? clamp) -> Tensor", {fastgan::any_layout});
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {

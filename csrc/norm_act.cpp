@@ -1149,20 +1149,25 @@ void update_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running
 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
     m.def("norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-          "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+          "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)",
+          {fastgan::any_layout});
     m.def("norm_act_backward(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
-          "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+          "bool use_input_stats, bool instance, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)",
+          {fastgan::any_layout});
     // Batch norm's training forward that also updates running_mean/var and the step counter in place: one op where
     // norm_act + norm_act_update_stats are two (its gradient: fastgan/ops/norm_act.py, through norm_act_backward).
     m.def("norm_act_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
-          "Tensor(c!)? num_batches_tracked, float? momentum, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+          "Tensor(c!)? num_batches_tracked, float? momentum, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)",
+          {fastgan::any_layout});
     m.def("norm_act_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!)? num_batches_tracked, "
           "Tensor mean, Tensor var, float? momentum, int count, int batch) -> ()");
     // Conditional batch norm: per-channel statistics, a per-sample scale and shift [N, C] (the Triton ops' schemas).
     m.def("conditional_norm_act(Tensor x, Tensor scale, Tensor shift, Tensor? running_mean, Tensor? running_var, "
-          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor y, Tensor mean, Tensor var)");
+          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor y, Tensor mean, Tensor var)",
+          {fastgan::any_layout});
     m.def("conditional_norm_act_backward(Tensor dy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor var, "
-          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor dx, Tensor dscale, Tensor dshift)");
+          "bool use_input_stats, float eps, int act, float alpha) -> (Tensor dx, Tensor dscale, Tensor dshift)",
+          {fastgan::any_layout});
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {

@@ -4,6 +4,7 @@ torch.nn (float64, so "the same function" can be checked to rounding)."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -563,6 +564,51 @@ def test_a_small_convolution_leaves_an_explicit_impl_to_its_batch_norm():
         _, ops = _step_ops(model, x)
         assert ("fastgan.norm_act_train" in ops) == fused, (norm_impl, ops)
         assert "aten.convolution" in ops
+
+
+def test_compiled_model_hands_its_channels_last_convolutions_to_the_fused_ops():
+    """Inductor lays a CPU model's convolutions out channels_last. The fused ops take any strides (their schemas'
+    flexible_layout tag), so the compiled graph passes them those outputs as they are: no kernel copying their inputs
+    to the traced strides and their results back (a compiled DCGAN-28 step took 1.30-1.34x plain's time with those
+    copies), and the compiled step computes what eager does (outputs, gradients, running statistics)."""
+    require("native", "cpu")
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.LeakyReLU(0.2),
+                          nn.Conv2d(16, 32, 3, 2, 1), nn.LeakyReLU(0.2))
+    eager, model = fastgan.optimize(plain), fastgan.optimize(plain)
+    x = torch.randn(2, 3, 16, 16)
+
+    def step(m):
+        y = m(x)
+        y.square().sum().backward()
+        return y
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with (torch._inductor.config.patch(force_layout_optimization=True, fx_graph_cache=False),
+          torch._functorch.config.patch(enable_autograd_cache=False)):
+        y, code = run_and_get_code(step, compiled)
+    assert "torch.ops.fastgan.norm_act_train" in code[0] and "torch.ops.fastgan.bias_act_backward" in code[1]
+    assert [_ops_fed_by_kernels(graph) for graph in code] == [[], []]
+    torch.testing.assert_close(y, step(eager))
+    for (name, a), b in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    for (name, a), b in zip(model.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def _ops_fed_by_kernels(code: str) -> list[str]:
+    """The fastgan ops of an Inductor graph's code whose first tensor was handed to an Inductor kernel before (a copy
+    to other strides, with its result passed on)."""
+    touched, fed = set(), []
+    for line in code.splitlines():
+        if kernel := re.search(r"\bcpp_fused_\w+\(([^)]*)\)", line):
+            touched.update(re.findall(r"\w+", kernel.group(1)))
+        if (op := re.search(r"torch\.ops\.fastgan\.(\w+)\.default\((\w+)", line)) and op.group(2) in touched:
+            fed.append(op.group(1))
+    return fed
 
 
 def test_small_layers_check_their_arguments_as_the_fused_ops():
