@@ -352,8 +352,12 @@ class SyncBatchNormAct2d(_NormBase):
         shift = self.bias.float() if self.affine else torch.zeros_like(mean)
         return bias_act(y, shift, act=self.act, alpha=self.alpha, impl=self.impl).to(x.dtype)
 
+    # BatchNormAct2d.forward, which runs here in eval and on one process, calls these two.
     def functional_kwargs(self) -> dict:
         return BatchNormAct2d.functional_kwargs(self)  # type: ignore[arg-type]
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return BatchNormAct2d.reference(self, x)  # type: ignore[arg-type]
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
