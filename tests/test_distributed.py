@@ -311,9 +311,12 @@ def test_sync_batch_norm_keeps_the_state_dict_and_matches_in_eval():
         norm.weight.uniform_()
     sync = SyncBatchNormAct2d(norm)
     assert sync.state_dict().keys() == norm.state_dict().keys() and sync.weight is norm.weight
+    assert repr(sync) == repr(norm).replace("BatchNormAct2d", "SyncBatchNormAct2d")  # the activation shown too
     x = torch.randn(2, 4, 3, 3)
     norm.eval(), sync.eval()
     torch.testing.assert_close(sync(x), norm(x))
+    with pytest.raises(ValueError, match="SyncBatchNormAct2d: expected a 4-D input"):
+        sync(x[0])
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

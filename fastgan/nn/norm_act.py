@@ -46,12 +46,10 @@ def _from_modules(cls, kind: type, norm: nn.Module, act_module: nn.Module | None
     return copy_state(fused, norm)
 
 
-class BatchNormAct2d(_NormBase):
-    """``act(nn.BatchNorm2d(x))`` as one fused op (:func:`fastgan.ops.batch_norm_act`); train and eval as torch.nn.
-
-    Args mirror ``nn.BatchNorm2d`` plus ``act``/``alpha`` (an activation of ``fastgan.ops.ACTIVATIONS``) and
-    ``impl``. Input ``[N, C, H, W]``, float16/bfloat16/float32, contiguous or channels_last (kept).
-    """
+class _BatchNormActBase(_NormBase):
+    """What ``BatchNormAct2d`` and ``fastgan.train.distributed.SyncBatchNormAct2d`` share: ``nn.BatchNorm2d``'s
+    configuration, state and choices plus an activation, run through :func:`fastgan.ops.batch_norm_act` (the sync
+    norm in eval and on one process). Only ``BatchNormAct2d`` is fused into a preceding convolution's op."""
 
     def __init__(
         self,
@@ -69,12 +67,6 @@ class BatchNormAct2d(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         activation(type(self).__name__, act, alpha)
         self.act, self.alpha, self.impl = act, alpha, impl
-
-    @classmethod
-    def from_modules(cls, norm: nn.Module, act_module: nn.Module | None = None, impl: str = "auto") -> BatchNormAct2d:
-        """A ``BatchNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
-        activation (``None``: linear)."""
-        return _from_modules(cls, nn.BatchNorm2d, norm, act_module, impl)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() != 4:
@@ -112,6 +104,20 @@ class BatchNormAct2d(_NormBase):
 
     def extra_repr(self) -> str:
         return fused_extra_repr(self, [super().extra_repr()])
+
+
+class BatchNormAct2d(_BatchNormActBase):
+    """``act(nn.BatchNorm2d(x))`` as one fused op (:func:`fastgan.ops.batch_norm_act`); train and eval as torch.nn.
+
+    Args mirror ``nn.BatchNorm2d`` plus ``act``/``alpha`` (an activation of ``fastgan.ops.ACTIVATIONS``) and
+    ``impl``. Input ``[N, C, H, W]``, float16/bfloat16/float32, contiguous or channels_last (kept).
+    """
+
+    @classmethod
+    def from_modules(cls, norm: nn.Module, act_module: nn.Module | None = None, impl: str = "auto") -> BatchNormAct2d:
+        """A ``BatchNormAct2d`` with ``norm``'s configuration, parameters, buffers and mode, and ``act_module``'s
+        activation (``None``: linear)."""
+        return _from_modules(cls, nn.BatchNorm2d, norm, act_module, impl)
 
 
 class ConditionalBatchNormAct2d(_NormBase):

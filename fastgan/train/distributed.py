@@ -32,9 +32,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from ..nn.norm_act import BatchNormAct2d
+from ..nn.norm_act import BatchNormAct2d, _BatchNormActBase
 from ..ops.bias_act import bias_act
 
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket: large enough that latency is amortised, small enough to overlap
@@ -304,7 +303,7 @@ def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(tensor)
 
 
-class SyncBatchNormAct2d(_NormBase):
+class SyncBatchNormAct2d(_BatchNormActBase):
     """``BatchNormAct2d`` whose training statistics are those of the global batch (all processes), differentiable
     twice (the all-reduces are autograd functions), so gradient penalties work through it.
 
@@ -315,21 +314,17 @@ class SyncBatchNormAct2d(_NormBase):
 
     def __init__(self, norm: BatchNormAct2d) -> None:
         factory = {"device": norm.weight.device, "dtype": norm.weight.dtype} if norm.affine else {}
-        super().__init__(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, **factory)
-        self.act, self.alpha, self.impl = norm.act, norm.alpha, norm.impl
+        super().__init__(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, norm.act,
+                         norm.alpha, norm.impl, **factory)
         # Share the tensors themselves: optimisers and EMA built before or after the conversion see the same ones.
         for name, tensor in (*norm.named_parameters(recurse=False), *norm.named_buffers(recurse=False)):
             setattr(self, name, tensor)
         self.train(norm.training)
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected a 4-D input [N, C, H, W], got {input.dim()}-D")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
-            return BatchNormAct2d.forward(self, x)  # type: ignore[arg-type]  # the same attributes
+            return super().forward(x)
+        self._check_input_dim(x)
         world = dist.get_world_size()
         x32 = x.float()
         # Two passes (mean, then the centred second moment) as one would on one process: the sums of squares
@@ -351,13 +346,6 @@ class SyncBatchNormAct2d(_NormBase):
         y = centred * scale[None, :, None, None]
         shift = self.bias.float() if self.affine else torch.zeros_like(mean)
         return bias_act(y, shift, act=self.act, alpha=self.alpha, impl=self.impl).to(x.dtype)
-
-    # BatchNormAct2d.forward, which runs here in eval and on one process, calls these two.
-    def functional_kwargs(self) -> dict:
-        return BatchNormAct2d.functional_kwargs(self)  # type: ignore[arg-type]
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        return BatchNormAct2d.reference(self, x)  # type: ignore[arg-type]
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
