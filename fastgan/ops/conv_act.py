@@ -224,11 +224,14 @@ def _from_one_channel_conv2d(x, weight, stride, padding, channels_last: bool) ->
 
 def _one_channel_weight_grad(x, dy, weight, stride, padding, channels_last: bool) -> torch.Tensor:
     """The gradient of ``weight`` [C, 1, kH, kW] in the convolution from the one-channel ``x`` whose output has the
-    gradient ``dy``, as ``_from_one_channel_conv2d`` computes that convolution: each sample's ``dy`` times its
-    columns, summed (oneDNN took 1.1-2x longer), or ``channels_last`` oneDNN's (``_nhwc_strides``)."""
-    if channels_last:
-        return torch.ops.aten.convolution_backward(dy, _nhwc_strides(x, weight), weight, None, stride, padding,
-                                                   (1, 1), False, (0, 0), 1, [False, True, False])[1]
+    gradient ``dy``: oneDNN's (``channels_last``: handed NHWC strides, ``_nhwc_strides``), but for contiguous tensors
+    under ``create_graph`` (a gradient penalty's backward) each sample's ``dy`` times its columns, summed, so that its
+    derivatives stay on the routes too. (The columns' product for every backward made the DCGAN-28 training step 1-3%
+    slower at batch 32-128: README.)"""
+    if channels_last or not torch.is_grad_enabled():
+        x = _nhwc_strides(x, weight) if channels_last else x
+        return torch.ops.aten.convolution_backward(dy, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
+                                                   [False, True, False])[1]
     n, c = dy.shape[:2]
     columns = _one_channel_columns(x, weight.shape[2:], stride, padding)  # again: kept, they cost 4x x's memory
     return torch.bmm(dy.reshape(n, c, -1), columns.transpose(1, 2)).sum(0).view_as(weight)
