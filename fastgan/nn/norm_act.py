@@ -174,8 +174,8 @@ class ConditionalBatchNormAct2d(_NormBase):
             x, conv.weight, conv.bias, conv.stride, conv.padding, output_padding, scale=self.class_scale[labels],
             shift=self.class_shift[labels], **self.functional_kwargs(), impl=self.impl)
 
-    _check_input_dim = BatchNormAct2d._check_input_dim
-    functional_kwargs = BatchNormAct2d.functional_kwargs
+    _check_input_dim = _BatchNormActBase._check_input_dim
+    functional_kwargs = _BatchNormActBase.functional_kwargs
 
     def extra_repr(self) -> str:
         return fused_extra_repr(self, [f"{super().extra_repr()}, num_classes={self.num_classes}"])

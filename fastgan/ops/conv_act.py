@@ -9,8 +9,9 @@ convolution followed by ``bias_act_ref``), the ``native`` path, and the autograd
   epilogue kernel ``bias_act(impl="native")``. Both are differentiable twice (and any order for piecewise-linear
   activations), so gradient penalties work through it. On the CPU the shapes that oneDNN handles badly run as
   matrix products instead (``_native``): a convolution that is one; a transposed convolution to one channel and the
-  input gradient of a convolution from one channel (col2im); a convolution from one channel and its weight gradient
-  (a product with the input's columns, for contiguous tensors); the one-channel ones from
+  input gradient of a convolution from one channel (col2im); a convolution from one channel (a product with the
+  input's columns, for contiguous tensors; its weight gradient too, but only where the backward builds a graph); the
+  one-channel ones from
   ``CPU_ONE_CHANNEL_MIN_NUMEL`` values on the side with many channels, and with no gradient to take only where
   their forward measured faster than oneDNN's (``_forward_route_wins``).
 - ``triton``: an implicit-GEMM kernel whose epilogue adds the bias and applies the activation, so the output is
