@@ -92,14 +92,16 @@ def check(name: str, case: tuple, device: str) -> dict:
             trainer.train_step()
         runs.append(_state(trainer))
     eager, graphed = runs
-    worst, identical = 0.0, True
+    worst, worst_key, identical = 0.0, "", True
     for key, value in eager.items():
         a, b = value.double(), graphed[key].double()
         identical &= torch.equal(a, b)
-        worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0)
+        diff = ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0
+        if diff > worst:
+            worst, worst_key = diff, key
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags  # as the caller had them
     return {"type": "steps-check", "case": name, "steps": CHECK_STEPS, "bitwise": identical,
-            "max_rel_diff": float(f"{worst:.3g}"), "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}
+            "max_rel_diff": float(f"{worst:.3g}"), "worst": worst_key, "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}
 
 
 def time_calls(step, device: str, warmup: int = 8, repeats: int = 30) -> list[float]:

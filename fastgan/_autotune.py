@@ -291,6 +291,8 @@ def _clone(value: Any, dtype: torch.dtype | None = None) -> Any:
         return copy.requires_grad_(value.requires_grad and copy.is_floating_point())
     if isinstance(value, (list, tuple)):
         return type(value)(_clone(v, dtype) for v in value)
+    if isinstance(value, dict):  # keyword arguments (a fused op's norm parameters and running statistics)
+        return {k: _clone(v, dtype) for k, v in value.items()}
     return value
 
 
@@ -299,6 +301,8 @@ def _tensors(value: Any) -> list[torch.Tensor]:
         return [value]
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
     return []
 
 
@@ -312,12 +316,11 @@ class _Run:
         self.args, self.kwargs = _clone(args, dtype), _clone(kwargs, dtype)
         self.leaves = [t for t in _tensors((self.args, self.kwargs)) if t.requires_grad]
 
-    def __call__(self) -> list[torch.Tensor]:
-        inputs = [t for t in _tensors((self.args, self.kwargs)) if not t.requires_grad]
-        versions = [t._version for t in inputs]
+    def __call__(self, timed: bool = False) -> list[torch.Tensor]:
         out = _tensors(self.call(self.args, self.kwargs))
-        # Buffers the op updates in place (running statistics) are outputs too.
-        out += [t.clone() for t, v in zip(inputs, versions) if t._version != v]
+        if not timed:  # buffers the op updates in place (running statistics) are outputs too; every one is compared,
+            # since F.batch_norm's update of its optional running statistics leaves their _version as it was
+            out += [t.detach().clone() for t in _tensors((self.args, self.kwargs)) if not t.requires_grad]
         differentiable = [o for o in out if o.requires_grad] if torch.is_grad_enabled() and self.leaves else []
         if not differentiable:
             return [o.detach() for o in out]
@@ -413,7 +416,7 @@ def _measure(op: str, key: str, call: Callable[[str, Sequence[Any], dict[str, An
             if why:
                 rejected[impl] = f"disagrees with the reference: {why}"
                 continue
-            times[impl] = round(timer(candidate), 5)
+            times[impl] = round(timer(functools.partial(candidate, timed=True)), 5)
         except Exception as error:  # a candidate that raises is the finding: disable it for this key, go on
             first = (str(error).strip().splitlines() or [""])[0]
             rejected[impl] = f"raised {type(error).__name__}: {first[:300]}"

@@ -18,7 +18,7 @@ import torch
 import fastgan
 from fastgan import _autotune, _backend
 from fastgan.losses import d_loss, gradient_penalty
-from fastgan.ops import batch_norm_act, bias_act
+from fastgan.ops import batch_norm_act, bias_act, conv_transpose2d_batch_norm_act
 
 CALLS: list[str] = []
 
@@ -204,6 +204,35 @@ def test_measurement_leaves_the_callers_tensors_alone(monkeypatch):
     (key,) = entries
     assert key.startswith("batch_norm_act(f32[8,4,8,8] cl grad, None, None, f32[4], f32[4], True")
     assert set(entries[key]["ms"]) <= {"native", "ref"} and not entries[key]["rejected"]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["batch_norm_act", "conv_transpose2d_batch_norm_act"])
+def test_measurement_compares_updated_statistics_and_casts_keyword_arguments(monkeypatch, fused):
+    """An affine batch norm in training, its parameters and statistics positional (F.batch_norm's update leaves their
+    _version as it was) or keyword-only (the fused convolution's): every candidate is measured, none rejected, the
+    caller's statistics updated once."""
+    monkeypatch.setattr(_autotune, "TUNED_DEVICES", frozenset({"cuda", "cpu"}))
+    monkeypatch.setitem(_backend._AUTO_ORDER, "cpu", ("triton", "native", "ref"))  # as many as run here
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    conv = torch.randn(8, 4, 4, 4, generator=gen, requires_grad=True)
+    affine = [torch.rand(4, generator=gen).add(0.5).requires_grad_(), torch.randn(4, generator=gen, requires_grad=True)]
+    stats = [torch.zeros(4), torch.ones(4)]
+    expected = [t.clone() for t in stats]
+
+    def call(stats, impl):
+        if fused:
+            norm = dict(zip(("norm_weight", "norm_bias", "running_mean", "running_var"), (*affine, *stats)))
+            return conv_transpose2d_batch_norm_act(x, conv, None, 2, 1, **norm, training=True, act="relu", impl=impl)
+        return batch_norm_act(x[:, :4], *affine, *stats, True, act="relu", impl=impl)
+
+    ref = call(expected, "ref")
+    torch.testing.assert_close(call(stats, "auto"), ref)
+    for got, want in zip(stats, expected):
+        torch.testing.assert_close(got, want)
+    (entries,) = _autotune.entries().values()
+    (entry,) = entries.values()
+    assert entry["impl"] and not entry["rejected"] and set(entry["ms"]) == set(_autotune.default_candidates(x.device))
 
 
 def test_gradient_penalty_lets_its_ops_choose(monkeypatch):

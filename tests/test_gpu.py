@@ -654,7 +654,7 @@ def test_training_batch_norm_updates_its_buffers_within_its_forward(impl, moment
     from fastgan.nn import BatchNormAct2d
 
     reference = nn.BatchNorm2d(6, momentum=momentum).cuda()
-    ours = BatchNormAct2d(6, momentum=momentum, impl=impl).cuda()
+    ours = BatchNormAct2d(6, momentum=momentum, act="linear", impl=impl).cuda()  # nn.BatchNorm2d has no activation
     gen = torch.Generator(device="cuda").manual_seed(0)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output in float16: a few of its ulps
     for _ in range(3):

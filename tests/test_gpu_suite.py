@@ -110,7 +110,7 @@ def test_dry_run_walks_every_stage_and_writes_the_files(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--dry-run", "--out", str(out),
-                           "--budget", "120"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                           "--budget", "600"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("env", "build", "tests", "bench", "steps", "summary"):
         assert f"  {name:<8} ~" in proc.stdout  # each stage listed with its estimated time

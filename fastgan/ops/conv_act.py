@@ -77,9 +77,14 @@ def _pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+@torch.compiler.assume_constant_result  # Dynamo before PyTorch 2.13 cannot trace the builtin it calls
+def _has_autocast(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type)
+
+
 def autocast_operands(x, weight, bias):
     """Inside ``torch.autocast`` convolutions run in the autocast dtype, as ``F.conv2d`` does: cast the operands."""
-    if not isinstance(x, torch.Tensor) or not torch.amp.is_autocast_available(x.device.type):
+    if not isinstance(x, torch.Tensor) or not _has_autocast(x.device.type):
         return x, weight, bias  # meta tensors and other devices without autocast: nothing to cast
     if not torch.is_autocast_enabled(x.device.type):
         return x, weight, bias
