@@ -697,12 +697,13 @@ def _steps_section(recs: list[dict]) -> list[str]:
     lines = ["", "## Training steps", ""]
     if checks:
         lines += ["CUDA graphs against eager, same seed and steps (cuDNN deterministic):", "",
-                  "| case | steps | bitwise equal | max rel diff | in | ok |", "|---|---|---|---|---|---|"]
+                  "| case | steps | bitwise equal | max rel diff | in | eager vs eager | ok |",
+                  "|---|---|---|---|---|---|---|"]
         for r in checks:
             note = r.get("skipped") or r.get("error", "")[:120].replace("|", "/")
             lines.append(f"| {r['case']} | {r.get('steps', '-')} | {r.get('bitwise', '-')} | "
                          f"{_fmt(r.get('max_rel_diff'), '.2g')} | {r.get('worst') or '-'} | "
-                         f"{'yes' if r.get('ok') else note or 'NO'} |")
+                         f"{_fmt(r.get('eager_vs_eager'), '.2g')} | {'yes' if r.get('ok') else note or 'NO'} |")
     if times:
         lines += ["", "Milliseconds per `Trainer.train_step` (median of CUDA-event timings after warm-up); "
                   "speed-up: the provider's time over fastgan+graph's:", "",

@@ -6,7 +6,8 @@ On a GPU (the GPU suite's ``steps`` stage), in this order, one JSON line per res
 
 1. ``steps-check``: two trainers from one seed, one eager and one with ``cuda_graphs=True``, run the same steps
    (past the warm-up and the capture, so most are replays; cuDNN deterministic); parameters and optimiser state are
-   compared: bitwise equality is reported, and a max relative difference over ``CHECK_RTOL`` fails the check.
+   compared: bitwise equality is reported, and a max relative difference over ``CHECK_RTOL`` fails the check; a
+   second eager trainer, the control, shows what nondeterministic ops alone move (``eager_vs_eager``).
 2. ``steps-time``: milliseconds per ``Trainer.train_step`` (median of CUDA-event-timed steps after warm-up), side by
    side: ``eager`` (``impl="ref"``: the networks in plain PyTorch), ``eager+graph`` (that plain step captured: a
    hand-written CUDA graph), ``compile`` (the networks under ``torch.compile(mode="reduce-overhead")``; not where a
@@ -81,27 +82,36 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def check(name: str, case: tuple, device: str) -> dict:
-    """Graphed and eager trainers from one seed, CHECK_STEPS steps each: their states compared."""
-    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    runs = []
-    for graphs in (False, True):
-        trainer = make_trainer(case, device, "auto", graphs)
-        for _ in range(CHECK_STEPS):
-            trainer.train_step()
-        runs.append(_state(trainer))
-    eager, graphed = runs
+def _compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> tuple[float, str, bool]:
+    """(largest difference relative to the tensor's largest magnitude, the tensor it is in, bitwise equal)."""
     worst, worst_key, identical = 0.0, "", True
-    for key, value in eager.items():
-        a, b = value.double(), graphed[key].double()
+    for key, value in ours.items():
+        a, b = value.double(), theirs[key].double()
         identical &= torch.equal(a, b)
         diff = ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0
         if diff > worst:
             worst, worst_key = diff, key
+    return worst, worst_key, identical
+
+
+def check(name: str, case: tuple, device: str) -> dict:
+    """Graphed and eager trainers from one seed, CHECK_STEPS steps each: their states compared. A second eager
+    trainer is the control: where it differs from the first too, a nondeterministic op, not the graph, moved."""
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    runs = []
+    for graphs in (False, True, False):
+        trainer = make_trainer(case, device, "auto", graphs)
+        for _ in range(CHECK_STEPS):
+            trainer.train_step()
+        runs.append(_state(trainer))
+    eager, graphed, control = runs
+    worst, worst_key, identical = _compare(eager, graphed)
+    eager_worst, eager_key, _ = _compare(eager, control)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags  # as the caller had them
     return {"type": "steps-check", "case": name, "steps": CHECK_STEPS, "bitwise": identical,
-            "max_rel_diff": float(f"{worst:.3g}"), "worst": worst_key, "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}
+            "max_rel_diff": float(f"{worst:.3g}"), "worst": worst_key, "eager_vs_eager": float(f"{eager_worst:.3g}"),
+            "eager_worst": eager_key, "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}
 
 
 def time_calls(step, device: str, warmup: int = 8, repeats: int = 30) -> list[float]:

@@ -452,6 +452,17 @@ def test_inception_throughput_is_reported_in_images_per_second(tmp_path):
     assert [r["checks"] for r in recs if r["type"] == "goal"] == [[]]
 
 
+def test_the_steps_check_names_the_tensor_that_moved_most():
+    """The graph check's comparison: each tensor's largest difference relative to its largest magnitude."""
+    from benchmarks import steps
+
+    ours = {"G.w": torch.tensor([1.0, -2.0]), "D.b": torch.tensor([1e-3, 0.0]), "opt.step": torch.tensor(5.0)}
+    assert steps._compare(ours, {k: v.clone() for k, v in ours.items()}) == (0.0, "", True)
+    theirs = {**ours, "G.w": torch.tensor([1.0, -2.002]), "D.b": torch.tensor([2e-3, 0.0])}
+    worst, key, identical = steps._compare(ours, theirs)
+    assert key == "D.b" and worst == pytest.approx(1.0) and not identical
+
+
 def test_the_steps_stage_runs_on_the_cpu_without_its_graph_providers(tmp_path):
     """benchmarks/steps.py --tiny: the graph check is recorded as skipped with its reason, the steps and the penalty
     D step are timed for eager and fastgan, and the summary renders them."""

@@ -243,15 +243,15 @@ def gan_loss_triton(
     if b is not None:
         b = dense(b)
         grad_b = torch.empty_like(b, dtype=mt)
-    else:
-        grad_b = a.new_empty(0, dtype=mt)
+    else:  # a one-element buffer behind the empty output: the kernel's unused pointer, distinct from grad_a (see
+        grad_b = a.new_empty(1, dtype=mt)[:0]  # conv._launch: Inductor may write back a copy of every argument)
     total = a.numel() + (b.numel() if b is not None else 0)
     block = _block(max(a.numel(), b.numel() if b is not None else 0), 4096)
     programs = 1 if total <= _SINGLE_PROGRAM_MAX else min(_MAX_PROGRAMS, triton.cdiv(total, block))
     partials = a.new_empty(programs, dtype=mt)
     launch(
         _gan_loss_fwd_kernel, (programs,),
-        a, b if b is not None else a, loss, partials, grad_a, grad_b if b is not None else grad_a,
+        a, b if b is not None else a, loss, partials, grad_a, grad_b,
         a.numel(), b.numel() if b is not None else 0,
         TERM_A=term_a, TERM_B=term_b, HAS_B=b is not None, MATH=_tl_math(a.dtype), BLOCK=block, num_warps=8,
     )

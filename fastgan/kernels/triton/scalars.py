@@ -24,5 +24,6 @@ def f64_halves(value: float) -> tuple[int, int]:
 @triton.jit
 def f64_from_halves(hi, lo):
     """The float64 whose bit pattern ``f64_halves`` split into ``hi`` and ``lo``."""
-    bits = (hi.to(tl.int64) << 32) | (lo.to(tl.int64) & 0xFFFFFFFF)
+    # tl.cast, not .to: Inductor's reading of which arguments a kernel writes passes scalars as Python ints
+    bits = (tl.cast(hi, tl.int64) << 32) | (tl.cast(lo, tl.int64) & 0xFFFFFFFF)
     return bits.to(tl.float64, bitcast=True)
