@@ -16,7 +16,7 @@ to ``DIR`` as it finishes, so a run stopped at any point returns what it did:
    time apart) and fastgan side by side in one process, CUDA-event medians after warm-up and L2 flush;
 5. ``summary``: ``summary.md`` (GPU named; ratios vs eager and vs compile; goals met or not), written last, printed.
 
-Budget: ``--budget`` (default 560 s, ``--quick`` 360 s) is shared out when each stage starts: fixed stages keep
+Budget: ``--budget`` (default 560 s, ``--quick`` 420 s) is shared out when each stage starts: fixed stages keep
 their small timeouts, the summary's is reserved, and the build, tests and benchmarks split the rest by weight, so
 time a stage does not use goes to the next. A stage past its timeout is killed and recorded as ``timeout``.
 
@@ -53,7 +53,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = "results.jsonl"
 FILES = (RESULTS, "junit.xml", "summary.md", "suite.log")
-DEFAULT_BUDGET_S, QUICK_BUDGET_S = 560, 360
+DEFAULT_BUDGET_S, QUICK_BUDGET_S = 560, 420
 TEST_LIMIT_S = 240  # one test longer than this is killed (with its shard, which restarts without it)
 MARGIN_S = 5  # a stage's own deadline is this much before its kill time, so it can write what it has
 README_START, README_END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
@@ -860,8 +860,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results/<gpu>-<date>)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 560; quick 360)")
-    parser.add_argument("--quick", action="store_true", help="main shapes only, budget 360 s")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 560; quick 420)")
+    parser.add_argument("--quick", action="store_true", help="main shapes only, budget 420 s")
     parser.add_argument("--dry-run", action="store_true", help="walk the stages without building, testing or timing")
     parser.add_argument("--shards", type=int, default=None, help="concurrent pytest shards (default: cores - 2, <= 12)")
     parser.add_argument("--publish", type=Path, default=None, help="copy a run folder into benchmarks/results/ and "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -89,6 +90,8 @@ def _compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> 
         a, b = value.double(), theirs[key].double()
         identical &= torch.equal(a, b)
         diff = ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() if a.numel() else 0.0
+        if not math.isfinite(diff):  # a NaN or inf in either run fails the check
+            diff = math.inf
         if diff > worst:
             worst, worst_key = diff, key
     return worst, worst_key, identical
@@ -100,15 +103,17 @@ def check(name: str, case: tuple, device: str) -> dict:
     flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     runs = []
-    for graphs in (False, True, False):
-        trainer = make_trainer(case, device, "auto", graphs)
-        for _ in range(CHECK_STEPS):
-            trainer.train_step()
-        runs.append(_state(trainer))
+    try:
+        for graphs in (False, True, False):
+            trainer = make_trainer(case, device, "auto", graphs)
+            for _ in range(CHECK_STEPS):
+                trainer.train_step()
+            runs.append(_state(trainer))
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags  # as the caller had them
     eager, graphed, control = runs
     worst, worst_key, identical = _compare(eager, graphed)
     eager_worst, eager_key, _ = _compare(eager, control)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags  # as the caller had them
     return {"type": "steps-check", "case": name, "steps": CHECK_STEPS, "bitwise": identical,
             "max_rel_diff": float(f"{worst:.3g}"), "worst": worst_key, "eager_vs_eager": float(f"{eager_worst:.3g}"),
             "eager_worst": eager_key, "rtol": CHECK_RTOL, "ok": worst <= CHECK_RTOL}

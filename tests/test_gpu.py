@@ -452,6 +452,7 @@ def test_triton_ops_pass_opcheck_with_aot_dispatch():
     loss = custom_ops("gan_loss", "triton")
     logits = _rand((70000,), torch.float32, "cuda", 7).requires_grad_()
     opcheck(loss.gan_loss, (logits, logits.detach().clone().requires_grad_(), 0, 1), test_utils=checks)
+    opcheck(loss.gan_loss, (logits, None, 1, 0), test_utils=checks)  # one-sided (g_loss): grad_b is empty
 
 
 def test_triton_backward_dispatches_no_aten_convolution():

@@ -461,6 +461,7 @@ def test_the_steps_check_names_the_tensor_that_moved_most():
     theirs = {**ours, "G.w": torch.tensor([1.0, -2.002]), "D.b": torch.tensor([2e-3, 0.0])}
     worst, key, identical = steps._compare(ours, theirs)
     assert key == "D.b" and worst == pytest.approx(1.0) and not identical
+    assert steps._compare(ours, {**ours, "G.w": torch.tensor([1.0, float("nan")])})[:2] == (float("inf"), "G.w")
 
 
 def test_the_steps_stage_runs_on_the_cpu_without_its_graph_providers(tmp_path):

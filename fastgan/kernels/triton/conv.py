@@ -179,7 +179,8 @@ def _launch(
     tiles = grid[0] * grid[2]  # row tiles per channel, each leaving one (count, mean, M2) partial
     # Without stats the partials' pointer is unused, but it must not be y: where Inductor cannot read which arguments
     # a kernel writes, it writes back a copy of every one in turn, and an unwritten copy of y would land last.
-    part = torch.zeros(n_out * tiles * 3 if stats else 1, dtype=torch.float64, device=x.device)
+    part = (torch.zeros(n_out * tiles * 3, dtype=torch.float64, device=x.device) if stats
+            else torch.empty(1, dtype=torch.float64, device=x.device))
     if y.numel():
         launch(
             _conv_fwd_kernel, grid,
