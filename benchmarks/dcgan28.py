@@ -5,11 +5,26 @@ transposed conv to 1 channel (28x28) and tanh; D mirrors it (4x4 stride-2 convs,
 LeakyReLU 0.2, one logit); no biases, as in PyTorch's DCGAN example. One step: a discriminator update on real and
 (detached) fake images, then a generator update, BCE with logits, Adam, batch 64. The data are fixed random images
 (loading is not timed). ``benchmarks/quality_mnist.py`` trains these networks as the plain recipe.
+
+``python -m benchmarks.dcgan28`` times the step as a user meets it: each configuration in a fresh process of its own
+(one script run plain, one through ``optimize``), processes alternating, and reports each pair's ratio with the
+minor page faults per step (glibc hands freed buffers of a few MB back to the system and faults them in again, which
+on a small VM moves a step by 10-25%). ``--pairs 0`` interleaves the configurations' rounds in one process instead
+(the VM's drift cancels; the faults then depend on what the others leave in the heap). ``--bytes`` prints the new
+tensors' bytes per step.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,9 +115,93 @@ def new_tensor_bytes(step: Callable[[], object]) -> int:
     return counter.bytes
 
 
+# What each configuration passes to make_step; "-cl": channels_last as a user asks for it (PyTorch's
+# model.to(memory_format=...), optimize's channels_last=True).
+CONFIGS = {
+    "plain": {"impl": None},
+    "optimize": {"impl": "auto"},
+    "plain-cl": {"impl": None, "channels_last": True},
+    "optimize-cl": {"impl": "auto", "fused_channels_last": True},
+}
+
+
+def time_steps(configs: list[str], batch: int = 64, rounds: int = 20, per_round: int = 3) -> dict[str, dict]:
+    """In this process: each configuration's median milliseconds a step over ``rounds`` rounds of ``per_round`` steps,
+    the configurations' rounds interleaved (after one warm-up round each, which also makes Adam's state), and its
+    median minor page faults per step."""
+    steps = {config: make_step(batch=batch, **CONFIGS[config]) for config in configs}
+    for step in steps.values():
+        for _ in range(per_round):
+            step()
+    times: dict[str, list[float]] = {config: [] for config in configs}
+    faults: dict[str, list[float]] = {config: [] for config in configs}
+    for _ in range(rounds):
+        for config, step in steps.items():
+            faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            for _ in range(per_round):
+                step()
+            times[config].append((time.perf_counter() - t0) / per_round)
+            faults[config].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / per_round)
+    return {c: {"ms": statistics.median(times[c]) * 1e3, "faults": statistics.median(faults[c])} for c in configs}
+
+
+def compare_in_processes(configs: list[str], pairs: int, batch: int = 64, rounds: int = 20,
+                         threads: int | None = None) -> dict[str, list[dict[str, float]]]:
+    """``time_steps`` of each configuration alone in a fresh process, ``pairs`` times, the order reversed every other
+    time so that none always runs first; returns each configuration's results in run order."""
+    command = [sys.executable, "-m", "benchmarks.dcgan28", "--batch", str(batch), "--rounds", str(rounds)]
+    command += ["--threads", str(threads)] if threads else []
+    root = Path(__file__).resolve().parent.parent
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    for i in range(pairs):
+        for config in configs if i % 2 == 0 else configs[::-1]:
+            done = subprocess.run([*command, "--child", config], cwd=root, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"the {config!r} process failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+            results[config].append(json.loads(done.stdout.splitlines()[-1])[config])
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dcgan28", description=__doc__.split("\n\n")[-1])
+    parser.add_argument("--configs", default="plain,optimize", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--pairs", type=int, default=6, help="processes per configuration (0: one process, "
+                        "the configurations' rounds interleaved)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds of 3 steps in each process")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each process")
+    parser.add_argument("--bytes", action="store_true", help="print the new tensors' bytes per step and stop")
+    parser.add_argument("--child", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    configs = args.configs.split(",")
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(time_steps([args.child], args.batch, args.rounds)))
+    elif args.bytes:
+        for config in configs:
+            step = make_step(batch=args.batch, **CONFIGS[config])
+            step()  # Adam's state is created at the first step
+            print(f"{config}: {new_tensor_bytes(step) / 2**20:.1f} MiB of new tensors per step (batch {args.batch})")
+    elif args.pairs == 0:
+        results = time_steps(configs, args.batch, args.rounds)
+        print(f"DCGAN-28 step, batch {args.batch}, {torch.get_num_threads()} threads, one process, rounds interleaved")
+        for config, r in results.items():
+            ratio = r["ms"] / results[configs[0]]["ms"]
+            print(f"{config:12s} {r['ms']:.1f} ms ({r['faults']:.0f} faults a step) {ratio:.3f}x")
+    else:
+        results = compare_in_processes(configs, args.pairs, args.batch, args.rounds, args.threads)
+        base = results[configs[0]]
+        print(f"DCGAN-28 step, batch {args.batch}, {torch.get_num_threads()} threads, one process per run; "
+              f"ms (minor page faults per step), ratio to {configs[0]} of the same pair")
+        for config, runs in results.items():
+            ratios = [r["ms"] / b["ms"] for r, b in zip(runs, base)]
+            cells = "  ".join(f"{r['ms']:.1f} ({r['faults']:.0f}) {q:.3f}x" for r, q in zip(runs, ratios))
+            print(f"{config:12s} median {statistics.median(ratios):.3f}x  {cells}")
+
+
 if __name__ == "__main__":
-    for name, kw in (("plain", {"impl": None}), ("optimize", {"impl": "auto"}),
-                     ("optimize, channels_last=True", {"impl": "auto", "fused_channels_last": True})):
-        step = make_step(**kw)
-        step()  # Adam's state is created at the first step
-        print(f"{name}: {new_tensor_bytes(step) / 2**20:.1f} MiB of new tensors per step (batch 64)")
+    main()

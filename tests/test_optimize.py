@@ -493,6 +493,21 @@ def test_dcgan28_step_makes_fewer_new_tensors_than_plain():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+
+def test_dcgan28_timer_runs_each_configuration_alone_or_interleaved():
+    """``python -m benchmarks.dcgan28``, the README's step figures: each configuration's step timed in processes of
+    its own (alternating), or interleaved in one; a child that fails is an error, not a missing row."""
+    require("native", "cpu")
+    from benchmarks.dcgan28 import compare_in_processes, time_steps
+
+    alone = compare_in_processes(["plain", "optimize"], pairs=2, batch=2, rounds=1)
+    assert list(alone) == ["plain", "optimize"] and all(len(runs) == 2 for runs in alone.values())
+    assert all(r["ms"] > 0 and r["faults"] >= 0 for runs in alone.values() for r in runs)
+    together = time_steps(["plain", "optimize-cl"], batch=2, rounds=1)
+    assert list(together) == ["plain", "optimize-cl"] and all(r["ms"] > 0 for r in together.values())
+    with pytest.raises(RuntimeError, match="(?s)'no-such-configuration' process failed.*invalid choice"):
+        compare_in_processes(["no-such-configuration"], pairs=1, batch=2, rounds=1)
+
 # --- impl="auto" on the CPU: fused layers this small run their reference ------------------------------------------
 
 

@@ -101,6 +101,26 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(family, tmp_path, unpair
     assert torch.equal(straight.noise.get_state(), resumed.noise.get_state())
 
 
+
+def test_resume_is_exact_with_channels_last(tmp_path, unpaired_root):
+    """--channels-last with fused Adam: the checkpoint must keep the optimiser state's strides, because the fused step
+    pairs a parameter's elements with its state's by memory order (a contiguous state for channels_last weights is
+    silently wrong, not an error)."""
+    runs = {}
+    for name, stop in (("straight", None), ("split", 3)):
+        config = config_for("dcgan", tmp_path / name, unpaired_root, steps=5, channels_last=True)
+        trainer = Trainer(config, verbose=False)
+        trainer.fit(stop)
+        runs[name] = trainer
+    runs["split"].save()
+    resumed = Trainer.resume(tmp_path / "split" / "last.pt", verbose=False)
+    weight = next(p for p in resumed.nets["D"].parameters() if p.dim() == 4 and p.shape[1] > 1)
+    state = resumed.optimizers["D"].state[weight]["exp_avg"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) and state.stride() == weight.stride()
+    resumed.fit()
+    expected, got = _state_tensors(runs["straight"]), _state_tensors(resumed)
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
 def test_resume_is_exact_when_dataloader_workers_decode_the_images(tmp_path, unpaired_root):
     """Worker processes prefetch batches and augment (crop, flip): neither may change what a resumed run sees."""
     straight = Trainer(config_for("cyclegan", tmp_path / "straight", unpaired_root, workers=2), verbose=False)
