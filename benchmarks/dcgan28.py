@@ -163,20 +163,24 @@ def compare_in_processes(configs: list[str], pairs: int, batch: int = 64, rounds
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dcgan28", description=__doc__.split("\n\n")[-1])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dcgan28", description=(__doc__ or "").split("\n\n")[-1])
     parser.add_argument("--configs", default="plain,optimize", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--pairs", type=int, default=6, help="processes per configuration (0: one process, "
                         "the configurations' rounds interleaved)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds of 3 steps in each process")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in each process")
-    parser.add_argument("--bytes", action="store_true", help="print the new tensors' bytes per step and stop")
+    parser.add_argument("--bytes", action="store_true", help="print each configuration's new tensors' bytes per step")
     parser.add_argument("--child", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configs = args.configs.split(",")
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    if len(set(configs)) != len(configs):
+        parser.error("--configs: a configuration given twice (each pair's ratio needs one run of each)")
+    if args.pairs < 0 or args.rounds < 1 or args.batch < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--pairs must be 0 or more, and --rounds, --batch and --threads 1 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -29,7 +29,7 @@ optimizer holds state for them: ``Adam(fused=True)`` pairs their elements with t
 Sequential hands its caller, its input's gradient and any module inside it that may depend on strides (a custom
 module's ``view``) the layout the plain Sequential would (see :class:`~fastgan.nn.FusedSequential`). On the CPU
 oneDNN runs NHWC convolutions directly, where around an NCHW one it reorders inputs, outputs and gradients: the
-DCGAN-28 step gains about 4% more; but convolutions with 512 channels on small maps ran slower (DCGAN-64's
+DCGAN-28 step gains 3-8 points more; but convolutions with 512 channels on small maps ran slower (DCGAN-64's
 discriminator, PatchGAN: README, CPU benchmarks), so it is not the default.
 
 Modules inside a custom ``nn.Module`` subclass are only rewritten within its child Sequentials (recursively): its

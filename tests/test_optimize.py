@@ -4,7 +4,9 @@ torch.nn (float64, so "the same function" can be checked to rounding)."""
 from __future__ import annotations
 
 import copy
+import json
 import re
+import subprocess
 
 import pytest
 import torch
@@ -493,20 +495,41 @@ def test_dcgan28_step_makes_fewer_new_tensors_than_plain():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-
-def test_dcgan28_timer_runs_each_configuration_alone_or_interleaved():
-    """``python -m benchmarks.dcgan28``, the README's step figures: each configuration's step timed in processes of
-    its own (alternating), or interleaved in one; a child that fails is an error, not a missing row."""
+def test_dcgan28_timer_pairs_fresh_processes_and_refuses_bad_arguments(monkeypatch, capsys):
+    """``python -m benchmarks.dcgan28``, the README's step figures: each configuration timed alone in a fresh process,
+    the order reversed every other pair and each ratio taken within its pair, or interleaved in one process; a
+    failing child and bad arguments are errors that name them."""
     require("native", "cpu")
-    from benchmarks.dcgan28 import compare_in_processes, time_steps
+    from benchmarks import dcgan28
 
-    alone = compare_in_processes(["plain", "optimize"], pairs=2, batch=2, rounds=1)
-    assert list(alone) == ["plain", "optimize"] and all(len(runs) == 2 for runs in alone.values())
-    assert all(r["ms"] > 0 and r["faults"] >= 0 for runs in alone.values() for r in runs)
-    together = time_steps(["plain", "optimize-cl"], batch=2, rounds=1)
-    assert list(together) == ["plain", "optimize-cl"] and all(r["ms"] > 0 for r in together.values())
+    real = dcgan28.compare_in_processes(["plain"], pairs=1, batch=2, rounds=1)  # the JSON line the parent reads
+    assert len(real["plain"]) == 1 and real["plain"][0]["ms"] > 0 and real["plain"][0]["faults"] >= 0
     with pytest.raises(RuntimeError, match="(?s)'no-such-configuration' process failed.*invalid choice"):
-        compare_in_processes(["no-such-configuration"], pairs=1, batch=2, rounds=1)
+        dcgan28.compare_in_processes(["no-such-configuration"], pairs=1, batch=2, rounds=1)
+
+    order = []
+
+    def child(command, **kwargs):  # plain's runs take 11 and 14 ms, optimize's 11 and 12: ratios 1 and 12/14
+        config = command[command.index("--child") + 1]
+        order.append(config)
+        ms = {"plain": 10.0, "optimize": 9.0}[config] + len(order)
+        return subprocess.CompletedProcess(command, 0, json.dumps({config: {"ms": ms, "faults": 0}}), "")
+
+    monkeypatch.setattr(subprocess, "run", child)
+    dcgan28.main(["--pairs", "2"])
+    assert order == ["plain", "optimize", "optimize", "plain"]
+    assert re.search(r"optimize +median 0\.929x .* 1\.000x .* 0\.857x", capsys.readouterr().out)
+    monkeypatch.undo()
+
+    dcgan28.main(["--pairs", "0", "--batch", "2", "--rounds", "1", "--configs", "plain,optimize-cl"])
+    out = capsys.readouterr().out
+    assert re.search(r"^plain .* 1\.000x$", out, re.M) and re.search(r"^optimize-cl .*x$", out, re.M)
+    for argv, message in ((["--configs", "plain,nope"], "unknown nope"), (["--configs", "plain,plain"], "twice"),
+                          (["--rounds", "0"], "--rounds")):
+        with pytest.raises(SystemExit):
+            dcgan28.main(argv)
+        assert message in capsys.readouterr().err
+
 
 # --- impl="auto" on the CPU: fused layers this small run their reference ------------------------------------------
 

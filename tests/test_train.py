@@ -101,7 +101,6 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(family, tmp_path, unpair
     assert torch.equal(straight.noise.get_state(), resumed.noise.get_state())
 
 
-
 def test_resume_is_exact_with_channels_last(tmp_path, unpaired_root):
     """--channels-last with fused Adam: the checkpoint must keep the optimiser state's strides, because the fused step
     pairs a parameter's elements with its state's by memory order (a contiguous state for channels_last weights is
@@ -114,12 +113,15 @@ def test_resume_is_exact_with_channels_last(tmp_path, unpaired_root):
         runs[name] = trainer
     runs["split"].save()
     resumed = Trainer.resume(tmp_path / "split" / "last.pt", verbose=False)
+    assert resumed.step == 3
     weight = next(p for p in resumed.nets["D"].parameters() if p.dim() == 4 and p.shape[1] > 1)
     state = resumed.optimizers["D"].state[weight]["exp_avg"]
     assert weight.is_contiguous(memory_format=torch.channels_last) and state.stride() == weight.stride()
     resumed.fit()
     expected, got = _state_tensors(runs["straight"]), _state_tensors(resumed)
+    assert expected.keys() == got.keys() and len(expected) > 0
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
 
 def test_resume_is_exact_when_dataloader_workers_decode_the_images(tmp_path, unpaired_root):
     """Worker processes prefetch batches and augment (crop, flip): neither may change what a resumed run sees."""
