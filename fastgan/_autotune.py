@@ -314,13 +314,15 @@ class _Run:
     def __init__(self, call: Callable[[Sequence[Any], dict[str, Any]], Any], args, kwargs, dtype, seed: int) -> None:
         self.call, self.seed, self.grad_out = call, seed, None
         self.args, self.kwargs = _clone(args, dtype), _clone(kwargs, dtype)
-        self.leaves = [t for t in _tensors((self.args, self.kwargs)) if t.requires_grad]
+        inputs = _tensors((self.args, self.kwargs))
+        self.leaves = [t for t in inputs if t.requires_grad]
+        self.buffers = [t for t in inputs if not t.requires_grad]
 
     def __call__(self, timed: bool = False) -> list[torch.Tensor]:
         out = _tensors(self.call(self.args, self.kwargs))
         if not timed:  # buffers the op updates in place (running statistics) are outputs too; every one is compared,
             # since F.batch_norm's update of its optional running statistics leaves their _version as it was
-            out += [t.detach().clone() for t in _tensors((self.args, self.kwargs)) if not t.requires_grad]
+            out += [t.detach().clone() for t in self.buffers]
         differentiable = [o for o in out if o.requires_grad] if torch.is_grad_enabled() and self.leaves else []
         if not differentiable:
             return [o.detach() for o in out]

@@ -343,37 +343,30 @@ def test_triton_launches_survive_inductors_copy_back_of_every_argument(monkeypat
 
 
 def _kernels_inductor_cannot_read() -> dict:
-    """Each distinct (kernel, constexprs) the ops launch, through torch's own TTIR generation for user kernels (what
-    Inductor reads a kernel's written arguments from), targeting sm_90 with no GPU: the ones it fails on, and the
-    count. Run without the interpreter (the launchers then pick the GPU's tile sizes)."""
+    """Each distinct specialization the ops launch (``aot.recorded_launches``), through torch's own TTIR generation
+    for user kernels (what Inductor reads a kernel's written arguments from), targeting sm_90 with no GPU: the ones
+    it fails on, and the count. Run without the interpreter (the launchers then pick the GPU's tile sizes)."""
     from torch._higher_order_ops import triton_kernel_wrap
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
 
     from fastgan.kernels.triton import aot
-    from fastgan.kernels.triton.launch import recording
 
     class Hopper:
         def get_current_target(self):
             return GPUTarget("cuda", 90, 32)
 
-    with recording() as launches:
-        for calls in aot.CALLS:
-            for call in calls():
-                call()
-    distinct = {}
-    for rec in launches:
-        distinct.setdefault((rec.kernel.__name__, tuple((k, str(v)) for k, v in rec.meta.items())), rec)
+    launches = aot.recorded_launches()
     driver.set_active(Hopper())
     failed = {}
-    for (name, _), rec in distinct.items():
-        kwargs = {**dict(zip(rec.kernel.arg_names, rec.args)), **rec.meta}
+    for (kernel, *_), rec in launches:
+        kwargs = {**dict(zip(kernel.arg_names, rec.args)), **rec.meta}
         kwargs = {k: torch.empty(1, dtype=v.dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         try:
-            triton_kernel_wrap.generate_ttir(rec.kernel, kwargs, {})
+            triton_kernel_wrap.generate_ttir(kernel, kwargs, {})
         except Exception as error:  # noqa: BLE001 - the finding
-            failed.setdefault(name, f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200]}")
-    return {"failed": failed, "count": len(distinct)}
+            failed.setdefault(kernel.__name__, f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200]}")
+    return {"failed": failed, "count": len(launches)}
 
 
 def test_inductor_can_read_what_every_triton_kernel_writes():

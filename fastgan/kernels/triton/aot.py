@@ -190,8 +190,9 @@ def _arg_type(value: Any) -> str:
     raise TypeError(f"no Triton argument type for {type(value).__name__}")
 
 
-def specializations() -> list[tuple[Any, dict[str, str], dict[str, Any], dict[str, int]]]:
-    """Every distinct (kernel, signature, constexprs, options) the ops launch, in first-launch order."""
+def recorded_launches() -> list[tuple[tuple[Any, dict[str, str], dict[str, Any], dict[str, int]], Any]]:
+    """Every distinct (kernel, signature, constexprs, options) the ops launch, in first-launch order, each with its
+    first recorded ``Launch`` (whose argument values torch's own TTIR generation needs)."""
     from .launch import recording
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -209,8 +210,13 @@ def specializations() -> list[tuple[Any, dict[str, str], dict[str, Any], dict[st
                      for name in rec.kernel.arg_names}
         key = (rec.kernel.__name__, tuple(signature.items()), tuple((k, str(v)) for k, v in constexprs.items()),
                tuple(options.items()))
-        seen.setdefault(key, (rec.kernel, signature, constexprs, options))
+        seen.setdefault(key, ((rec.kernel, signature, constexprs, options), rec))
     return list(seen.values())
+
+
+def specializations() -> list[tuple[Any, dict[str, str], dict[str, Any], dict[str, int]]]:
+    """Every distinct (kernel, signature, constexprs, options) the ops launch, in first-launch order."""
+    return [spec for spec, _ in recorded_launches()]
 
 
 def _describe(signature: dict[str, str], constexprs: dict[str, Any], options: dict[str, int]) -> str:
